@@ -1,0 +1,117 @@
+"""EDI: the Expression Decouple Injector and the cross-attentions of an ETHD attention block.
+
+Figure panel (c), one attention block ``H_i -> H_{i+1}``::
+
+    CA(lip)  ->  EDI  ->  reshape  ->  temporal SA  ->  CA(driven expression) * face_mask (+ residual)
+
+EDI = ``h + m * (CA(h, driven) - CA(h, reference))`` with **one** cross-attention module applied to
+both token sets, so a driven expression equal to the portrait's own contributes exactly zero: EDI
+removes the expression the portrait already shows and adds the requested one, inside the face.
+
+Every branch here returns a residual multiplied by the level's face mask, so wherever the mask is
+0 the branch changes nothing, bit for bit. The figure draws no mask on the lip cross-attention;
+we mask it too, because speech should move the face and never the background or clothes (the
+mouth is inside the face mask), and because it makes "outside the face equals base SVD" a
+property a test can check.
+
+Output projections start at zero, so untrained adapters leave SVD's output unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TokenCrossAttention(nn.Module):
+    """Cross-attention from video tokens ``[N, L, dim]`` to a few condition tokens ``[N, T, token_dim]``.
+
+    Split into :meth:`query`, :meth:`attend` and :meth:`project` so EDI can share one query and one
+    output projection between its driven and reference passes.
+    """
+
+    def __init__(self, dim: int, token_dim: int, head_dim: int):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"adapter width {dim} is not a multiple of head_dim {head_dim}")
+        self.heads = dim // head_dim
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(token_dim, dim, bias=False)
+        self.to_v = nn.Linear(token_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def query(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._split(self.to_q(self.norm(hidden)))
+
+    def attend(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention output before the output projection, heads merged: ``[N, L, dim]``."""
+        tokens = tokens.to(query.dtype)
+        out = F.scaled_dot_product_attention(query, self._split(self.to_k(tokens)), self._split(self.to_v(tokens)))
+        return out.transpose(1, 2).flatten(2)
+
+    def project(self, attended: torch.Tensor) -> torch.Tensor:
+        return self.to_out(attended)
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.project(self.attend(self.query(hidden), tokens))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+
+class ExpressionDecoupleInjector(nn.Module):
+    """EDI: ``m * (CA(h, driven) - CA(h, reference))`` with shared weights (returned as a residual)."""
+
+    def __init__(self, dim: int, token_dim: int, head_dim: int):
+        super().__init__()
+        self.attn = TokenCrossAttention(dim, token_dim, head_dim)
+
+    def forward(self, hidden, driven_tokens, reference_tokens, mask) -> torch.Tensor:
+        query = self.attn.query(hidden)
+        difference = self.attn.attend(query, driven_tokens) - self.attn.attend(query, reference_tokens)
+        # The output bias cancels in the difference; applying the weight alone keeps
+        # "driven == reference" an exact zero instead of (W a + b) - (W a + b) rounding.
+        return mask * F.linear(difference, self.attn.to_out.weight)
+
+
+class SpatialAdapter(nn.Module):
+    """Lip cross-attention then EDI, run right after one spatial transformer block."""
+
+    def __init__(self, dim: int, token_dim: int, head_dim: int):
+        super().__init__()
+        self.lip_attn = TokenCrossAttention(dim, token_dim, head_dim)
+        self.edi = ExpressionDecoupleInjector(dim, token_dim, head_dim)
+
+    def forward(self, hidden, lip_tokens, driven_tokens, reference_tokens, mask) -> torch.Tensor:
+        hidden = hidden + mask * self.lip_attn(hidden, lip_tokens)
+        return hidden + self.edi(hidden, driven_tokens, reference_tokens, mask)
+
+
+class ExpressionAdapter(nn.Module):
+    """Masked driven-expression cross-attention, run after the spatial/temporal blend.
+
+    After the blend rather than inside the temporal branch: there its output would be scaled
+    down by the learned blend factor.
+    """
+
+    def __init__(self, dim: int, token_dim: int, head_dim: int):
+        super().__init__()
+        self.exp_attn = TokenCrossAttention(dim, token_dim, head_dim)
+
+    def forward(self, hidden, driven_tokens, mask) -> torch.Tensor:
+        return hidden + mask * self.exp_attn(hidden, driven_tokens)
+
+
+def level_mask(face_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Face mask ``[N, 1, H, W]`` resized to one UNet level and flattened to ``[N, h*w, 1]``.
+
+    Area interpolation: a level token is 0 exactly when every pixel under it is 0, so "no
+    change outside the face" holds at every level.
+    """
+    if face_mask.shape[-2:] != (height, width):
+        face_mask = F.interpolate(face_mask, size=(height, width), mode="area")
+    return face_mask.flatten(2).transpose(1, 2)
