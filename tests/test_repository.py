@@ -1,0 +1,44 @@
+"""Repository-level promises: install rules, the README's test command, cheap imports."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements(name):
+    lines = (ROOT / name).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def test_runtime_requirements_leave_comfyuis_torch_and_numpy_alone():
+    for requirement in _requirements("requirements.txt"):
+        name = re.split(r"[<>=!~\[; ]", requirement)[0].lower()
+        assert name not in {"torch", "torchvision", "torchaudio"}, requirement
+        assert "<" not in requirement and "==" not in requirement, f"lower bounds only: {requirement}"
+        assert name not in {"mediapipe"}, f"{requirement} pins numpy<2 and breaks ComfyUI installs"
+
+
+def test_dev_requirements_are_pinned():
+    for requirement in _requirements("requirements-dev.txt"):
+        assert "==" in requirement, requirement
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert len(ci_lines) == 1
+    assert ci_lines[0].strip() in (ROOT / "README.md").read_text()
+
+
+def test_importing_the_library_does_not_import_heavy_packages():
+    modules = sorted(p.stem for p in (ROOT / "emotivetalk_core").glob("*.py") if p.stem != "__main__")
+    code = (
+        "import sys\n"
+        + "".join(f"import emotivetalk_core.{m}\n" for m in modules)
+        + "heavy = [m for m in ('diffusers', 'transformers', 'librosa', 'av', 'cv2', 'comfy') if m in sys.modules]\n"
+        + "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"imported at module level: {result.stdout.strip()}"
