@@ -19,9 +19,13 @@ Output projections start at zero, so untrained adapters leave SVD's output uncha
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class TokenCrossAttention(nn.Module):
@@ -115,3 +119,24 @@ def level_mask(face_mask: torch.Tensor, height: int, width: int) -> torch.Tensor
     if face_mask.shape[-2:] != (height, width):
         face_mask = F.interpolate(face_mask, size=(height, width), mode="area")
     return face_mask.flatten(2).transpose(1, 2)
+
+
+def resolve_face_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A user's face mask as ``[B, 1, H, W]`` in 0..1 (1 = face), or ``None`` for "everywhere".
+
+    Accepts ``[H, W]``, ``[B, H, W]`` (ComfyUI's MASK) or ``[B, 1, H, W]``. An all-zero mask is
+    what ComfyUI's LoadImage gives for an image without alpha, so it means "no mask given", not
+    "no face": it is dropped with a warning rather than silently switching the adapters off.
+    """
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"face mask must be [H, W], [B, H, W] or [B, 1, H, W], got {tuple(mask.shape)}")
+    if not torch.any(mask):
+        log.warning("the face mask is all zero (an image without alpha?); treating it as 'no mask given'")
+        return None
+    return mask.float().clamp(0, 1)

@@ -200,3 +200,15 @@ def test_lip_windows_clamp_at_the_ends(context):
     assert windows.shape == (1, 5, 2 * context + 1, 1)
     assert windows[0, 0, 0, 0] == 0 and windows[0, 4, -1, 0] == 4
     assert windows[0, 2, context, 0] == 2
+
+
+def test_all_zero_face_mask_means_no_mask_given(caplog):
+    from emotivetalk_core.edi import resolve_face_mask
+
+    with caplog.at_level("WARNING"):
+        assert resolve_face_mask(torch.zeros(1, 64, 64)) is None
+    assert "all zero" in caplog.text
+    mask = resolve_face_mask(torch.ones(2, 64, 64) * 0.5)
+    assert mask.shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="face mask must be"):
+        resolve_face_mask(torch.ones(1, 2, 3, 64, 64))
