@@ -1,0 +1,189 @@
+"""Audio decoding and the audio/video frame-count rules.
+
+Everything downstream works on 16 kHz mono float32 waveforms. :func:`frame_count` is the single
+rule that says how many video frames a waveform drives; :func:`pad_to_frames` is its inverse, so
+``frame_count(len(pad_to_frames(w, n, fps)), fps) == n`` for every waveform with at most ``n``
+frames. Both compute with exact fractions: a float ``fps`` is read as the decimal it prints as
+(``29.97`` is 2997/100; pass ``Fraction(30000, 1001)`` for exact NTSC).
+
+PyAV is imported inside :func:`load_audio` only (the package is imported at ComfyUI start-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from fractions import Fraction
+from numbers import Rational, Real
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+# Samples handed to the resampler per call: bounds its scratch memory on long files.
+_RESAMPLE_BLOCK = 1 << 16
+
+
+def exact_rate(value, name: str = "fps") -> Fraction:
+    """``value`` (int, float, Fraction or a string like "30000/1001") as an exact positive Fraction.
+
+    A float goes through its shortest decimal repr, so 29.97 becomes 2997/100 rather than the
+    binary double 29.969999999999998863131622783839702606201171875.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, Rational):
+        rate = Fraction(value)
+    elif isinstance(value, Real):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        rate = Fraction(repr(float(value)))
+    elif isinstance(value, str):
+        rate = Fraction(value)
+    else:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if rate <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return rate
+
+
+def frame_count(num_samples: int, fps, sample_rate: int = SAMPLE_RATE) -> int:
+    """Video frames driven by ``num_samples`` audio samples: ``ceil(num_samples * fps / sample_rate)``.
+
+    A partial last frame counts (the audio is padded to cover it, see :func:`pad_to_frames`).
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    frames = Fraction(int(num_samples)) * exact_rate(fps, "fps") / exact_rate(sample_rate, "sample_rate")
+    return math.ceil(frames)
+
+
+def frame_samples(num_frames: int, fps, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples covering ``num_frames`` video frames: ``floor(num_frames * sample_rate / fps)``.
+
+    This is the largest sample count :func:`frame_count` maps to ``num_frames``. The ceiling would
+    cover the last frame to the final fraction of a sample but, whenever ``num_frames * sample_rate
+    / fps`` is not whole (30 fps at 16 kHz), :func:`frame_count` would then count one frame more.
+    """
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    samples = Fraction(int(num_frames)) * exact_rate(sample_rate, "sample_rate") / exact_rate(fps, "fps")
+    return math.floor(samples)
+
+
+def pad_to_frames(waveform: np.ndarray, num_frames: int, fps, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``waveform`` followed by silence up to :func:`frame_samples` ``(num_frames, fps, sample_rate)``.
+
+    Never cuts: a waveform already that long is returned unchanged (a caller that wants fewer
+    frames than the audio drives simply encodes fewer).
+    """
+    waveform = np.asarray(waveform)
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform must be 1-D (mono), got shape {waveform.shape}")
+    target = frame_samples(num_frames, fps, sample_rate)
+    if waveform.shape[0] >= target:
+        return waveform
+    return np.pad(waveform, (0, target - waveform.shape[0]))
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file FFmpeg reads (wav, flac, mp3, ogg, m4a, mp4, ...).
+
+    Returns float32 mono at ``sample_rate``: channels are averaged, encoder priming and trailing
+    padding are removed where the container records them (see :func:`_trim_to_stream`), and the
+    result is resampled with FFmpeg's swresample.
+    """
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, expected an audio or video file")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+                raise ValueError(f"{path} has no audio stream (streams found: {', '.join(kinds)})")
+            mono, source_rate = _decode_mono(container.streams.audio[0], container)
+    except av.FFmpegError as error:
+        raise ValueError(f"cannot decode audio from {path}: {error}") from error
+    if mono.size == 0:
+        raise ValueError(f"{path}: the audio stream decoded to no samples")
+    logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, source_rate)
+    if source_rate == sample_rate:
+        return mono
+    return _resample(mono, source_rate, sample_rate)
+
+
+def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
+    """All samples of ``stream`` at its own rate, channels averaged, trimmed to the stream extent."""
+    import av
+
+    to_float = None
+    blocks: list[np.ndarray] = []
+    first_pts = None
+    max_frame = 0
+    for frame in container.decode(stream):
+        if to_float is None:
+            # Fixed layout and rate from the first frame: a mid-stream change is converted rather
+            # than concatenated with mismatched shapes.
+            source_rate = frame.sample_rate
+            to_float = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=source_rate)
+            first_pts = frame.pts
+        max_frame = max(max_frame, frame.samples)
+        for converted in to_float.resample(frame):
+            blocks.append(converted.to_ndarray().mean(axis=0))
+    if to_float is None:
+        return np.zeros(0, np.float32), stream.rate or SAMPLE_RATE
+    for converted in to_float.resample(None):
+        blocks.append(converted.to_ndarray().mean(axis=0))
+    mono = np.concatenate(blocks).astype(np.float32, copy=False)
+    return _trim_to_stream(mono, stream, source_rate, first_pts, max_frame), source_rate
+
+
+def _trim_to_stream(mono: np.ndarray, stream, rate: int, first_pts, max_frame: int) -> np.ndarray:
+    """Drop encoder priming before the stream's start and padding after its recorded duration.
+
+    FFmpeg already skips the priming that LAME headers, Ogg pre-skip and MP4 edit lists declare,
+    but it keeps AAC's trailing padding (up to one codec frame). Priming the decoder did not skip
+    shows as a first frame timed before ``stream.start_time``. The tail is trimmed to
+    ``stream.duration`` only when the excess is at most one codec frame: a larger gap means the
+    duration is an estimate (e.g. a header-less CBR mp3), and cutting real audio is worse than
+    keeping a few milliseconds of padding.
+    """
+    time_base = stream.time_base
+    if time_base is None:
+        return mono
+    start_pts = stream.start_time if stream.start_time is not None else first_pts
+    if first_pts is not None and start_pts is not None and first_pts < start_pts:
+        lead = round((start_pts - first_pts) * time_base * rate)
+        logger.debug("dropping %d priming samples", lead)
+        mono = mono[lead:]
+    if stream.duration:
+        expected = round(stream.duration * time_base * rate)
+        excess = mono.shape[0] - expected
+        if 0 < excess <= max_frame:
+            logger.debug("dropping %d padding samples after the recorded duration", excess)
+            mono = mono[:expected]
+    return mono
+
+
+def _resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited resampling with swresample (delay-compensated, flushed to the exact length)."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target_rate)
+    out: list[np.ndarray] = []
+    for start in range(0, mono.shape[0], _RESAMPLE_BLOCK):
+        block = np.ascontiguousarray(mono[None, start:start + _RESAMPLE_BLOCK])
+        frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+        frame.sample_rate = source_rate
+        out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(frame))
+    out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(None))
+    return np.concatenate(out).astype(np.float32, copy=False)
