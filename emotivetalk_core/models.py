@@ -1,0 +1,236 @@
+"""Model bundles the pipeline and the nodes hold, and how model files become them.
+
+Two bundles, matching the two halves of the paper's figure and the two loader nodes:
+
+- :class:`EmotiveTalkModel` (ETHD + VAE + image encoder): the video diffusion side.
+- :class:`VAIDModel` (speech encoder + Audio-lip Projector + Di-CTE + visual encoders + Mapping):
+  the audio side, plus the encoders that read the portrait.
+
+Both load from one self-contained EmotiveTalk file (such as the shipped ``default`` model), or,
+for ETHD, from an adapter file plus base SVD weights the user already has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "emotivetalk_default.safetensors"
+
+ETHD_COMPONENTS = ("unet", "adapter", "vae", "image_encoder")
+VAID_COMPONENTS = ("lip_projector", "dicte", "lip_encoder", "exp_encoder", "identity_encoder", "face_processor", "mapping")
+
+
+def resolve_model_file(source: str | Path) -> Path:
+    """``"default"`` -> the shipped default model; anything else is a path that must exist."""
+    path = DEFAULT_MODEL_PATH if str(source) == "default" else Path(source)
+    if not path.is_file():
+        hint = " (the default model ships in the repository: reinstall the pack)" if path == DEFAULT_MODEL_PATH else ""
+        raise CheckpointError(f"EmotiveTalk model file not found: {path}{hint}")
+    return path
+
+
+def describe(info: dict) -> str:
+    """One line about a model file, saying loudly when it is untrained."""
+    if not info.get("trained", False):
+        return f"UNTRAINED model ({info.get('note', 'random weights')}): its output is noise, not a talking head"
+    return info.get("note", "trained model")
+
+
+# --- ETHD side ---------------------------------------------------------------------------
+
+@dataclass
+class EmotiveTalkModel:
+    """ETHD (SVD UNet + adapters), the SVD VAE and the CLIP image encoder, ready to run."""
+
+    ethd: nn.Module
+    vae: nn.Module
+    image_encoder: nn.Module
+    # SVD conditioning used in training, so inference matches it (DESIGN.md section 3).
+    settings: dict
+    info: dict = field(default_factory=dict)
+
+
+def build_unet(config: dict) -> nn.Module:
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    return UNetSpatioTemporalConditionModel(**config)
+
+
+def build_vae(config: dict) -> nn.Module:
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    return AutoencoderKLTemporalDecoder(**config)
+
+
+def build_image_encoder(config: dict) -> nn.Module:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+
+
+def build_emotivetalk_model(config: dict, info: dict | None = None) -> EmotiveTalkModel:
+    """A randomly initialised model of a named config's shape (tests, the default-model script)."""
+    from .ethd import ETHD
+
+    return EmotiveTalkModel(
+        ethd=ETHD(build_unet(config["unet"]), config["adapter"]),
+        vae=build_vae(config["vae"]),
+        image_encoder=build_image_encoder(config["image_encoder"]),
+        settings=dict(config["ethd"]),
+        info=dict(info or {}),
+    )
+
+
+def ethd_components(model: EmotiveTalkModel, config: dict) -> dict:
+    """``{component: (state_dict, config)}`` of the ETHD side, for :func:`save_model_file`."""
+    return {
+        "unet": (model.ethd.unet.state_dict(), config["unet"]),
+        "adapter": (model.ethd.adapter_state_dict(), {"adapter": config["adapter"], "ethd": model.settings}),
+        "vae": (model.vae.state_dict(), config["vae"]),
+        "image_encoder": (model.image_encoder.state_dict(), config["image_encoder"]),
+    }
+
+
+def load_emotivetalk_model(source: str | Path = "default", base: str | Path | None = None,
+                           base_config: str | dict = "svd-xt") -> EmotiveTalkModel:
+    """Load the ETHD side.
+
+    ``source`` is a self-contained file (``default`` included) or an adapter-only file; an
+    adapter-only file needs ``base``: Stability's single-file SVD (``svd_xt.safetensors``) or a
+    diffusers SVD folder, of the shape ``base_config`` names.
+    """
+    from .ethd import ETHD
+
+    path = resolve_model_file(source)
+    configs, info = read_metadata(path)
+    if "adapter" not in configs:
+        raise CheckpointError(f"{path} has no ETHD adapter (it holds {sorted(configs)}); pick an ETHD or full model file")
+    wanted = [name for name in ETHD_COMPONENTS if name in configs]
+    states, configs, info = load_model_file(path, wanted)
+    if "unet" in states:
+        unet = _built(build_unet(configs["unet"]), states["unet"], "unet", path)
+        vae = _built(build_vae(configs["vae"]), states["vae"], "vae", path)
+        image_encoder = _built(build_image_encoder(configs["image_encoder"]), states["image_encoder"], "image_encoder", path)
+    elif base is None:
+        raise CheckpointError(
+            f"{path} holds only ETHD adapters; it needs the base Stable Video Diffusion weights too "
+            "(svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
+        )
+    else:
+        from .svd_convert import load_svd
+
+        unet, vae, image_encoder = load_svd(base, config=base_config)
+    ethd = ETHD(unet, configs["adapter"]["adapter"])
+    ethd.load_adapter_state_dict(states["adapter"])
+    log.info("EmotiveTalk model %s: %s", path.name, describe(info))
+    return EmotiveTalkModel(ethd.eval(), vae.eval(), image_encoder.eval(), dict(configs["adapter"]["ethd"]), info)
+
+
+def _built(module: nn.Module, state_dict: dict, name: str, path: Path) -> nn.Module:
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: component '{name}' does not match its config: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return module
+
+
+# --- V-AID side --------------------------------------------------------------------------
+
+@dataclass
+class VAIDModel:
+    """The audio side of the figure plus the encoders that read the portrait."""
+
+    speech_encoder: nn.Module
+    lip_projector: nn.Module
+    dicte: nn.Module
+    lip_encoder: nn.Module
+    exp_encoder: nn.Module
+    identity_encoder: nn.Module
+    face_processor: nn.Module
+    mapping: nn.Module
+    speech_config: dict
+    info: dict = field(default_factory=dict)
+
+
+def _vaid_classes() -> dict:
+    from .dicte import DiCTE
+    from .encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
+    from .mapping import Mapping
+    from .vaid import AudioLipProjector
+
+    return {
+        "lip_projector": (AudioLipProjector, "vaid"),
+        "dicte": (DiCTE, "dicte"),
+        "lip_encoder": (LipEncoder, "encoders"),
+        "exp_encoder": (ExpEncoder, "encoders"),
+        "identity_encoder": (IdentityEncoder, "encoders"),
+        "face_processor": (FaceProcessor, "encoders"),
+        "mapping": (Mapping, "mapping"),
+    }
+
+
+def build_vaid_model(config: dict, speech_source: str | Path | None = None, info: dict | None = None) -> VAIDModel:
+    """A randomly initialised V-AID bundle of a named config's shape."""
+    from .speech_encoder import load_speech_encoder
+
+    modules = {name: cls(config[section]) for name, (cls, section) in _vaid_classes().items()}
+    speech = load_speech_encoder(config["speech"], speech_source)
+    return VAIDModel(speech_encoder=speech, speech_config=dict(config["speech"]), info=dict(info or {}), **modules)
+
+
+def vaid_components(model: VAIDModel, config: dict) -> dict:
+    """``{component: (state_dict, config)}`` of the V-AID side, for :func:`save_model_file`."""
+    return {name: (getattr(model, name).state_dict(), config[section]) for name, (_, section) in _vaid_classes().items()}
+
+
+def vaid_info(model: VAIDModel) -> dict:
+    """What a V-AID file must record about the speech encoder it was trained with."""
+    return {"speech_encoder": {"config": model.speech_config, "fingerprint": model.speech_encoder.fingerprint()}}
+
+
+def load_vaid_model(source: str | Path = "default", speech_source: str | Path | None = None) -> VAIDModel:
+    """Load the V-AID side; refuses a speech encoder other than the one it was trained with."""
+    from .speech_encoder import check_speech_encoder, load_speech_encoder
+
+    path = resolve_model_file(source)
+    states, configs, info = load_model_file(path, list(VAID_COMPONENTS))
+    recorded = info.get("speech_encoder")
+    if recorded is None:
+        raise CheckpointError(f"{path} does not record the speech encoder its V-AID was trained with")
+    expected = recorded["fingerprint"]
+    needed = (f"It needs {expected.get('source') or expected['architecture']} "
+              "(a wav2vec2 file in ComfyUI's models/audio_encoders, or a Hugging Face folder).")
+    if recorded["config"].get("kind") != "logmel" and speech_source is None:
+        raise CheckpointError(f"{path} needs its speech encoder. {needed}")
+    speech = load_speech_encoder(recorded["config"], speech_source)
+    check_speech_encoder(expected, speech.fingerprint(), needed_file_hint=needed)
+    modules = {}
+    for name, (cls, _) in _vaid_classes().items():
+        modules[name] = _built(cls(configs[name]), states[name], name, path).eval()
+    log.info("EmotiveTalk V-AID %s: %s", path.name, describe(info))
+    return VAIDModel(speech_encoder=speech.eval(), speech_config=dict(recorded["config"]), info=info, **modules)
+
+
+def save_full_model(path: str | Path, model: EmotiveTalkModel, vaid: VAIDModel, config: dict, info: dict) -> Path:
+    """One self-contained file with both halves (what ``default`` is)."""
+    components = {**ethd_components(model, config), **vaid_components(vaid, config)}
+    return save_model_file(path, components, {**info, **vaid_info(vaid)})
+
+
+def to_device(model, device: str | torch.device, dtype: torch.dtype | None = None):
+    """Move every module of a bundle; returns the bundle."""
+    for value in vars(model).values():
+        if isinstance(value, nn.Module):
+            value.to(device=device, dtype=dtype)
+    return model

@@ -1,0 +1,119 @@
+"""Model files: the shipped default model, self-contained and component files, speech-encoder checks."""
+
+import json
+
+import pytest
+import torch
+
+from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from emotivetalk_core.configs import get_config
+from emotivetalk_core.models import (
+    DEFAULT_MODEL_PATH,
+    ETHD_COMPONENTS,
+    VAID_COMPONENTS,
+    build_vaid_model,
+    describe,
+    load_emotivetalk_model,
+    load_vaid_model,
+    save_full_model,
+    build_emotivetalk_model,
+)
+
+
+def test_default_model_is_small_self_contained_and_says_it_is_untrained():
+    assert DEFAULT_MODEL_PATH.stat().st_size < 8e6
+    configs, info = read_metadata(DEFAULT_MODEL_PATH)
+    assert set(configs) == set(ETHD_COMPONENTS) | set(VAID_COMPONENTS)
+    assert info["trained"] is False
+    assert "UNTRAINED" in describe(info)
+    model = load_emotivetalk_model("default")
+    vaid = load_vaid_model("default")
+    assert model.settings["clip_frames"] == get_config("tiny")["ethd"]["clip_frames"]
+    assert model.info["trained"] is False and vaid.info["trained"] is False
+    assert next(model.ethd.parameters()).dtype == torch.float32
+
+
+def test_default_model_file_is_what_the_seeded_script_writes(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.py"
+    spec = importlib.util.spec_from_file_location("make_default_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = module.make(tmp_path / "default.safetensors")
+    assert read_metadata(fresh) == read_metadata(DEFAULT_MODEL_PATH)
+    fresh_states, _, _ = load_model_file(fresh)
+    shipped_states, _, _ = load_model_file(DEFAULT_MODEL_PATH)
+    for component, state in shipped_states.items():
+        assert state.keys() == fresh_states[component].keys(), component
+        for key, tensor in state.items():
+            assert torch.equal(tensor, fresh_states[component][key]), f"{component}.{key}"
+
+
+def test_full_model_round_trip_gives_identical_modules(tmp_path):
+    torch.manual_seed(3)
+    config = get_config("tiny")
+    model, vaid = build_emotivetalk_model(config), build_vaid_model(config)
+    path = save_full_model(tmp_path / "full.safetensors", model, vaid, config, {"trained": True, "note": "test"})
+    loaded, loaded_vaid = load_emotivetalk_model(path), load_vaid_model(path)
+    for original, copy in [(model.ethd, loaded.ethd), (model.vae, loaded.vae), (vaid.dicte, loaded_vaid.dicte),
+                           (vaid.mapping, loaded_vaid.mapping), (vaid.face_processor, loaded_vaid.face_processor)]:
+        for (name, a), (_, b) in zip(original.state_dict().items(), copy.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    assert loaded.settings == config["ethd"]
+    assert describe(loaded.info) == "test"
+
+
+def test_component_file_holds_one_component_and_names_what_is_missing(tmp_path):
+    torch.manual_seed(0)
+    vaid = build_vaid_model(get_config("tiny"))
+    path = save_model_file(tmp_path / "dicte.safetensors", {"dicte": (vaid.dicte.state_dict(), get_config("tiny")["dicte"])})
+    states, configs, _ = load_model_file(path, ["dicte"])
+    assert configs["dicte"] == get_config("tiny")["dicte"]
+    assert set(states["dicte"]) == set(vaid.dicte.state_dict())
+    with pytest.raises(CheckpointError, match=r"no component\(s\) \['mapping'\].*holds \['dicte'\]"):
+        load_model_file(path, ["mapping"])
+
+
+def test_a_file_without_emotivetalk_metadata_is_refused_clearly(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "random.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not an EmotiveTalk model file"):
+        load_emotivetalk_model(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_emotivetalk_model(tmp_path / "nothing.safetensors")
+
+
+def _tiny_wav2vec2_file(path, seed):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    config = Wav2Vec2Config(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    model = Wav2Vec2Model(config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_vaid_refuses_a_speech_encoder_it_was_not_trained_with(tmp_path):
+    config = get_config("tiny")
+    config["speech"] = {"kind": "wav2vec2", "architecture": None, "layers": [1, 2]}
+    config["vaid"].update(speech_dim=128, speech_layers=2)
+    config["dicte"].update(speech_dim=128, speech_layers=2)
+    trained_with = _tiny_wav2vec2_file(tmp_path / "wav2vec2-trained.safetensors", seed=0)
+    other = _tiny_wav2vec2_file(tmp_path / "wav2vec2-other.safetensors", seed=1)
+    model = build_emotivetalk_model(config)
+    vaid = build_vaid_model(config, speech_source=trained_with)
+    path = save_full_model(tmp_path / "full.safetensors", model, vaid, config, {"trained": True})
+    recorded = json.loads(json.dumps(read_metadata(path)[1]["speech_encoder"]))
+    assert recorded["fingerprint"]["source"] == "wav2vec2-trained.safetensors"
+
+    assert load_vaid_model(path, speech_source=trained_with).speech_encoder.fingerprint()["weights_sha256"]
+    with pytest.raises(ValueError, match="wav2vec2-trained.safetensors"):
+        load_vaid_model(path, speech_source=other)
+    with pytest.raises(CheckpointError, match="needs its speech encoder.*wav2vec2-trained.safetensors"):
+        load_vaid_model(path)
