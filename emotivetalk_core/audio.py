@@ -118,7 +118,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, source_rate)
     if source_rate == sample_rate:
         return mono
-    return _resample(mono, source_rate, sample_rate)
+    return resample(mono, source_rate, sample_rate)
 
 
 def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
@@ -174,7 +174,7 @@ def _trim_to_stream(mono: np.ndarray, stream, rate: int, first_pts, max_frame: i
     return mono
 
 
-def _resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+def resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling with swresample (delay-compensated, flushed to the exact length)."""
     import av
 
@@ -187,3 +187,19 @@ def _resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
         out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(frame))
     out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(None))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def to_speech_rate(waveform, sample_rate: int) -> np.ndarray:
+    """Any in-memory audio (``[T]``, ``[C, T]`` or ComfyUI's ``[1, C, T]``) -> float32 mono 16 kHz.
+
+    Channels are averaged, then resampled with the same resampler as :func:`load_audio`.
+    """
+    if hasattr(waveform, "detach"):
+        waveform = waveform.detach().to("cpu").float().numpy()
+    mono = np.asarray(waveform, dtype=np.float32)
+    while mono.ndim > 1:
+        mono = mono.mean(axis=0)
+    if mono.size == 0:
+        raise ValueError("the audio is empty")
+    exact_rate(sample_rate, "sample_rate")
+    return mono if int(sample_rate) == SAMPLE_RATE else resample(mono, int(sample_rate), SAMPLE_RATE)

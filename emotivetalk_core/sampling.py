@@ -292,11 +292,13 @@ class WindowedDenoiser:
     latent state can stay on the host.
     """
 
-    def __init__(self, denoiser, window: int, overlap: int | None = None):
+    def __init__(self, denoiser, window: int, overlap: int | None = None, on_window: Callable[[], None] | None = None):
         overlap = default_overlap(window) if overlap is None else overlap
         if not 1 <= overlap < window:
             raise ValueError(f"overlap must be in 1..window-1 = 1..{window - 1}, got {overlap}")
         self.denoiser, self.window, self.overlap = denoiser, window, overlap
+        # Called after every window's model call: progress bars count it, a cancel raises from it.
+        self.on_window = on_window
         self._weights: dict[int, list[torch.Tensor]] = {}
 
     def spans(self, num_frames: int) -> list[tuple[int, int]]:
@@ -313,6 +315,8 @@ class WindowedDenoiser:
             denoised = self.denoiser.window(start, stop)(x[:, start:stop].to(device), sigma_model)
             weight = weight.to(device=x.device, dtype=x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
             fused[:, start:stop] += weight * denoised.to(x.device)
+            if self.on_window is not None:
+                self.on_window()
         return fused
 
 
