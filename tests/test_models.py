@@ -117,3 +117,31 @@ def test_vaid_refuses_a_speech_encoder_it_was_not_trained_with(tmp_path):
         load_vaid_model(path, speech_source=other)
     with pytest.raises(CheckpointError, match="needs its speech encoder.*wav2vec2-trained.safetensors"):
         load_vaid_model(path)
+
+
+def test_adapter_file_plus_base_svd_in_stability_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    from emotivetalk_core.svd_convert import diffusers_to_stability
+
+    torch.manual_seed(4)
+    config = get_config("tiny")
+    model = build_emotivetalk_model(config)
+    for parameter in model.ethd.adapter_state_dict().values():  # make the adapters matter
+        parameter.normal_(std=0.1)
+    base = tmp_path / "svd_tiny.safetensors"
+    stability = diffusers_to_stability(model.ethd.unet.state_dict(), model.vae.state_dict(), model.image_encoder.state_dict())
+    save_file({k: v.contiguous() for k, v in stability.items()}, str(base))
+    adapter = save_model_file(tmp_path / "adapter.safetensors",
+                              {"adapter": (model.ethd.adapter_state_dict(), {"adapter": config["adapter"], "ethd": config["ethd"]})},
+                              {"trained": True})
+    with pytest.raises(CheckpointError, match="needs the base Stable Video Diffusion weights"):
+        load_emotivetalk_model(adapter)
+    loaded = load_emotivetalk_model(adapter, base=base, base_config="tiny")
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(sample=torch.randn(1, 2, 8, 8, 8, generator=g), timestep=torch.tensor([0.3]),
+                  image_embeds=torch.randn(1, 1, 32, generator=g), added_time_ids=torch.tensor([[6.0, 127.0, 0.02]]),
+                  lip_windows=torch.randn(1, 2, 5, 16, generator=g), driven_exp=torch.randn(1, 2, 16, generator=g),
+                  reference_exp=torch.randn(1, 16, generator=g))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.ethd(**inputs), model.ethd.eval()(**inputs), rtol=0, atol=0)
