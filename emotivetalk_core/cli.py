@@ -1,0 +1,172 @@
+"""Command line: ``python -m emotivetalk_core {generate,demo}``.
+
+Bad input exits with status 2 and one line on stderr saying what is wrong and what to do; a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_PORTRAIT = ASSETS / "portrait.png"
+DEMO_SPEECH = ASSETS / "speech.wav"
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line too, same status
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m emotivetalk_core", description="EmotiveTalk: talking-head video from one portrait and speech.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    generate = commands.add_parser("generate", help="portrait + speech (+ emotion) -> mp4")
+    generate.add_argument("--image", required=True, type=Path, help="portrait image (a face-centred square works best)")
+    generate.add_argument("--audio", required=True, type=Path, help="speech: wav, flac, mp3, ogg, m4a or a video's audio track")
+    generate.add_argument("--out", required=True, type=Path, help="output .mp4 (H.264 + AAC)")
+    _add_emotion_arguments(generate)
+    _add_common_arguments(generate)
+
+    demo = commands.add_parser("demo", help="the bundled portrait and speech on the default model")
+    demo.add_argument("--out", type=Path, default=Path("emotivetalk_demo.mp4"), help="output .mp4 (default: %(default)s)")
+    _add_emotion_arguments(demo, default_label="happy")
+    _add_common_arguments(demo, width=256, height=256, steps=12)
+    return parser
+
+
+def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--emotion", default=default_label, help="an emotion label, e.g. happy, angry, sad, surprised, neutral")
+    source.add_argument("--emotion-text", help="a text prompt, e.g. 'speak seriously'")
+    source.add_argument("--emotion-image", type=Path, help="an image whose facial expression to use")
+    source.add_argument("--emotion-video", type=Path, help="a video whose expressions to follow frame by frame")
+    source.add_argument("--timeline", help="keyframes '0:neutral,3.5:happy@0.8~0.5,8:sad' (time:label@intensity~blend) or a JSON file")
+    parser.add_argument("--intensity", type=float, default=1.0, help="0 = the portrait's own expression, 1 = as requested, >1 exaggerated")
+    parser.add_argument("--neutralise", action="store_true", help="start from a neutral face instead of the portrait's expression")
+
+
+def _add_common_arguments(parser, width: int = 512, height: int = 512, steps: int = 25) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--width", type=int, default=width, help="multiple of 64 (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=height, help="multiple of 64 (default: %(default)s)")
+    parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
+    parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")
+    parser.add_argument("--reference-strength", type=float, default=2.0, help="guidance toward the portrait")
+    parser.add_argument("--lip-strength", type=float, default=1.0, help="guidance toward the lip stream")
+    parser.add_argument("--expression-strength", type=float, default=1.0, help="guidance toward the driven expression")
+    parser.add_argument("--av-offset", type=int, default=0, help="frames; > 0 moves the mouth later than the audio")
+    parser.add_argument("--lip-context", type=int, default=None, help="lip frames either side each frame sees (default: the model's)")
+    parser.add_argument("--window", type=int, default=None, help="frames per ETHD window (default: the model's clip length)")
+    parser.add_argument("--overlap", type=int, default=None, help="window overlap in frames (default: 25%% of the window)")
+    parser.add_argument("--checkpoint", default="default", help="EmotiveTalk model file, or 'default'")
+    parser.add_argument("--base", type=Path, default=None, help="base SVD (svd_xt.safetensors or a diffusers folder) for an adapter-only checkpoint")
+    parser.add_argument("--speech-encoder", type=Path, default=None, help="wav2vec2 file or folder, if the model uses one")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _timeline(args):
+    from .emotion import EmotionSource, parse_timeline, single
+
+    if args.timeline:
+        timeline = parse_timeline(args.timeline)
+    elif args.emotion_text:
+        timeline = single(EmotionSource("text", args.emotion_text), args.intensity)
+    elif args.emotion_image:
+        timeline = single(EmotionSource("image", str(_existing(args.emotion_image, "--emotion-image"))), args.intensity)
+    elif args.emotion_video:
+        timeline = single(EmotionSource("video", str(_existing(args.emotion_video, "--emotion-video"))), args.intensity)
+    else:
+        timeline = single(EmotionSource("label", args.emotion or "neutral"), args.intensity)
+    if args.neutralise:
+        timeline.neutralise_portrait = True
+    return timeline
+
+
+def _existing(path: Path, flag: str) -> Path:
+    if not path.is_file():
+        raise UsageError(f"{flag}: file not found: {path}")
+    return path
+
+
+def _settings(args):
+    from .pipeline import GenerationSettings
+
+    settings = GenerationSettings(
+        fps=args.fps, width=args.width, height=args.height, steps=args.steps, sampler=args.sampler, seed=args.seed,
+        motion=args.motion, noise_aug=args.noise_aug, reference_strength=args.reference_strength,
+        lip_strength=args.lip_strength, expression_strength=args.expression_strength, av_offset=args.av_offset,
+        lip_context=args.lip_context, window=args.window, overlap=args.overlap,
+    )
+    settings.validate()
+    return settings
+
+
+def _run(args) -> Path:
+    from .pipeline import EmotiveTalkPipeline, load_image
+
+    image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
+    audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")
+    settings, timeline = _settings(args), _timeline(args)
+    pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
+                                              device=args.device)
+    progress = None if args.quiet else _progress_bar()
+    result = pipeline.generate_to_file(load_image(image), audio, args.out, settings, timeline, progress=progress)
+    print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")
+    if not pipeline.trained:
+        print("note: the model is UNTRAINED (random weights): the video shows noise, not a talking head", file=sys.stderr)
+    return result.path
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int, stage: str = "sampling") -> None:
+        nonlocal bar
+        if bar is None or bar.total != total or bar.desc != stage:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=stage, unit="call")
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return update
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _run(build_parser().parse_args(argv))
+    except SystemExit:
+        raise
+    except Exception as error:  # every failure becomes one line unless --debug
+        if debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"file not found: {error.filename}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, (UsageError, ValueError, OSError)) else f"{type(error).__name__}: {text}"

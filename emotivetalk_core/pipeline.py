@@ -1,0 +1,485 @@
+"""The whole method, stage by stage: portrait + speech (+ emotion) -> frames and padded audio.
+
+Panel (a) of the figure, left to right. Each stage is a plain function the ComfyUI nodes call one
+by one; :class:`EmotiveTalkPipeline` chains them for the command line.
+
+    prepare_audio        audio -> 16 kHz mono, N = frame_count(...), padded to N / fps
+    encode_speech        frozen Audio Encoder features at video frame centres   [N, L, D]
+    lip_stream           V-AID Audio-lip Projector                               [N, lip_dim]
+    encode_reference     portrait -> VAE latent, CLIP embedding, Exp/Identity codes, face mask
+    expand_expression    Di-CTE (or an emotion video) over an emotion timeline   [N, exp_dim]
+    sample_latents       ETHD reverse process, overlapping windows fused every step
+    decode_frames        VAE decoder in overlapping chunks, streaming
+
+Long audio: the speech encoder chunks internally, the lip projector and Di-CTE run in
+overlapping chunks here, ETHD runs one window at a time, the VAE one chunk at a time; the latent
+state stays on the host (about 94 MiB per minute of video at 512 px, 25 fps, float32).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import audio as audio_lib
+from .edi import resolve_face_mask
+
+log = logging.getLogger(__name__)
+
+LATENT_SCALE = 8  # SVD's VAE (and the tiny one) maps 8x8 pixels to one latent
+# Long sequences through the frame-wise V-AID models: chunk length and the context kept on
+# each side (the projector's receptive field is far below it; Di-CTE's attention sees 2 s).
+SEQUENCE_CHUNK = 250
+SEQUENCE_CONTEXT = 50
+
+
+# --- settings ------------------------------------------------------------------------------
+
+@dataclass
+class GenerationSettings:
+    """Every knob of a generation. ``None`` means "what the model was trained with"."""
+
+    fps: float = 25.0
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    sampler: str = "euler"
+    seed: int = 0
+    motion: int | None = None  # SVD's motion bucket
+    noise_aug: float | None = None
+    reference_strength: float = 2.0
+    lip_strength: float = 1.0
+    expression_strength: float = 1.0
+    av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
+    lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
+    window: int | None = None  # ETHD window in frames (default: the training clip length)
+    overlap: int | None = None  # default: 25 % of the window, rounded up
+    dicte_steps: int = 25
+    decode_chunk: int | None = None  # default: the window
+    max_batch: int | None = None  # split guidance passes only under memory pressure
+
+    def validate(self) -> None:
+        audio_lib.exact_rate(self.fps, "fps")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 64 or value % 64:
+                raise ValueError(f"{name} must be a positive multiple of 64, got {value}")
+        if self.steps < 1 or self.dicte_steps < 1:
+            raise ValueError("steps must be at least 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _samplers() -> dict:
+    from .sampling import sample_euler, sample_heun
+
+    return {"euler": sample_euler, "heun": sample_heun}
+
+
+SAMPLERS = ("euler", "heun")
+
+
+# --- audio ---------------------------------------------------------------------------------
+
+@dataclass
+class PreparedAudio:
+    """Speech at 16 kHz mono, padded with silence to exactly ``num_frames / fps``."""
+
+    waveform: np.ndarray
+    num_frames: int
+    fps: float
+    sample_rate: int = audio_lib.SAMPLE_RATE
+    source_samples: int = 0  # length before padding
+
+    @property
+    def seconds(self) -> float:
+        return len(self.waveform) / self.sample_rate
+
+
+def prepare_audio(waveform, sample_rate: int, fps: float) -> PreparedAudio:
+    """Mono, 16 kHz, N = ceil(samples * fps / 16000) frames, silence-padded to N / fps.
+
+    The frame count is taken at 16 kHz (the rate every stage reads). Nothing is cut.
+    """
+    mono = audio_lib.to_speech_rate(waveform, sample_rate)
+    num_frames = audio_lib.frame_count(len(mono), fps)
+    padded = audio_lib.pad_to_frames(mono, num_frames, fps)
+    return PreparedAudio(padded, num_frames, float(fps), source_samples=len(mono))
+
+
+def load_prepared_audio(path, fps: float) -> PreparedAudio:
+    return prepare_audio(audio_lib.load_audio(path), audio_lib.SAMPLE_RATE, fps)
+
+
+# --- V-AID ---------------------------------------------------------------------------------
+
+def encode_speech(vaid, audio: PreparedAudio, av_offset: int = 0) -> torch.Tensor:
+    """Speech features at every video frame centre, ``[N, L, D]``, shifted by ``av_offset`` frames."""
+    device = _device(vaid.speech_encoder)
+    waveform = torch.from_numpy(audio.waveform).to(device)
+    features = vaid.speech_encoder.encode(waveform, audio.num_frames, audio.fps)
+    return shift_frames(features, av_offset)
+
+
+def shift_frames(sequence: torch.Tensor, offset: int) -> torch.Tensor:
+    """Frame j takes frame j - offset (edge frames repeat): > 0 delays, < 0 advances."""
+    if offset == 0:
+        return sequence
+    index = (torch.arange(sequence.shape[0], device=sequence.device) - offset).clamp(0, sequence.shape[0] - 1)
+    return sequence[index]
+
+
+def lip_stream(vaid, speech: torch.Tensor) -> torch.Tensor:
+    """V-AID lip stream ``[N, lip_dim]`` from speech features ``[N, L, D]``."""
+    projector = vaid.lip_projector
+    param = next(projector.parameters())
+    return over_chunks(lambda part: projector(speech[part][None].to(param.device, param.dtype))[0].float().cpu(),
+                       speech.shape[0])
+
+
+def over_chunks(fn: Callable[[slice], torch.Tensor], total: int,
+                chunk: int = SEQUENCE_CHUNK, context: int = SEQUENCE_CONTEXT) -> torch.Tensor:
+    """Run a frame-sequence model over ``total`` frames in overlapping chunks.
+
+    ``fn(frames)`` returns the outputs ``[n, ...]`` of the frames in the slice. Each chunk sees
+    ``context`` extra frames on both sides, and neighbouring chunks are crossfaded linearly
+    over their shared frames, so there is no step between chunks. A sequence no longer than
+    ``chunk + 2 * context`` is one call.
+    """
+    if total <= chunk + 2 * context:
+        with torch.no_grad():
+            return fn(slice(0, total))
+    output = weight_sum = None
+    for start in range(0, total, chunk):
+        lo, hi = max(0, start - context), min(total, start + chunk + context)
+        with torch.no_grad():
+            part = fn(slice(lo, hi))
+        weight = _crossfade_weights(lo, hi, total, context).to(part.dtype)
+        if output is None:
+            output = part.new_zeros((total, *part.shape[1:]))
+            weight_sum = part.new_zeros(total)
+        output[lo:hi] += weight.view(-1, *([1] * (part.dim() - 1))) * part
+        weight_sum[lo:hi] += weight
+    return output / weight_sum.view(-1, *([1] * (output.dim() - 1)))
+
+
+def _crossfade_weights(lo: int, hi: int, total: int, context: int) -> torch.Tensor:
+    # Ramps up over the leading 2*context frames (unless at the sequence start) and down over
+    # the trailing ones (unless at the end); strictly positive so every frame has weight.
+    k = torch.arange(hi - lo, dtype=torch.float64)
+    ramp = 2 * context
+    up = torch.ones_like(k) if lo == 0 else ((k + 0.5) / ramp).clamp(max=1)
+    down = torch.ones_like(k) if hi == total else ((hi - lo - k - 0.5) / ramp).clamp(max=1)
+    return (up * down).float()
+
+
+# --- reference (EDI's inputs from the portrait) ----------------------------------------------
+
+@dataclass
+class Reference:
+    """Everything ETHD and Di-CTE need from the portrait (ComfyUI type EMOTIVETALK_REFERENCE)."""
+
+    image: torch.Tensor  # [1, 3, H, W] in 0..1, resized to the output size
+    latent: torch.Tensor  # [1, 4, H/8, W/8] SVD VAE latent (noise-augmented, unscaled)
+    image_embeds: torch.Tensor  # [1, 1, C]
+    expression: torch.Tensor  # [exp_dim]  Exp Encoder(x_ref)
+    identity: torch.Tensor  # [id_dim]  Identity Encoder(x_ref)
+    face_mask: torch.Tensor  # [1, 1, H, W] in 0..1, 1 = face
+    noise_aug: float
+    mask_source: str = "face processor"
+
+
+def fit_portrait(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize ``[B, 3, H, W]`` to cover ``width x height`` keeping its aspect, then centre-crop.
+
+    Nothing is stretched; for a portrait that is not a face-centred square, crop around the face
+    first (the face crop / paste-back nodes do).
+    """
+    _, _, h, w = image.shape
+    scale = max(width / w, height / h)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    resized = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return resized[:, :, top:top + height, left:left + width]
+
+
+def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, mask: torch.Tensor | None = None,
+                     noise_aug: float | None = None, seed: int = 0) -> Reference:
+    """Portrait ``[1, 3, H, W]`` (0..1) -> :class:`Reference` at the output size.
+
+    A user mask (``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, 1 = face) wins over the Face
+    Processor; it is fitted to the output exactly like the portrait.
+    """
+    from .svd_conditioning import image_embeds, reference_latent
+
+    noise_aug = model.settings["noise_aug"] if noise_aug is None else noise_aug
+    portrait = fit_portrait(image, width, height)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        latent = reference_latent(model.vae, portrait, noise_aug, generator).float().cpu()
+        embeds = image_embeds(model.image_encoder, portrait).float().cpu()
+        codes = _run_on(vaid.exp_encoder, portrait), _run_on(vaid.identity_encoder, portrait)
+        user_mask = resolve_face_mask(mask)
+        if user_mask is not None:
+            face_mask, source = fit_portrait(user_mask, width, height).clamp(0, 1), "user mask"
+        else:
+            face_mask, source = _run_on(vaid.face_processor, portrait), "face processor"
+    return Reference(portrait, latent, embeds, codes[0][0], codes[1][0], face_mask, float(noise_aug), source)
+
+
+def _run_on(module, images: torch.Tensor) -> torch.Tensor:
+    param = next(module.parameters())
+    return module(images.to(param.device, param.dtype)).float().cpu()
+
+
+def _device(module) -> torch.device:
+    param = next(module.parameters(), None)
+    buffer = next(module.buffers(), None)
+    tensor = param if param is not None else buffer
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# --- Di-CTE: the expression stream ----------------------------------------------------------
+
+class VAIDEmotionResolver:
+    """Emotion sources -> vectors in Di-CTE's condition space, with the V-AID bundle's models.
+
+    Labels and texts go through the Mapping; an image through the Exp Encoder then the Mapping;
+    a video's frames through the Exp Encoder (a temporal source bypasses Di-CTE).
+    """
+
+    def __init__(self, vaid):
+        self.vaid = vaid
+
+    def label(self, name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.vaid.mapping.from_label([name])[0].float().cpu()
+
+    def text(self, prompt: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.vaid.mapping.from_text([prompt])[0].float().cpu()
+
+    def image(self, path) -> torch.Tensor:
+        code = self._expressions(load_image(path))
+        with torch.no_grad():
+            return self.vaid.mapping.from_image(code.to(_device(self.vaid.mapping)))[0].float().cpu()
+
+    def video(self, path, num_frames: int, fps: float) -> torch.Tensor:
+        from .video_io import read_video_frames
+
+        frames = torch.from_numpy(read_video_frames(path, fps=fps)).permute(0, 3, 1, 2)
+        if frames.shape[0] == 0:
+            raise ValueError(f"emotion video {path} has no frames")
+        return torch.cat([self._expressions(block) for block in frames.split(64)])
+
+    def _expressions(self, images: torch.Tensor) -> torch.Tensor:
+        side = min(images.shape[-2:])
+        with torch.no_grad():
+            return _run_on(self.vaid.exp_encoder, fit_portrait(images, side, side))
+
+
+def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline, fps: float,
+                      seed: int = 0, steps: int = 25) -> torch.Tensor:
+    """Driven expression codes ``[N, exp_dim]`` for every video frame, following ``timeline``.
+
+    Di-CTE expands label/text/image sources over the speech (intensity = its guidance between the
+    portrait's own expression and the requested one); video-sourced frames take the video's codes.
+    """
+    from .emotion import plan
+
+    num_frames = speech.shape[0]
+    expression_plan = plan(timeline, num_frames, fps, VAIDEmotionResolver(vaid), reference.expression)
+    dicte = vaid.dicte
+    param = next(dicte.parameters())
+    on = {"device": param.device, "dtype": param.dtype}
+    identity = reference.identity[None].to(**on)
+
+    def sample(frames: slice) -> torch.Tensor:
+        return dicte.sample(
+            speech[frames][None].to(**on), identity,
+            condition=expression_plan.condition[frames][None].to(**on),
+            uncond_condition=expression_plan.baseline[frames][None].to(**on),
+            guidance=expression_plan.intensity[frames][None].to(**on),
+            steps=min(steps, dicte.train_steps), generator=seed + frames.start,
+        )[0].float().cpu()
+
+    return expression_plan.combine(over_chunks(sample, num_frames))
+
+
+# --- ETHD ----------------------------------------------------------------------------------
+
+def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
+                 settings: GenerationSettings):
+    """ETHD's :class:`~emotivetalk_core.sampling.Conditioning` on the model's device and dtype."""
+    from .ethd import lip_windows
+    from .svd_conditioning import added_time_ids
+    from .sampling import Conditioning
+
+    ethd = model.ethd
+    param = next(ethd.parameters())
+    model_context = ethd.lip_context
+    context = model_context if settings.lip_context is None else settings.lip_context
+    if not 0 <= context <= model_context:
+        raise ValueError(f"lip_context must be between 0 and the model's {model_context}, got {context}")
+    # A smaller context repeats the nearest frame inside ±context into the outer token slots.
+    windows = lip_windows(lip[None], context)
+    if context < model_context:
+        slots = torch.arange(-model_context, model_context + 1).clamp(-context, context) + context
+        windows = windows[:, :, slots]
+    motion = model.settings["motion_bucket"] if settings.motion is None else settings.motion
+    on = {"device": param.device, "dtype": param.dtype}
+    return Conditioning(
+        reference_latent=reference.latent.to(**on),
+        image_embeds=reference.image_embeds.to(**on),
+        added_time_ids=added_time_ids(model.settings["fps_id"], motion, reference.noise_aug, **on),
+        lip_windows=windows.to(**on),
+        driven_exp=driven[None].to(**on),
+        reference_exp=reference.expression[None].to(**on),
+        face_mask=reference.face_mask.to(**on),
+    )
+
+
+def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
+                   settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """ETHD reverse process over the whole video: raw SVD latents ``[N, 4, h, w]`` on the host.
+
+    ``progress(done, total)`` counts window x step UNet evaluations (per sampler model call).
+    """
+    from .sampling import (GuidedDenoiser, Guidance, WindowedDenoiser, default_overlap, initial_noise, karras_sigmas,
+                           start_latents, window_spans)
+
+    settings.validate()
+    num_frames = driven.shape[0]
+    if lip.shape[0] != num_frames:
+        raise ValueError(f"lip stream has {lip.shape[0]} frames, the expression stream {num_frames}")
+    window = settings.window or model.settings["clip_frames"]
+    overlap = settings.overlap or default_overlap(window)
+    guidance = Guidance(settings.reference_strength, settings.lip_strength, settings.expression_strength)
+    denoiser = GuidedDenoiser(model.ethd, conditioning(model, reference, lip, driven, settings), guidance, settings.max_batch)
+    spans = len(window_spans(num_frames, window, overlap))
+    calls = spans * (2 * settings.steps - 1 if settings.sampler == "heun" else settings.steps)  # Heun ends on Euler
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, calls)
+
+    windowed = WindowedDenoiser(denoiser, window, overlap, on_window=tick)
+    sigmas = karras_sigmas(settings.steps)
+    height, width = reference.latent.shape[-2:]
+    x = start_latents(initial_noise(settings.seed, num_frames, (4, height, width)), sigmas)
+    return _samplers()[settings.sampler](windowed, x, sigmas)[0]
+
+
+# --- frames --------------------------------------------------------------------------------
+
+def decode_frames(model, latents: torch.Tensor, settings: GenerationSettings) -> Iterator[torch.Tensor]:
+    """Frames ``[n, H, W, 3]`` in 0..1, block by block (the VAE decodes overlapping chunks)."""
+    from .sampling import default_overlap
+    from .vae_decode import decode_latents
+
+    chunk = settings.decode_chunk or settings.window or model.settings["clip_frames"]
+    return decode_latents(model.vae, latents, chunk=chunk, overlap=min(default_overlap(chunk), chunk - 1))
+
+
+# --- the whole job -------------------------------------------------------------------------
+
+def load_image(path) -> torch.Tensor:
+    """An image file as ``[1, 3, H, W]`` float in 0..1 (RGB; alpha dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image this machine can read (try PNG or JPEG)") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+@dataclass
+class GenerationResult:
+    path: object
+    num_frames: int
+    fps: float
+    seconds: float
+    metadata: dict = field(default_factory=dict)
+
+
+class EmotiveTalkPipeline:
+    """Both model bundles on one device, and the stages chained: what the command line runs."""
+
+    def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None):
+        from .models import to_device
+
+        self.device = torch.device(device)
+        self.model = to_device(model, self.device)
+        self.vaid = to_device(vaid, self.device)
+        self.files = dict(files or {})
+
+    @classmethod
+    def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu") -> "EmotiveTalkPipeline":
+        from .models import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
+
+        _check_device(device)
+        path = resolve_model_file(checkpoint)
+        model = load_emotivetalk_model(path, base=base)
+        vaid = load_vaid_model(path, speech_source=speech_source)
+        files = {"checkpoint": file_digest(path)}
+        for name, source in (("base", base), ("speech_encoder", speech_source)):
+            if source is not None:
+                files[name] = file_digest(source)
+        return cls(model, vaid, device, files)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.model.info.get("trained")) and bool(self.vaid.info.get("trained"))
+
+    def latents(self, image: torch.Tensor, audio: PreparedAudio, settings: GenerationSettings, timeline,
+                mask: torch.Tensor | None = None, progress=None):
+        """Every stage up to ETHD: ``(latents [N, 4, h, w], reference)``."""
+        settings.validate()
+        speech = encode_speech(self.vaid, audio, settings.av_offset)
+        lip = lip_stream(self.vaid, speech)
+        reference = encode_reference(self.model, self.vaid, image, settings.width, settings.height, mask,
+                                     settings.noise_aug, settings.seed)
+        driven = expand_expression(self.vaid, speech, reference, timeline, audio.fps, settings.seed, settings.dicte_steps)
+        return sample_latents(self.model, reference, lip, driven, settings, progress), reference
+
+    def generate_to_file(self, image: torch.Tensor, audio, out_path, settings: GenerationSettings, timeline,
+                         mask: torch.Tensor | None = None, progress=None) -> GenerationResult:
+        """Write the mp4 (H.264 + AAC, the speech padded to N / fps); frames stream from the decoder."""
+        from .emotion import to_json
+        from .video_io import VideoWriter
+
+        prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
+        latents, _ = self.latents(image, prepared, settings, timeline, mask, progress)
+        metadata = {
+            "comment": "made with EmotiveTalk (ComfyUI-EmotiveTalk)" + ("" if self.trained else "; UNTRAINED model"),
+            "emotivetalk_settings": json.dumps(settings.as_dict(), sort_keys=True),
+            "emotivetalk_timeline": to_json(timeline),
+            "emotivetalk_models": json.dumps(self.files, sort_keys=True),
+        }
+        with VideoWriter(out_path, prepared.fps, settings.width, settings.height, audio=prepared.waveform,
+                         sample_rate=prepared.sample_rate, metadata=metadata) as writer:
+            for block in decode_frames(self.model, latents, settings):
+                writer.write(block)
+        return GenerationResult(out_path, prepared.num_frames, prepared.fps, prepared.num_frames / prepared.fps, metadata)
+
+
+def _check_device(device) -> None:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but this torch has no CUDA; use --device cpu")
