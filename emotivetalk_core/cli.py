@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the bundled portrait and speech on the default model")
     demo.add_argument("--out", type=Path, default=Path("emotivetalk_demo.mp4"), help="output .mp4 (default: %(default)s)")
     _add_emotion_arguments(demo, default_label="happy")
-    _add_common_arguments(demo, width=256, height=256, steps=12)
+    _add_common_arguments(demo, width=128, height=128, steps=12)
     return parser
 
 
@@ -116,15 +116,17 @@ def _settings(args):
 
 
 def _run(args) -> Path:
-    from .pipeline import EmotiveTalkPipeline, load_image
+    from .pipeline import EmotiveTalkPipeline, load_image, load_prepared_audio
 
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
     audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")
     settings, timeline = _settings(args), _timeline(args)
+    # Read the inputs before loading models, so a bad file fails in a second, not after a load.
+    portrait, audio = load_image(image), load_prepared_audio(audio, settings.fps)
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
                                               device=args.device)
     progress = None if args.quiet else _progress_bar()
-    result = pipeline.generate_to_file(load_image(image), audio, args.out, settings, timeline, progress=progress)
+    result = pipeline.generate_to_file(portrait, audio, args.out, settings, timeline, progress=progress)
     print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")
     if not pipeline.trained:
         print("note: the model is UNTRAINED (random weights): the video shows noise, not a talking head", file=sys.stderr)
@@ -150,23 +152,26 @@ def _progress_bar():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (one line on stderr), 1 an unexpected failure."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         _run(build_parser().parse_args(argv))
-    except SystemExit:
-        raise
-    except Exception as error:  # every failure becomes one line unless --debug
+    except (UsageError, ValueError, OSError) as error:  # bad input: files, values, model files
         if debug:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if debug:
+            raise
+        print(f"error: unexpected {type(error).__name__}: {_one_line(error)} (run with --debug for details)", file=sys.stderr)
+        return 1
     return 0
 
 
 def _one_line(error: Exception) -> str:
     if isinstance(error, FileNotFoundError) and error.filename:
         return f"file not found: {error.filename}"
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if isinstance(error, (UsageError, ValueError, OSError)) else f"{type(error).__name__}: {text}"
+    return " ".join(str(error).split()) or type(error).__name__

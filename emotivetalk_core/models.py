@@ -230,10 +230,18 @@ def save_full_model(path: str | Path, model: EmotiveTalkModel, vaid: VAIDModel, 
 
 def to_device(model, device: str | torch.device, dtype: torch.dtype | None = None):
     """Move every module of a bundle; returns the bundle."""
+    device = torch.device(device)
     for value in vars(model).values():
-        if isinstance(value, nn.Module):
+        if isinstance(value, nn.Module) and _needs_move(value, device, dtype):
             value.to(device=device, dtype=dtype)
     return model
+
+
+def _needs_move(module: nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
+    # Skipping no-op moves also keeps diffusers from warning about casts that never happen.
+    return any(t.device.type != device.type or (device.index is not None and t.device.index != device.index)
+               or (dtype is not None and t.is_floating_point() and t.dtype != dtype)
+               for t in [*module.parameters(), *module.buffers()])
 
 
 def file_digest(path: str | Path) -> dict:

@@ -1,0 +1,200 @@
+"""The generation pipeline: frame count and padded audio, determinism, seams, the whole job."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emotivetalk_core.audio import frame_count, frame_samples
+from emotivetalk_core.emotion import EmotionSource, parse_timeline, single
+from emotivetalk_core.metrics import boundary_transitions, seam_ratio
+from emotivetalk_core.pipeline import (
+    EmotiveTalkPipeline,
+    GenerationSettings,
+    fit_portrait,
+    over_chunks,
+    prepare_audio,
+    shift_frames,
+)
+from emotivetalk_core.video_io import probe, read_metadata
+
+SMALL = dict(width=64, height=64, steps=2, dicte_steps=2)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return EmotiveTalkPipeline.from_files("default")
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()[0:256, 96:352].copy()).float() / 255
+    return image.permute(2, 0, 1)[None]
+
+
+def _tone(seconds: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.5, 1.37, 2.0])
+@pytest.mark.parametrize("fps", [25, 30, 29.97, 24])
+def test_frame_count_and_padded_audio(seconds, fps):
+    source = _tone(seconds, 44100)
+    prepared = prepare_audio(source, 44100, fps)
+    samples_16k = prepared.source_samples
+    assert prepared.num_frames == math.ceil(samples_16k * fps / 16000 - 1e-9) == frame_count(samples_16k, fps)
+    # Padded with silence to N / fps (never cut), and that length still counts N frames.
+    assert len(prepared.waveform) == frame_samples(prepared.num_frames, fps) >= samples_16k
+    assert frame_count(len(prepared.waveform), fps) == prepared.num_frames
+    assert not np.any(prepared.waveform[samples_16k:])
+    assert abs(prepared.seconds - prepared.num_frames / fps) < 1 / 16000
+
+
+def test_stereo_comfyui_audio_is_averaged_to_mono():
+    left = _tone(0.5)
+    prepared = prepare_audio(np.stack([left, -left])[None], 16000, 25)
+    assert prepared.num_frames == 13 and np.allclose(prepared.waveform, 0)
+
+
+def test_portrait_resize_rule_covers_then_centre_crops():
+    image = torch.zeros(1, 3, 100, 200)
+    image[..., 100:] = 1.0  # right half of the wide image
+    fitted = fit_portrait(image, 64, 64)
+    assert fitted.shape == (1, 3, 64, 64)
+    assert fitted[..., :, :30].mean() < 0.05 and fitted[..., :, 34:].mean() > 0.95  # centre kept, not squashed
+
+
+def test_av_offset_shifts_frames():
+    sequence = torch.arange(5.0)
+    assert shift_frames(sequence, 2).tolist() == [0, 0, 0, 1, 2]
+    assert shift_frames(sequence, -1).tolist() == [1, 2, 3, 4, 4]
+
+
+def test_long_sequences_run_in_overlapping_chunks_without_steps():
+    sequence = torch.linspace(0, 1, 1000)[:, None]
+    calls = []
+
+    def model(frames: slice) -> torch.Tensor:
+        calls.append(frames.stop - frames.start)
+        return sequence[frames] * 2
+
+    result = over_chunks(model, 1000, chunk=100, context=20)
+    assert max(calls) <= 140 and len(calls) == 10
+    torch.testing.assert_close(result, sequence * 2)
+
+
+def test_same_inputs_and_seed_give_identical_frames(pipeline, portrait):
+    audio = prepare_audio(_tone(0.6), 16000, 25)
+    settings = GenerationSettings(seed=7, **SMALL)
+    timeline = single(EmotionSource("label", "happy"), 0.8)
+    first, _ = pipeline.latents(portrait, audio, settings, timeline)
+    second, _ = pipeline.latents(portrait, audio, settings, timeline)
+    assert first.shape == (audio.num_frames, 4, 8, 8)
+    assert torch.equal(first, second)
+    other, _ = pipeline.latents(portrait, audio, GenerationSettings(seed=8, **SMALL), timeline)
+    assert not torch.equal(first, other)
+
+
+def test_generate_writes_an_mp4_of_the_audio_length_with_settings(pipeline, portrait, tmp_path):
+    audio = prepare_audio(_tone(1.3), 16000, 25)  # 33 frames: several ETHD windows of 8
+    timeline = parse_timeline("0:neutral,0.5:angry@1.5~0.3")
+    calls = []
+    result = pipeline.generate_to_file(portrait, audio, tmp_path / "out.mp4", GenerationSettings(seed=3, **SMALL),
+                                       timeline, progress=lambda done, total: calls.append((done, total)))
+    info = probe(tmp_path / "out.mp4")
+    assert info["frames"] == audio.num_frames == result.num_frames == 33
+    assert abs(info["audio_duration"] - info["duration"]) <= 1 / 25
+    assert calls[-1][0] == calls[-1][1] == len(calls)  # windows x steps, counted to the end
+    metadata = read_metadata(tmp_path / "out.mp4")
+    assert '"seed": 3' in metadata["emotivetalk_settings"]
+    assert parse_timeline(metadata["emotivetalk_timeline"]) == timeline
+    assert "sha256" in metadata["emotivetalk_models"]
+
+
+def test_emotion_video_source_drives_the_expression(pipeline, portrait, tmp_path):
+    from emotivetalk_core.pipeline import expand_expression, encode_reference, encode_speech
+    from emotivetalk_core.video_io import VideoWriter
+
+    video = tmp_path / "emotion.mp4"
+    with VideoWriter(video, 25, 64, 64) as writer:
+        writer.write(np.random.default_rng(0).random((5, 64, 64, 3)).astype(np.float32))
+    audio = prepare_audio(_tone(0.8), 16000, 25)
+    speech = encode_speech(pipeline.vaid, audio)
+    reference = encode_reference(pipeline.model, pipeline.vaid, portrait, 64, 64)
+    codes = expand_expression(pipeline.vaid, speech, reference, single(EmotionSource("video", str(video))), 25, steps=2)
+    assert codes.shape == (audio.num_frames, reference.expression.shape[0])
+    neutral = expand_expression(pipeline.vaid, speech, reference, single(EmotionSource("video", str(video)), 0.0), 25, steps=2)
+    torch.testing.assert_close(neutral, reference.expression.expand_as(neutral))  # intensity 0 = own expression
+
+
+# --- seams -------------------------------------------------------------------------------------
+
+class DriftingModel(torch.nn.Module):
+    """A stand-in ETHD whose output depends on where a frame sits in its window.
+
+    Its denoised estimate is the speech-driven content of the frame (read from the lip tokens,
+    consistent across windows, as a real model's) plus a drift along the window: the first
+    frame of a window low, the last high, as a model whose frame positions restart per window.
+    """
+
+    def __init__(self, drift: float):
+        super().__init__()
+        self.drift = drift
+        # Fixed spatial patterns, so frames have structure the VAE decoder (GroupNorm) keeps.
+        patterns = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+        self.content_pattern = torch.nn.Parameter(patterns[0])
+        self.drift_pattern = patterns[1]
+
+    def forward(self, sample, timestep, image_embeds, added_time_ids, lip_windows, driven_exp, reference_exp, face_mask=None):
+        sigma = torch.exp(4 * timestep).view(-1, 1, 1, 1, 1)
+        x = sample[:, :, :4] * (sigma**2 + 1).sqrt()
+        content = lip_windows[:, :, lip_windows.shape[2] // 2, :4, None, None] * self.content_pattern
+        drift = self.drift * torch.linspace(-0.5, 0.5, x.shape[1]).view(1, -1, 1, 1, 1) * self.drift_pattern
+        # v such that SVD's preconditioning turns it into denoised = content + drift.
+        return (x / (sigma**2 + 1) - content - drift) * (sigma**2 + 1).sqrt() / sigma
+
+
+def _drifting_video(fused: bool, num_frames: int = 48, window: int = 8):
+    from emotivetalk_core.ethd import lip_windows
+    from emotivetalk_core.sampling import (Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise,
+                                           karras_sigmas, sample_euler, start_latents)
+
+    model = DriftingModel(drift=1.0)
+    t = torch.arange(num_frames, dtype=torch.float32)
+    content = torch.stack([torch.sin(2 * math.pi * t / 96 + k) for k in range(4)], -1)
+    windows_of_lip = lip_windows(content[None], 2)
+
+    def conditioning(start, stop):
+        return Conditioning(torch.zeros(1, 4, 4, 4), torch.zeros(1, 1, 8), torch.zeros(1, 3), windows_of_lip[:, start:stop],
+                            torch.zeros(1, stop - start, 4), torch.zeros(1, 4))
+
+    sigmas, noise, guidance = karras_sigmas(8), initial_noise(0, num_frames, (4, 4, 4)), Guidance(1.0, 1.0, 1.0)
+    if fused:
+        denoiser = WindowedDenoiser(GuidedDenoiser(model, conditioning(0, num_frames), guidance), window)
+        return sample_euler(denoiser, start_latents(noise, sigmas), sigmas)[0], denoiser.spans(num_frames)
+    # Negative control: fusion switched off, each window sampled on its own and butted together.
+    spans = [(start, min(start + window, num_frames)) for start in range(0, num_frames, window)]
+    parts = [sample_euler(GuidedDenoiser(model, conditioning(a, b), guidance), start_latents(noise[:, a:b], sigmas), sigmas)[0]
+             for a, b in spans]
+    return torch.cat(parts), spans
+
+
+def test_window_fusion_leaves_no_seam_in_decoded_frames_and_the_control_shows_one(pipeline):
+    from emotivetalk_core.vae_decode import decode_latents
+
+    ratios = {}
+    for fused in (True, False):
+        latents, spans = _drifting_video(fused)
+        frames = torch.cat(list(decode_latents(pipeline.model.vae, latents, chunk=8, overlap=2)))
+        ratios[fused] = seam_ratio(frames, spans)
+    assert ratios[True] <= 1.5, ratios
+    assert ratios[False] > ratios[True] and ratios[False] > 1.5, ratios
+
+
+def test_boundary_transitions():
+    assert boundary_transitions([(0, 8), (6, 14)]) == [5, 6, 7]
+    assert boundary_transitions([(0, 8), (8, 16)]) == [7]
