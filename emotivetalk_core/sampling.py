@@ -69,14 +69,16 @@ def initial_noise(
     """
     import numpy as np
 
-    frames = []
+    # Filled frame by frame into one allocation: a list of per-frame tensors plus a stack would
+    # double the peak, and small freed blocks often stay in the process after a long video.
+    noise = torch.empty((batch_size, num_frames, *shape), dtype=torch.float32)
     for k in range(num_frames):
         # SeedSequence mixes (seed, k) into an unrelated 64-bit seed; seed + k would make
         # neighbouring seeds share shifted noise.
         frame_seed = int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0])
         generator = torch.Generator().manual_seed(frame_seed)
-        frames.append(torch.randn((batch_size, *shape), generator=generator, dtype=torch.float32))
-    return torch.stack(frames, dim=1).to(device=device, dtype=dtype)
+        noise[:, k] = torch.randn((batch_size, *shape), generator=generator, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
 
 
 def start_latents(noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
@@ -332,6 +334,8 @@ def _report(callback: Callback | None, i: int, x, sigmas, denoised) -> None:
 def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None) -> torch.Tensor:
     """Euler on the probability-flow ODE (SVD's default sampler): one model call per step.
 
+    ``x`` is updated in place and returned (pass a copy to keep the start).
+
     ``callback`` gets, after each step's model call, a dict with ``i``, ``total`` (steps),
     ``x`` (the state the step starts from), ``sigma``, ``sigma_next`` and ``denoised``, for
     progress bars and previews; an exception raised in it (a cancel) stops sampling.
@@ -340,7 +344,12 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, call
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         _report(callback, i, x, sigmas, denoised)
-        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        # x + (x - denoised) / sigma * (sigma_next - sigma) == r x + (1 - r) denoised, r = sigma_next / sigma,
+        # computed in place: the state of a long video is the largest host allocation, and this
+        # way a step holds two latent-sized tensors (state and estimate), not four.
+        ratio = float(sigmas[i + 1] / sigmas[i])
+        x.mul_(ratio).add_(denoised, alpha=1.0 - ratio)
+        del denoised  # before the next estimate is allocated
     return x
 
 
