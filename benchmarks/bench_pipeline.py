@@ -267,9 +267,11 @@ def adapter_flops(frames: int = 14) -> dict:
         conditions = dict(lip_windows=torch.randn(1, frames, 2 * a["lip_context"] + 1, a["lip_dim"]),
                           driven_exp=torch.randn(1, frames, a["exp_dim"]), reference_exp=torch.randn(1, a["exp_dim"]))
         counts = {}
-        for name, call in (("base", lambda: ethd.unet(**{k: v for k, v in inputs.items() if k != "added_time_ids"},
-                                                        added_time_ids=inputs["added_time_ids"], return_dict=False)),
-                           ("adapted", lambda: ethd(**inputs, **conditions))):
+        def base():
+            return ethd.unet(inputs["sample"], inputs["timestep"], inputs["image_embeds"],
+                             added_time_ids=inputs["added_time_ids"], return_dict=False)
+
+        for name, call in (("base", base), ("adapted", lambda: ethd(**inputs, **conditions))):
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 call()
             counts[name] = counter.get_total_flops() / frames

@@ -141,7 +141,9 @@ class ETHD(nn.Module):
             if isinstance(module, TransformerSpatioTemporalModel):
                 dim = module.proj_in.out_features
                 adapter = TransformerAdapter(dim, len(module.transformer_blocks), token_dim, head_dim)
-                adapter.to(device=module.proj_in.weight.device, dtype=module.proj_in.weight.dtype)
+                base, new = module.proj_in.weight, adapter.expression.exp_attn.to_out.weight
+                if (new.device, new.dtype) != (base.device, base.dtype):  # e.g. a UNet already in fp16 on a GPU
+                    adapter.to(device=base.device, dtype=base.dtype)
                 adapter.attach(module, self._context)
                 self.adapters[name.replace(".", "_")] = adapter
         if not self.adapters:
