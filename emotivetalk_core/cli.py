@@ -134,16 +134,15 @@ def _run(args) -> Path:
 
 
 def _progress_bar():
+    """``progress(done, total)`` drawing one tqdm bar over windows x steps."""
     from tqdm import tqdm
 
     bar = None
 
-    def update(done: int, total: int, stage: str = "sampling") -> None:
+    def update(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None or bar.total != total or bar.desc != stage:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=total, desc=stage, unit="call")
+        if bar is None:
+            bar = tqdm(total=total, desc="sampling (windows x steps)", unit="call")
         bar.update(done - bar.n)
         if done == total:
             bar.close()

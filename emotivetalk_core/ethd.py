@@ -152,9 +152,9 @@ class ETHD(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "ETHD":
         """Random base UNet + adapters from a full config (``configs.get_config``)."""
-        from diffusers import UNetSpatioTemporalConditionModel
+        from .models import build_unet
 
-        return cls(UNetSpatioTemporalConditionModel(**config["unet"]), config["adapter"])
+        return cls(build_unet(config["unet"]), config["adapter"])
 
     # --- weights -------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

@@ -32,7 +32,6 @@ from .edi import resolve_face_mask
 
 log = logging.getLogger(__name__)
 
-LATENT_SCALE = 8  # SVD's VAE (and the tiny one) maps 8x8 pixels to one latent
 # Long sequences through the frame-wise V-AID models: chunk length and the context kept on
 # each side (the projector's receptive field is far below it; Di-CTE's attention sees 2 s).
 SEQUENCE_CHUNK = 250
@@ -274,12 +273,19 @@ class VAIDEmotionResolver:
             return self.vaid.mapping.from_image(code.to(_device(self.vaid.mapping)))[0].float().cpu()
 
     def video(self, path, num_frames: int, fps: float) -> torch.Tensor:
-        from .video_io import read_video_frames
+        """Exp codes of the video's first ``num_frames`` frames at ``fps`` (decoded 64 at a time)."""
+        from itertools import islice
 
-        frames = torch.from_numpy(read_video_frames(path, fps=fps)).permute(0, 3, 1, 2)
-        if frames.shape[0] == 0:
+        from .video_io import iter_video_frames
+
+        frames = iter_video_frames(path, fps=fps)
+        codes, remaining = [], num_frames
+        while remaining > 0 and (block := list(islice(frames, min(64, remaining)))):
+            codes.append(self._expressions(torch.from_numpy(np.stack(block)).permute(0, 3, 1, 2)))
+            remaining -= len(block)
+        if not codes:
             raise ValueError(f"emotion video {path} has no frames")
-        return torch.cat([self._expressions(block) for block in frames.split(64)])
+        return torch.cat(codes)
 
     def _expressions(self, images: torch.Tensor) -> torch.Tensor:
         side = min(images.shape[-2:])

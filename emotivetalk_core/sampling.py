@@ -28,11 +28,14 @@ a step holds a few of them (state, fused estimate, the update's temporaries).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
@@ -185,7 +188,13 @@ class GuidedDenoiser:
     def __init__(self, model, conditioning: Conditioning, guidance: Guidance, max_batch: int | None = None):
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model, self.conditioning, self.guidance, self.max_batch = model, conditioning, guidance, max_batch
+        self.model, self.conditioning, self.guidance = model, conditioning, guidance
+        # Shared with the windows made by ``window()``, so a split forced by memory is kept.
+        self._batch_limit = [max_batch]
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._batch_limit[0]
 
     @property
     def device(self) -> torch.device:
@@ -193,7 +202,9 @@ class GuidedDenoiser:
 
     def window(self, start: int, stop: int) -> "GuidedDenoiser":
         """The same denoiser restricted to frames ``start:stop``."""
-        return GuidedDenoiser(self.model, self.conditioning.frames(start, stop), self.guidance, self.max_batch)
+        window = GuidedDenoiser(self.model, self.conditioning.frames(start, stop), self.guidance)
+        window._batch_limit = self._batch_limit
+        return window
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.conditioning.num_frames:
@@ -232,13 +243,20 @@ class GuidedDenoiser:
         return batch
 
     def _run(self, batch: dict) -> torch.Tensor:
+        """One UNet batch; on out-of-memory, halves the batch (and remembers it) and retries."""
         size = batch["sample"].shape[0]
-        step = size if self.max_batch is None else self.max_batch
-        outputs = []
-        for start in range(0, size, step):
-            part = {k: None if v is None else v[start : start + step] for k, v in batch.items()}
-            outputs.append(self.model(**part))
-        return torch.cat(outputs)
+        while True:
+            step = size if self.max_batch is None else min(self.max_batch, size)
+            try:
+                return torch.cat([self.model(**{k: None if v is None else v[start:start + step] for k, v in batch.items()})
+                                  for start in range(0, size, step)])
+            except torch.OutOfMemoryError:
+                if step == 1:
+                    raise
+                self._batch_limit[0] = (step + 1) // 2
+                log.warning("out of memory with %d samples per UNet call; retrying with %d", step, self.max_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
 
 # --- long video ------------------------------------------------------------------------------

@@ -397,3 +397,37 @@ def test_initial_noise_depends_only_on_seed_and_frame():
     assert not torch.equal(initial_noise(124, 10, (4, 8, 8)), short)
     assert not torch.equal(long[:, 0], long[:, 1])
     assert 0.9 < long.std() < 1.1
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_split():
+    """One UNet batch per step, split only when memory forces it; the result does not change."""
+    from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser
+
+    class SmallMemoryModel(torch.nn.Module):
+        def __init__(self, limit):
+            super().__init__()
+            self.limit, self.sizes, self.failures = limit, [], 0
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, sample, timestep, image_embeds, **_):
+            if self.limit is not None and sample.shape[0] > self.limit:
+                self.failures += 1
+                raise torch.OutOfMemoryError("test: too many samples")
+            self.sizes.append(sample.shape[0])
+            return sample[:, :, :4] * timestep.view(-1, 1, 1, 1, 1) + image_embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+    frames = 12
+    conditioning = Conditioning(torch.randn(1, 4, 2, 2), torch.randn(1, 1, 8), torch.zeros(1, 3), torch.randn(1, frames, 5, 4),
+                                torch.randn(1, frames, 4), torch.randn(1, 4))
+    guidance = Guidance(2.0, 1.5, 1.2)  # four passes
+    x = torch.randn(1, frames, 4, 2, 2)
+    results = {}
+    for limit in (None, 2):
+        model = SmallMemoryModel(limit)
+        denoiser = WindowedDenoiser(GuidedDenoiser(model, conditioning, guidance), window=8)
+        results[limit] = denoiser(x, torch.tensor(3.0))
+        results[limit] = denoiser(x, torch.tensor(1.0))  # second step: the split is remembered
+        sizes, failures = model.sizes, model.failures
+    assert sizes and max(sizes) <= 2
+    assert failures == 1  # later windows and steps start from the split that worked
+    torch.testing.assert_close(results[2], results[None])
