@@ -325,7 +325,7 @@ def main() -> None:
           f"{model['per_frame']['long_s']:g} s vs {model['per_frame']['short_s']:g} s of audio)")
     memory = figures["host_mb_per_minute"]
     print(f"host_mb_per_minute       {memory['mb_per_minute']:.1f} MB/min vs latent state {memory['latent_state_mb_per_minute']:.1f} "
-          f"MB/min = {memory['ratio']:.2f}x  (goal <= 2x)")
+          f"MB/min = {memory['ratio']:.2f}x  (goal <= 2x)" + ("  [quick: fixed costs dominate; see BENCHMARKS.md]" if args.quick else ""))
     print("stage_share              " + ", ".join(f"{k} {v:.0%}" for k, v in figures["stage_share"]["share"].items()))
 
 
