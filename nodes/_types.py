@@ -1,0 +1,63 @@
+"""The pack's own ComfyUI types, and the node-side objects some of them carry.
+
+Most own types are core objects as they are (EMOTIVETALK_MODEL is ``models.EmotiveTalkModel``,
+EMOTIVETALK_REFERENCE is ``pipeline.Reference``, EMOTIVETALK_LIP and EMOTIVETALK_EXPRESSION are
+tensors). Three carry a little more than the core object, because a value that travels between
+nodes must hold everything the next node needs: the A/V offset, the fps, and emotion sources
+that are tensors rather than files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ._core import emotion, pipeline
+
+MODEL = "EMOTIVETALK_MODEL"
+VAID = "EMOTIVETALK_VAID"
+AUDIO_PREPARED = "EMOTIVETALK_AUDIO"
+LIP = "EMOTIVETALK_LIP"
+AUDIO_EXP = "EMOTIVETALK_AUDIO_EXP"
+EMOTION = "EMOTIVETALK_EMOTION"
+EXPRESSION = "EMOTIVETALK_EXPRESSION"
+REFERENCE = "EMOTIVETALK_REFERENCE"
+
+CATEGORY = "EmotiveTalk"
+
+
+@dataclass
+class PreparedSpeech(pipeline.PreparedAudio):
+    """EMOTIVETALK_AUDIO: the core's PreparedAudio plus the A/V offset chosen with it (frames)."""
+
+    av_offset: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechFeatures:
+    """EMOTIVETALK_AUDIO_EXP: speech features ``[N, L, D]`` for Di-CTE and their frame rate
+    (the emotion timeline is in seconds)."""
+
+    features: torch.Tensor
+    fps: float
+
+    @property
+    def num_frames(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass(frozen=True)
+class EmotionInput:
+    """EMOTIVETALK_EMOTION: a core EmotionTimeline plus the tensors its image/video sources name.
+
+    ComfyUI hands images and videos over as tensors, while the library's EmotionSource names a
+    file. A tensor source gets a key (``comfy-image:<id>``) as its value, and the tensors travel
+    here under that key; :class:`nodes.stages.TensorEmotionResolver` looks them up. Nothing is
+    written to disk.
+    """
+
+    timeline: emotion.EmotionTimeline
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> IMAGE [B, H, W, 3]
+    videos: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # key -> (frames, fps)
+

@@ -1,0 +1,176 @@
+"""Emotion source nodes (label, text, image, video) and the emotion timeline node.
+
+Each source node gives a one-keyframe timeline; the timeline node places sources in time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from ._core import configs, emotion
+from ._types import CATEGORY, EMOTION, EmotionInput
+
+MAX_TIMELINE_INPUTS = 4
+
+_INTENSITY = ("FLOAT", {
+    "default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+    "tooltip": "0 = the portrait's own expression, 1 = the emotion as requested, above 1 = exaggerated.",
+})
+
+
+def _single(source: emotion.EmotionSource, intensity: float, **tensors) -> tuple[EmotionInput]:
+    return (EmotionInput(emotion.single(source, intensity), **tensors),)
+
+
+def _tensor_key(kind: str) -> str:
+    # A unique name per node run: the key only has to find its tensor inside this EmotionInput.
+    return f"comfy-{kind}:{uuid.uuid4().hex[:12]}"
+
+
+class EmotiveTalkEmotionLabel:
+    DESCRIPTION = "An emotion by name (the Mapping's learned label embedding), for the whole video."
+    CATEGORY = f"{CATEGORY}/emotion"
+    RETURN_TYPES = (EMOTION,)
+    RETURN_NAMES = ("emotion",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "label": (list(configs.EMOTION_LABELS), {"default": "neutral", "tooltip": "The emotion to show."}),
+            "intensity": _INTENSITY,
+        }}
+
+    def make(self, label, intensity):
+        return _single(emotion.EmotionSource("label", label), intensity)
+
+
+class EmotiveTalkEmotionText:
+    DESCRIPTION = "An emotion described in words (the Mapping's text encoder), for the whole video."
+    CATEGORY = f"{CATEGORY}/emotion"
+    RETURN_TYPES = (EMOTION,)
+    RETURN_NAMES = ("emotion",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text": ("STRING", {"multiline": True, "default": "a cheerful, smiling speaker",
+                                "tooltip": "A description of the emotion, e.g. 'calm but slightly sad'."}),
+            "intensity": _INTENSITY,
+        }}
+
+    def make(self, text, intensity):
+        return _single(emotion.EmotionSource("text", text), intensity)
+
+
+class EmotiveTalkEmotionImage:
+    DESCRIPTION = "The expression of a face image (Exp Encoder + Mapping), for the whole video."
+    CATEGORY = f"{CATEGORY}/emotion"
+    RETURN_TYPES = (EMOTION,)
+    RETURN_NAMES = ("emotion",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "A face showing the emotion (face-centred works best); a batch averages the expressions of its images."}),
+            "intensity": _INTENSITY,
+        }}
+
+    def make(self, image, intensity):
+        key = _tensor_key("image")
+        return _single(emotion.EmotionSource("image", key), intensity, images={key: image})
+
+
+class EmotiveTalkEmotionVideo:
+    DESCRIPTION = "A face video's expression frame by frame (a temporal source: it bypasses Di-CTE)."
+    CATEGORY = f"{CATEGORY}/emotion"
+    RETURN_TYPES = (EMOTION,)
+    RETURN_NAMES = ("emotion",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "frames": ("IMAGE", {"tooltip": "The video's frames (e.g. from Load Video); face-centred works best. Played forward then backward if shorter than the speech."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                              "tooltip": "Frame rate of these frames, so they are timed correctly against the output video."}),
+            "intensity": _INTENSITY,
+        }}
+
+    def make(self, frames, fps, intensity):
+        key = _tensor_key("video")
+        return _single(emotion.EmotionSource("video", key), intensity, videos={key: (frames, float(fps))})
+
+
+def _timeline_inputs() -> dict:
+    optional = {}
+    for index in range(1, MAX_TIMELINE_INPUTS + 1):
+        optional[f"emotion_{index}"] = (EMOTION, {"tooltip": f"Emotion source {index}, starting at start_{index}."})
+        optional[f"start_{index}"] = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 36000.0, "step": 0.1,
+                                                "tooltip": f"Seconds into the video where emotion_{index} begins."})
+        optional[f"blend_{index}"] = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 60.0, "step": 0.1,
+                                                "tooltip": f"Seconds emotion_{index} takes to fade in from what shows before it (0 = a cut)."})
+    return optional
+
+
+class EmotiveTalkEmotionTimeline:
+    DESCRIPTION = ("Places emotions in time: a compact spec of labels and/or connected emotion sources, each with a "
+                   "start time and a fade-in.")
+    CATEGORY = f"{CATEGORY}/emotion"
+    RETURN_TYPES = (EMOTION,)
+    RETURN_NAMES = ("emotion",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "spec": ("STRING", {"multiline": True, "default": "0:neutral,2:happy@0.8~0.5",
+                                    "tooltip": f"Label keyframes: {emotion.COMPACT_SYNTAX}. May be empty when emotions are connected below."}),
+                "neutralise_portrait": ("BOOLEAN", {"default": False,
+                                                    "tooltip": "Start from a neutral face instead of the expression the portrait already shows."}),
+            },
+            "optional": _timeline_inputs(),
+        }
+
+    def make(self, spec, neutralise_portrait, **connected):
+        keyframes, images, videos = [], {}, {}
+        if spec.strip():
+            keyframes.extend(emotion.parse_timeline(spec).keyframes)
+        for index in range(1, MAX_TIMELINE_INPUTS + 1):
+            source = connected.get(f"emotion_{index}")
+            if source is None:
+                continue
+            keyframes.extend(_placed(source, connected.get(f"start_{index}", 0.0), connected.get(f"blend_{index}", 0.5)))
+            images.update(source.images)
+            videos.update(source.videos)
+        if not keyframes:
+            raise ValueError(f"the emotion timeline is empty: write a spec ({emotion.COMPACT_SYNTAX}) or connect an emotion")
+        timeline = emotion.EmotionTimeline(tuple(keyframes), bool(neutralise_portrait))
+        return (EmotionInput(timeline, images, videos),)
+
+
+def _placed(source: EmotionInput, start: float, blend: float) -> list:
+    """The source's keyframes moved to begin at ``start``; its first keyframe fades in over ``blend``."""
+    keyframes = [replace(keyframe, time=keyframe.time + start) for keyframe in source.timeline.keyframes]
+    keyframes[0] = replace(keyframes[0], blend=blend)
+    return keyframes
+
+
+NODE_CLASS_MAPPINGS = {
+    "EmotiveTalkEmotionLabel": EmotiveTalkEmotionLabel,
+    "EmotiveTalkEmotionText": EmotiveTalkEmotionText,
+    "EmotiveTalkEmotionImage": EmotiveTalkEmotionImage,
+    "EmotiveTalkEmotionVideo": EmotiveTalkEmotionVideo,
+    "EmotiveTalkEmotionTimeline": EmotiveTalkEmotionTimeline,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EmotiveTalkEmotionLabel": "EmotiveTalk Emotion (label)",
+    "EmotiveTalkEmotionText": "EmotiveTalk Emotion (text)",
+    "EmotiveTalkEmotionImage": "EmotiveTalk Emotion (image)",
+    "EmotiveTalkEmotionVideo": "EmotiveTalk Emotion (video)",
+    "EmotiveTalkEmotionTimeline": "EmotiveTalk Emotion Timeline",
+}

@@ -1,0 +1,69 @@
+"""The all-in-one node: portrait + speech + emotion -> frames, padded audio and fps.
+
+It runs the same stage nodes a staged workflow wires up, so both give the same frames.
+"""
+
+from __future__ import annotations
+
+from . import comfy_bridge as bridge
+from ._core import configs, emotion
+from ._types import CATEGORY, EmotionInput
+from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader
+from .output_nodes import EmotiveTalkDecode
+from .stages import (_SEED, EmotiveTalkAudioPrepare, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference,
+                     EmotiveTalkETHDSampler, EmotiveTalkVAIDDecouple)
+
+
+def emotion_of(label: str, intensity: float, text: str) -> EmotionInput:
+    source = emotion.EmotionSource("text", text) if text.strip() else emotion.EmotionSource("label", label)
+    return EmotionInput(emotion.single(source, intensity))
+
+
+class EmotiveTalkGenerate:
+    DESCRIPTION = ("Everything in one node: a portrait, speech and an emotion in, the talking-head frames out (with the "
+                   "padded speech and fps for a video saver). Wire the staged nodes for more control.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("frames", "audio", "fps")
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 512, "min": 64, "max": 2048, "step": 64}
+        return {
+            "required": {
+                "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; scaled to cover width x height and centre-cropped."}),
+                "audio": ("AUDIO", {"tooltip": "The speech to animate."}),
+                "emotion": (list(configs.EMOTION_LABELS), {"default": "neutral", "tooltip": "The emotion to show (ignored when emotion_text is filled in)."}),
+                "intensity": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                        "tooltip": "0 = the portrait's own expression, 1 = as requested, above 1 = exaggerated."}),
+                "seed": _SEED,
+                "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps of the video model (and of Di-CTE)."}),
+                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64)."}),
+                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64)."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Output frame rate (EmotiveTalk is trained at 25)."}),
+                "model_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
+                    "default": bridge.DEFAULT_MODEL,
+                    "tooltip": "A self-contained EmotiveTalk model file from models/emotivetalk; 'default' is the tiny untrained model shipped with the pack."}),
+            },
+            "optional": {
+                "emotion_text": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the emotion in words instead of picking a label (leave empty to use the label)."}),
+            },
+        }
+
+    def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text=""):
+        (model,) = EmotiveTalkModelLoader().load(model_name)
+        (vaid,) = EmotiveTalkVAIDLoader().load(model_name)
+        speech, padded, _, fps = EmotiveTalkAudioPrepare().prepare(audio, fps, 0)
+        lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
+        reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed)
+        (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),
+                                                       seed, steps)
+        (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, "euler", seed,
+                                                    2.0, 1.0, 1.0, -1, 0, 0, -1)
+        (frames,) = EmotiveTalkDecode().decode(model, latent, 0)
+        return frames, padded, fps
+
+
+NODE_CLASS_MAPPINGS = {"EmotiveTalkGenerate": EmotiveTalkGenerate}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmotiveTalkGenerate": "EmotiveTalk Generate (all-in-one)"}

@@ -1,0 +1,123 @@
+"""Loader nodes: model files from ComfyUI's model folders -> the two model bundles."""
+
+from __future__ import annotations
+
+import logging
+
+from . import comfy_bridge as bridge
+from ._core import models
+from ._types import CATEGORY, MODEL, VAID
+
+log = logging.getLogger(__name__)
+
+
+
+def resolve_model(name: str):
+    """"default" -> the shipped default model; anything else -> a file in models/emotivetalk."""
+    if name == bridge.DEFAULT_MODEL:
+        return models.resolve_model_file(bridge.DEFAULT_MODEL)
+    return bridge.resolve_file(bridge.EMOTIVETALK_FOLDER, name)
+
+
+def _optional(folder: str, name: str):
+    return None if name == bridge.NO_FILE else bridge.resolve_file(folder, name)
+
+
+def _report(kind: str, name: str, info: dict) -> None:
+    line = models.describe(info)
+    if info.get("trained", False):
+        log.info("EmotiveTalk %s %s: %s", kind, name, line)
+    else:
+        log.warning("EmotiveTalk %s %s: %s", kind, name, line)
+
+
+def manage_model(model):
+    """ETHD, VAE and image encoder as three groups, each in the dtype ComfyUI picks for it."""
+    parameters = sum(p.numel() for p in model.ethd.parameters())
+    dtype = bridge.diffusion_dtype(parameters)
+    return bridge.manage(model, {
+        "ethd": (("ethd",), dtype),
+        "image_encoder": (("image_encoder",), dtype),
+        "vae": (("vae",), bridge.vae_dtype()),
+    })
+
+
+def manage_vaid(vaid):
+    # float32: the library's speech encoders compute in float32 (the log-mel filterbank refuses
+    # half inputs) and the Mapping is fed float32 codes; these models are small next to ETHD.
+    import torch
+
+    names = tuple(name for name, value in vars(vaid).items() if isinstance(value, torch.nn.Module))
+    return bridge.manage(vaid, {"vaid": (names, torch.float32)})
+
+
+class EmotiveTalkModelLoader:
+    DESCRIPTION = "Loads the video side of EmotiveTalk: ETHD (SVD UNet + lip/expression adapters), SVD's VAE and image encoder."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
+                    "default": bridge.DEFAULT_MODEL,
+                    "tooltip": "EmotiveTalk model file from models/emotivetalk; 'default' is the tiny untrained model shipped with the pack.",
+                }),
+            },
+            "optional": {
+                "base_svd": (bridge.list_files(bridge.BASE_FOLDER, bridge.NO_FILE), {
+                    "default": bridge.NO_FILE,
+                    "tooltip": "Base Stable Video Diffusion checkpoint (models/checkpoints, e.g. svd_xt.safetensors); needed only when the model file holds just the ETHD adapters.",
+                }),
+            },
+        }
+
+    def load(self, model_name, base_svd=bridge.NO_FILE):
+        path = resolve_model(model_name)
+        model = models.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd))
+        _report("model", model_name, model.info)
+        return (manage_model(model),)
+
+
+class EmotiveTalkVAIDLoader:
+    DESCRIPTION = "Loads the audio side of EmotiveTalk: speech encoder, V-AID lip projector, Di-CTE, visual encoders and emotion Mapping."
+    CATEGORY = f"{CATEGORY}/loaders"
+    RETURN_TYPES = (VAID,)
+    RETURN_NAMES = ("vaid",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vaid_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
+                    "default": bridge.DEFAULT_MODEL,
+                    "tooltip": "EmotiveTalk file holding V-AID (models/emotivetalk); 'default' is the tiny untrained model shipped with the pack.",
+                }),
+            },
+            "optional": {
+                "speech_encoder": (bridge.list_files(bridge.SPEECH_FOLDER, bridge.NO_FILE), {
+                    "default": bridge.NO_FILE,
+                    "tooltip": "wav2vec2 file from models/audio_encoders, when the V-AID was trained on wav2vec2 ('none' for models with the built-in log-mel encoder, such as 'default').",
+                }),
+            },
+        }
+
+    def load(self, vaid_name, speech_encoder=bridge.NO_FILE):
+        path = resolve_model(vaid_name)
+        vaid = models.load_vaid_model(path, speech_source=_optional(bridge.SPEECH_FOLDER, speech_encoder))
+        _report("V-AID", vaid_name, vaid.info)
+        return (manage_vaid(vaid),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "EmotiveTalkModelLoader": EmotiveTalkModelLoader,
+    "EmotiveTalkVAIDLoader": EmotiveTalkVAIDLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EmotiveTalkModelLoader": "EmotiveTalk Model Loader (ETHD)",
+    "EmotiveTalkVAIDLoader": "EmotiveTalk V-AID Loader",
+}

@@ -1,0 +1,335 @@
+"""Stage nodes: audio prepare, V-AID decouple, EDI reference, Di-CTE expand, ETHD sampler.
+
+Each node converts ComfyUI types, brings the models it needs onto the GPU (comfy_bridge.use),
+calls one core stage, and hands core results on (outputs ComfyUI shows or reuses go to
+ComfyUI's intermediate device).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+from . import comfy_bridge as bridge
+from ._core import core_module, pipeline
+from ._types import (AUDIO_EXP, AUDIO_PREPARED, CATEGORY, EMOTION, EXPRESSION, LIP, MODEL, REFERENCE, VAID,
+                     EmotionInput, PreparedSpeech, SpeechFeatures)
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+_SEED = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Random seed; the same seed and inputs give the same result."})
+
+
+# --- audio -----------------------------------------------------------------------------------
+
+def comfy_audio(waveform: np.ndarray, sample_rate: int) -> dict:
+    """A mono waveform as ComfyUI's AUDIO: ``{"waveform": [1, 1, T] float32, "sample_rate"}``."""
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None, None],
+            "sample_rate": int(sample_rate)}
+
+
+def prepare_speech(audio: dict, fps: float, av_offset: int) -> PreparedSpeech:
+    waveform = audio["waveform"]
+    if waveform.shape[0] > 1:
+        log.warning("the AUDIO holds a batch of %d clips; EmotiveTalk uses the first", waveform.shape[0])
+    prepared = pipeline.prepare_audio(waveform[0], int(audio["sample_rate"]), fps)
+    return PreparedSpeech(**vars(prepared), av_offset=int(av_offset))
+
+
+class EmotiveTalkAudioPrepare:
+    DESCRIPTION = ("Speech -> 16 kHz mono, the number of video frames it drives at fps, padded with silence to exactly "
+                   "frames / fps (pass the padded AUDIO to the video saver so audio and video end together).")
+    CATEGORY = f"{CATEGORY}/audio"
+    RETURN_TYPES = (AUDIO_PREPARED, "AUDIO", "INT", "FLOAT")
+    RETURN_NAMES = ("speech", "padded_audio", "frame_count", "fps")
+    FUNCTION = "prepare"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio": ("AUDIO", {"tooltip": "The speech to animate (e.g. from Load Audio); stereo is mixed down."}),
+            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
+                              "tooltip": "Frame rate of the video to make (EmotiveTalk is trained at 25)."}),
+            "av_offset": ("INT", {"default": 0, "min": -50, "max": 50,
+                                  "tooltip": "Lip-sync shift in frames: above 0 moves the mouth later than the audio, below 0 earlier."}),
+        }}
+
+    def prepare(self, audio, fps, av_offset):
+        speech = prepare_speech(audio, fps, av_offset)
+        return speech, comfy_audio(speech.waveform, speech.sample_rate), speech.num_frames, speech.fps
+
+
+# --- V-AID -----------------------------------------------------------------------------------
+
+class EmotiveTalkVAIDDecouple:
+    DESCRIPTION = "V-AID: splits the speech into a lip stream (for ETHD) and speech features for the expression stream (Di-CTE)."
+    CATEGORY = f"{CATEGORY}/audio"
+    RETURN_TYPES = (LIP, AUDIO_EXP)
+    RETURN_NAMES = ("lip", "audio_exp")
+    FUNCTION = "decouple"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader."}),
+            "speech": (AUDIO_PREPARED, {"tooltip": "From EmotiveTalk Audio Prepare (carries fps and A/V offset)."}),
+        }}
+
+    def decouple(self, vaid, speech):
+        bridge.use(vaid, "vaid")
+        features = pipeline.encode_speech(vaid, speech, getattr(speech, "av_offset", 0))
+        lip = pipeline.lip_stream(vaid, features)
+        return lip, SpeechFeatures(features.float().cpu(), speech.fps)
+
+
+# --- reference (EDI's portrait inputs) -------------------------------------------------------
+
+def image_to_nchw(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` -> ``[B, 3, H, W]`` float on the CPU (alpha dropped)."""
+    return image[..., :3].permute(0, 3, 1, 2).float().cpu()
+
+
+class EmotiveTalkEDIReference:
+    DESCRIPTION = ("Reads the portrait for EDI and ETHD: its VAE latent, image embedding, own expression, identity and "
+                   "face mask, at the output size.")
+    CATEGORY = f"{CATEGORY}/generation"
+    RETURN_TYPES = (REFERENCE, "MASK")
+    RETURN_NAMES = ("reference", "face_mask")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 512, "min": 64, "max": 2048, "step": 64}
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
+                "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader (its encoders read the portrait)."}),
+                "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; it is scaled to cover width x height and centre-cropped."}),
+                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64)."}),
+                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64)."}),
+                "noise_aug": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Noise added to the portrait latent (SVD's augmentation); -1 = the value the model was trained with."}),
+                "seed": _SEED,
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Face mask (1 = face) used instead of the computed one; an all-zero mask counts as no mask."}),
+            },
+        }
+
+    def encode(self, model, vaid, portrait, width, height, noise_aug, seed, mask=None):
+        if portrait.shape[0] > 1:
+            log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
+        bridge.use(model, "vae", "image_encoder")
+        bridge.use(vaid, "vaid")
+        reference = pipeline.encode_reference(
+            model, vaid, image_to_nchw(portrait[:1]), width, height,
+            mask=None if mask is None else mask[:1].float().cpu(),
+            noise_aug=None if noise_aug < 0 else noise_aug, seed=seed,
+        )
+        log.info("EmotiveTalk reference %dx%d, face mask from the %s", width, height, reference.mask_source)
+        return reference, reference.face_mask[:, 0].to(bridge.intermediate_device())
+
+
+# --- Di-CTE ----------------------------------------------------------------------------------
+
+class TensorEmotionResolver(pipeline.VAIDEmotionResolver):
+    """The pipeline's resolver, plus emotion images and videos that arrive as ComfyUI tensors
+    (looked up by the key their EmotionSource carries; other values are files, as in the library)."""
+
+    def __init__(self, vaid, emotion_input: EmotionInput):
+        super().__init__(vaid)
+        self.images = emotion_input.images
+        self.videos = emotion_input.videos
+
+    def image(self, value):
+        if value not in self.images:
+            return super().image(value)
+        # A batch of example faces: the mean of their expression codes.
+        codes = self._expressions(image_to_nchw(self.images[value])).mean(0, keepdim=True)
+        mapping = self.vaid.mapping
+        with torch.no_grad():
+            return mapping.from_image(codes.to(next(mapping.parameters()).device))[0].float().cpu()
+
+    def video(self, value, num_frames, fps):
+        if value not in self.videos:
+            return super().video(value, num_frames, fps)
+        frames, source_fps = self.videos[value]
+        picked = frames_at(frames, source_fps, fps, num_frames)
+        return torch.cat([self._expressions(image_to_nchw(picked[start:start + 64]))
+                          for start in range(0, picked.shape[0], 64)])
+
+
+def frames_at(frames: torch.Tensor, source_fps: float, fps: float, limit: int) -> torch.Tensor:
+    """The source frame showing at each output frame's centre, at most ``limit`` frames."""
+    duration = frames.shape[0] / source_fps
+    count = max(1, min(limit, math.floor(duration * fps)))
+    centres = (torch.arange(count, dtype=torch.float64) + 0.5) / fps
+    index = (centres * source_fps).floor().long().clamp(0, frames.shape[0] - 1)
+    return frames[index]
+
+
+def expand_with_resolver(vaid, features: SpeechFeatures, reference, emotion_input: EmotionInput,
+                         seed: int, steps: int) -> torch.Tensor:
+    """``pipeline.expand_expression`` with tensor emotion sources.
+
+    The library function builds its own VAIDEmotionResolver (file paths only), so this mirrors
+    its few lines with :class:`TensorEmotionResolver`. Once ``expand_expression`` takes a
+    ``resolver`` argument (proposed), this becomes one call to it.
+    """
+    from ._core import emotion
+
+    speech = features.features
+    num_frames = speech.shape[0]
+    plan = emotion.plan(emotion_input.timeline, num_frames, features.fps, TensorEmotionResolver(vaid, emotion_input),
+                        reference.expression)
+    dicte = vaid.dicte
+    param = next(dicte.parameters())
+    on = {"device": param.device, "dtype": param.dtype}
+    identity = reference.identity[None].to(**on)
+
+    def sample(frames: slice) -> torch.Tensor:
+        return dicte.sample(
+            speech[frames][None].to(**on), identity,
+            condition=plan.condition[frames][None].to(**on),
+            uncond_condition=plan.baseline[frames][None].to(**on),
+            guidance=plan.intensity[frames][None].to(**on),
+            steps=min(steps, dicte.train_steps), generator=seed + frames.start,
+        )[0].float().cpu()
+
+    return plan.combine(pipeline.over_chunks(sample, num_frames))
+
+
+class EmotiveTalkDiCTEExpand:
+    DESCRIPTION = ("Di-CTE: expands the emotion (timeline) over the speech into a per-frame, speech-aligned expression "
+                   "sequence for the portrait.")
+    CATEGORY = f"{CATEGORY}/generation"
+    RETURN_TYPES = (EXPRESSION,)
+    RETURN_NAMES = ("expression",)
+    FUNCTION = "expand"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader."}),
+            "audio_exp": (AUDIO_EXP, {"tooltip": "Speech features from EmotiveTalk V-AID Decouple."}),
+            "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (Di-CTE reads the portrait's identity and expression)."}),
+            "emotion": (EMOTION, {"tooltip": "An emotion source or an emotion timeline."}),
+            "seed": _SEED,
+            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Di-CTE sampling steps (capped at the model's training steps)."}),
+        }}
+
+    def expand(self, vaid, audio_exp, reference, emotion, seed, steps):
+        bridge.use(vaid, "vaid")
+        if emotion.images or emotion.videos:
+            expression = expand_with_resolver(vaid, audio_exp, reference, emotion, seed, steps)
+        else:
+            expression = pipeline.expand_expression(vaid, audio_exp.features, reference, emotion.timeline,
+                                                    audio_exp.fps, seed, steps)
+        return (expression,)
+
+
+# --- ETHD ------------------------------------------------------------------------------------
+
+def model_tag(model) -> str:
+    """Which VAE space a LATENT is in (DESIGN: our LATENT records the model that made it)."""
+    vae = model.vae
+    return f"{model.info.get('config', 'custom')}:{type(vae).__name__}:{vae.config.scaling_factor:g}"
+
+
+def settings_for(reference, **knobs) -> pipeline.GenerationSettings:
+    height, width = reference.image.shape[-2:]
+    return pipeline.GenerationSettings(width=width, height=height, **knobs)
+
+
+def log_estimate(model, settings: pipeline.GenerationSettings, num_frames: int, latent_shape) -> int:
+    """Log what the sampler is about to cost; returns the number of UNet calls."""
+    sampling = core_module("sampling")
+    window = settings.window or model.settings["clip_frames"]
+    overlap = settings.overlap or sampling.default_overlap(window)
+    windows = len(sampling.window_spans(num_frames, window, overlap))
+    passes = len(sampling.Guidance(settings.reference_strength, settings.lip_strength,
+                                   settings.expression_strength).active_passes())
+    steps = 2 * settings.steps - 1 if settings.sampler == "heun" else settings.steps
+    calls = windows * steps
+    state = num_frames * math.prod(latent_shape) * 4
+    rate = bridge.notes(model).get("seconds_per_call")
+    timing = f", about {calls * rate:.0f} s at the last run's speed" if rate else ""
+    log.info("EmotiveTalk ETHD: %d frames, %d windows of %d x %d steps = %d UNet calls of batch %d%s; "
+             "host latent state %.1f MiB (x2 while stepping)",
+             num_frames, windows, window, steps, calls, passes * window, timing, state / 2**20)
+    return calls
+
+
+class EmotiveTalkETHDSampler:
+    DESCRIPTION = ("ETHD: the video diffusion reverse process over the whole speech in overlapping windows, driven by the "
+                   "lip stream and the expression sequence.")
+    CATEGORY = f"{CATEGORY}/generation"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        strength = {"min": 0.0, "max": 20.0, "step": 0.05}
+        return {"required": {
+            "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
+            "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (sets the output size)."}),
+            "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
+            "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
+            "sampler": (list(pipeline.SAMPLERS), {"default": "euler", "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
+            "seed": _SEED,
+            "reference_strength": ("FLOAT", {"default": 2.0, **strength, "tooltip": "Guidance toward the portrait (identity, appearance)."}),
+            "lip_strength": ("FLOAT", {"default": 1.0, **strength, "tooltip": "Guidance toward the lip stream (lip-sync)."}),
+            "expression_strength": ("FLOAT", {"default": 1.0, **strength, "tooltip": "Guidance toward the driven expression."}),
+            "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
+            "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
+            "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
+            "lip_context": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Lip frames either side each frame sees; -1 = the model's value (the maximum)."}),
+        }}
+
+    def sample(self, model, reference, lip, expression, steps, sampler, seed, reference_strength, lip_strength,
+               expression_strength, motion, window, overlap, lip_context):
+        settings = settings_for(
+            reference, steps=steps, sampler=sampler, seed=seed, reference_strength=reference_strength,
+            lip_strength=lip_strength, expression_strength=expression_strength,
+            motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
+            lip_context=None if lip_context < 0 else lip_context,
+        )
+        if settings.window and settings.overlap and settings.overlap >= settings.window:
+            raise ValueError(f"overlap ({overlap}) must be smaller than the window ({window})")
+        latents = run_sampler(model, reference, lip, expression, settings)
+        return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
+
+
+def run_sampler(model, reference, lip, expression, settings) -> torch.Tensor:
+    """sample_latents with ComfyUI's progress bar and Cancel; remembers the speed for the next estimate."""
+    calls = log_estimate(model, settings, expression.shape[0], reference.latent.shape[1:])
+    bridge.check_interrupt()
+    bridge.use(model, "ethd")
+    progress = bridge.Progress(calls)
+    start = time.perf_counter()
+    latents = pipeline.sample_latents(model, reference, lip, expression, settings, progress)
+    bridge.notes(model)["seconds_per_call"] = (time.perf_counter() - start) / calls
+    return latents
+
+
+NODE_CLASS_MAPPINGS = {
+    "EmotiveTalkAudioPrepare": EmotiveTalkAudioPrepare,
+    "EmotiveTalkVAIDDecouple": EmotiveTalkVAIDDecouple,
+    "EmotiveTalkEDIReference": EmotiveTalkEDIReference,
+    "EmotiveTalkDiCTEExpand": EmotiveTalkDiCTEExpand,
+    "EmotiveTalkETHDSampler": EmotiveTalkETHDSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EmotiveTalkAudioPrepare": "EmotiveTalk Audio Prepare",
+    "EmotiveTalkVAIDDecouple": "EmotiveTalk V-AID Decouple",
+    "EmotiveTalkEDIReference": "EmotiveTalk EDI Reference",
+    "EmotiveTalkDiCTEExpand": "EmotiveTalk Di-CTE Expand",
+    "EmotiveTalkETHDSampler": "EmotiveTalk ETHD Sampler",
+}
