@@ -268,7 +268,7 @@ class VAIDEmotionResolver:
             return self.vaid.mapping.from_text([prompt])[0].float().cpu()
 
     def image(self, path) -> torch.Tensor:
-        code = self._expressions(load_image(path))
+        code = self.expressions(load_image(path))
         with torch.no_grad():
             return self.vaid.mapping.from_image(code.to(_device(self.vaid.mapping)))[0].float().cpu()
 
@@ -281,29 +281,32 @@ class VAIDEmotionResolver:
         frames = iter_video_frames(path, fps=fps)
         codes, remaining = [], num_frames
         while remaining > 0 and (block := list(islice(frames, min(64, remaining)))):
-            codes.append(self._expressions(torch.from_numpy(np.stack(block)).permute(0, 3, 1, 2)))
+            codes.append(self.expressions(torch.from_numpy(np.stack(block)).permute(0, 3, 1, 2)))
             remaining -= len(block)
         if not codes:
             raise ValueError(f"emotion video {path} has no frames")
         return torch.cat(codes)
 
-    def _expressions(self, images: torch.Tensor) -> torch.Tensor:
+    def expressions(self, images: torch.Tensor) -> torch.Tensor:
+        """Exp Encoder codes ``[B, exp_dim]`` of images ``[B, 3, H, W]`` (centre square, any size)."""
         side = min(images.shape[-2:])
         with torch.no_grad():
             return _run_on(self.vaid.exp_encoder, fit_portrait(images, side, side))
 
 
 def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline, fps: float,
-                      seed: int = 0, steps: int = 25) -> torch.Tensor:
+                      seed: int = 0, steps: int = 25, resolver=None) -> torch.Tensor:
     """Driven expression codes ``[N, exp_dim]`` for every video frame, following ``timeline``.
 
     Di-CTE expands label/text/image sources over the speech (intensity = its guidance between the
     portrait's own expression and the requested one); video-sourced frames take the video's codes.
+    ``resolver`` turns sources into vectors (default: :class:`VAIDEmotionResolver`, file sources;
+    the ComfyUI nodes pass one that reads image tensors).
     """
     from .emotion import plan
 
     num_frames = speech.shape[0]
-    expression_plan = plan(timeline, num_frames, fps, VAIDEmotionResolver(vaid), reference.expression)
+    expression_plan = plan(timeline, num_frames, fps, resolver or VAIDEmotionResolver(vaid), reference.expression)
     dicte = vaid.dicte
     param = next(dicte.parameters())
     on = {"device": param.device, "dtype": param.dtype}

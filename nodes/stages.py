@@ -150,7 +150,7 @@ class TensorEmotionResolver(pipeline.VAIDEmotionResolver):
         if value not in self.images:
             return super().image(value)
         # A batch of example faces: the mean of their expression codes.
-        codes = self._expressions(image_to_nchw(self.images[value])).mean(0, keepdim=True)
+        codes = self.expressions(image_to_nchw(self.images[value])).mean(0, keepdim=True)
         mapping = self.vaid.mapping
         with torch.no_grad():
             return mapping.from_image(codes.to(next(mapping.parameters()).device))[0].float().cpu()
@@ -160,7 +160,7 @@ class TensorEmotionResolver(pipeline.VAIDEmotionResolver):
             return super().video(value, num_frames, fps)
         frames, source_fps = self.videos[value]
         picked = frames_at(frames, source_fps, fps, num_frames)
-        return torch.cat([self._expressions(image_to_nchw(picked[start:start + 64]))
+        return torch.cat([self.expressions(image_to_nchw(picked[start:start + 64]))
                           for start in range(0, picked.shape[0], 64)])
 
 
@@ -172,36 +172,6 @@ def frames_at(frames: torch.Tensor, source_fps: float, fps: float, limit: int) -
     index = (centres * source_fps).floor().long().clamp(0, frames.shape[0] - 1)
     return frames[index]
 
-
-def expand_with_resolver(vaid, features: SpeechFeatures, reference, emotion_input: EmotionInput,
-                         seed: int, steps: int) -> torch.Tensor:
-    """``pipeline.expand_expression`` with tensor emotion sources.
-
-    The library function builds its own VAIDEmotionResolver (file paths only), so this mirrors
-    its few lines with :class:`TensorEmotionResolver`. Once ``expand_expression`` takes a
-    ``resolver`` argument (proposed), this becomes one call to it.
-    """
-    from ._core import emotion
-
-    speech = features.features
-    num_frames = speech.shape[0]
-    plan = emotion.plan(emotion_input.timeline, num_frames, features.fps, TensorEmotionResolver(vaid, emotion_input),
-                        reference.expression)
-    dicte = vaid.dicte
-    param = next(dicte.parameters())
-    on = {"device": param.device, "dtype": param.dtype}
-    identity = reference.identity[None].to(**on)
-
-    def sample(frames: slice) -> torch.Tensor:
-        return dicte.sample(
-            speech[frames][None].to(**on), identity,
-            condition=plan.condition[frames][None].to(**on),
-            uncond_condition=plan.baseline[frames][None].to(**on),
-            guidance=plan.intensity[frames][None].to(**on),
-            steps=min(steps, dicte.train_steps), generator=seed + frames.start,
-        )[0].float().cpu()
-
-    return plan.combine(pipeline.over_chunks(sample, num_frames))
 
 
 class EmotiveTalkDiCTEExpand:
@@ -225,11 +195,8 @@ class EmotiveTalkDiCTEExpand:
 
     def expand(self, vaid, audio_exp, reference, emotion, seed, steps):
         bridge.use(vaid, "vaid")
-        if emotion.images or emotion.videos:
-            expression = expand_with_resolver(vaid, audio_exp, reference, emotion, seed, steps)
-        else:
-            expression = pipeline.expand_expression(vaid, audio_exp.features, reference, emotion.timeline,
-                                                    audio_exp.fps, seed, steps)
+        expression = pipeline.expand_expression(vaid, audio_exp.features, reference, emotion.timeline, audio_exp.fps,
+                                                seed, steps, resolver=TensorEmotionResolver(vaid, emotion))
         return (expression,)
 
 
