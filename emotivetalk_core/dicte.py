@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emotivetalk_core.vaid import SpeechLayerMix
+from .vaid import SpeechLayerMix
 
 _POSITION_KERNEL = 5
 _MLP_RATIO = 4

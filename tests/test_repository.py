@@ -42,3 +42,12 @@ def test_importing_the_library_does_not_import_heavy_packages():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"imported at module level: {result.stdout.strip()}"
+
+
+def test_library_imports_itself_relatively():
+    """ComfyUI loads the pack as a package named after its folder, where ``emotivetalk_core`` is
+    not importable by that name: inside the library every import of itself must be relative."""
+    offenders = [f"{path.name}: {line.strip()}" for path in (ROOT / "emotivetalk_core").glob("*.py")
+                 for line in path.read_text().splitlines()
+                 if re.match(r"\s*(from|import)\s+emotivetalk_core\b", line)]
+    assert not offenders, offenders
