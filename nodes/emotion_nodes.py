@@ -28,12 +28,17 @@ def _tensor_key(kind: str) -> str:
     return f"comfy-{kind}:{uuid.uuid4().hex[:12]}"
 
 
-class EmotiveTalkEmotionLabel:
-    DESCRIPTION = "An emotion by name (the Mapping's learned label embedding), for the whole video."
+class _EmotionNode:
+    """What every emotion node shares: one EMOTIVETALK_EMOTION out, under EmotiveTalk/emotion."""
+
     CATEGORY = f"{CATEGORY}/emotion"
     RETURN_TYPES = (EMOTION,)
     RETURN_NAMES = ("emotion",)
     FUNCTION = "make"
+
+
+class EmotiveTalkEmotionLabel(_EmotionNode):
+    DESCRIPTION = "An emotion by name (the Mapping's learned label embedding), for the whole video."
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -46,12 +51,8 @@ class EmotiveTalkEmotionLabel:
         return _single(emotion.EmotionSource("label", label), intensity)
 
 
-class EmotiveTalkEmotionText:
+class EmotiveTalkEmotionText(_EmotionNode):
     DESCRIPTION = "An emotion described in words (the Mapping's text encoder), for the whole video."
-    CATEGORY = f"{CATEGORY}/emotion"
-    RETURN_TYPES = (EMOTION,)
-    RETURN_NAMES = ("emotion",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -65,12 +66,8 @@ class EmotiveTalkEmotionText:
         return _single(emotion.EmotionSource("text", text), intensity)
 
 
-class EmotiveTalkEmotionImage:
+class EmotiveTalkEmotionImage(_EmotionNode):
     DESCRIPTION = "The expression of a face image (Exp Encoder + Mapping), for the whole video."
-    CATEGORY = f"{CATEGORY}/emotion"
-    RETURN_TYPES = (EMOTION,)
-    RETURN_NAMES = ("emotion",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -84,12 +81,8 @@ class EmotiveTalkEmotionImage:
         return _single(emotion.EmotionSource("image", key), intensity, images={key: image})
 
 
-class EmotiveTalkEmotionVideo:
+class EmotiveTalkEmotionVideo(_EmotionNode):
     DESCRIPTION = "A face video's expression frame by frame (a temporal source: it bypasses Di-CTE)."
-    CATEGORY = f"{CATEGORY}/emotion"
-    RETURN_TYPES = (EMOTION,)
-    RETURN_NAMES = ("emotion",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -116,13 +109,9 @@ def _timeline_inputs() -> dict:
     return optional
 
 
-class EmotiveTalkEmotionTimeline:
+class EmotiveTalkEmotionTimeline(_EmotionNode):
     DESCRIPTION = ("Places emotions in time: a compact spec of labels and/or connected emotion sources, each with a "
                    "start time and a fade-in.")
-    CATEGORY = f"{CATEGORY}/emotion"
-    RETURN_TYPES = (EMOTION,)
-    RETURN_NAMES = ("emotion",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):

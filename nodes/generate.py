@@ -5,10 +5,9 @@ It runs the same stage nodes a staged workflow wires up, so both give the same f
 
 from __future__ import annotations
 
-from . import comfy_bridge as bridge
 from ._core import configs, emotion
 from ._types import CATEGORY, EmotionInput
-from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader
+from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input
 from .output_nodes import EmotiveTalkDecode
 from .stages import (_SEED, EmotiveTalkAudioPrepare, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference,
                      EmotiveTalkETHDSampler, EmotiveTalkVAIDDecouple)
@@ -42,9 +41,7 @@ class EmotiveTalkGenerate:
                 "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64)."}),
                 "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64)."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Output frame rate (EmotiveTalk is trained at 25)."}),
-                "model_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
-                    "default": bridge.DEFAULT_MODEL,
-                    "tooltip": "A self-contained EmotiveTalk model file from models/emotivetalk; 'default' is the tiny untrained model shipped with the pack."}),
+                "model_name": model_file_input("A self-contained EmotiveTalk model file from models/emotivetalk"),
             },
             "optional": {
                 "emotion_text": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the emotion in words instead of picking a label (leave empty to use the label)."}),

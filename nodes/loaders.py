@@ -51,6 +51,14 @@ def manage_vaid(vaid):
     return bridge.manage(vaid, {"vaid": (names, torch.float32)})
 
 
+def model_file_input(what: str) -> tuple:
+    """The widget that picks an EmotiveTalk file from models/emotivetalk (or the shipped default)."""
+    return (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
+        "default": bridge.DEFAULT_MODEL,
+        "tooltip": f"{what}; 'default' is the tiny untrained model shipped with the pack.",
+    })
+
+
 class EmotiveTalkModelLoader:
     DESCRIPTION = "Loads the video side of EmotiveTalk: ETHD (SVD UNet + lip/expression adapters), SVD's VAE and image encoder."
     CATEGORY = f"{CATEGORY}/loaders"
@@ -62,10 +70,7 @@ class EmotiveTalkModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
-                    "default": bridge.DEFAULT_MODEL,
-                    "tooltip": "EmotiveTalk model file from models/emotivetalk; 'default' is the tiny untrained model shipped with the pack.",
-                }),
+                "model_name": model_file_input("EmotiveTalk model file from models/emotivetalk"),
             },
             "optional": {
                 "base_svd": (bridge.list_files(bridge.BASE_FOLDER, bridge.NO_FILE), {
@@ -93,10 +98,7 @@ class EmotiveTalkVAIDLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "vaid_name": (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
-                    "default": bridge.DEFAULT_MODEL,
-                    "tooltip": "EmotiveTalk file holding V-AID (models/emotivetalk); 'default' is the tiny untrained model shipped with the pack.",
-                }),
+                "vaid_name": model_file_input("EmotiveTalk file holding V-AID (models/emotivetalk)"),
             },
             "optional": {
                 "speech_encoder": (bridge.list_files(bridge.SPEECH_FOLDER, bridge.NO_FILE), {
