@@ -1,0 +1,192 @@
+"""Training shards: what preprocessing writes and every training stage reads.
+
+One safetensors file per source video (a *shard*), holding that video's clips. Tensor names are
+``<clip>.<field>``, where ``<clip>`` is ``clip0000``, ``clip0001``, ...:
+
+- ``frames``     uint8   ``[F, S, S, 3]``  face-centred square crops, RGB, at ``fps``
+- ``audio``      float32 ``[F * sample_rate / fps]``  mono speech, sample 0 = start of frame 0
+- ``mask``       uint8   ``[F, S, S]``     face mask, 255 = face
+- ``box``        float32 ``[F, 4]``        crop box in source pixels ``(x0, y0, x1, y1)``
+- ``lip_target`` float32 ``[F, L]``        what the Lip Encoder is distilled toward
+- ``exp_target`` float32 ``[F, E]``        what the Exp Encoder is distilled toward
+
+The metadata key ``emotivetalk.shard`` holds JSON: ``format``, ``source`` (the video, relative
+to the input folder), ``identity``, ``emotion`` (a label or null), ``level`` (int or null),
+``fps``, ``sample_rate``, ``size``, ``targets`` (``{"tool", "lip_dim", "exp_dim"}``) and
+``clips`` (``[{"name", "start_frame", "frames"}]``).
+
+Readers open shards lazily (``safe_open`` + ``get_slice``), so a window of a long clip reads
+only its own frames.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = "1"
+METADATA_KEY = "emotivetalk.shard"
+FIELDS = ("frames", "audio", "mask", "box", "lip_target", "exp_target")
+
+
+class ShardError(ValueError):
+    """A shard is malformed or a shard folder holds nothing usable."""
+
+
+def samples_per_frame(fps, sample_rate: int) -> int:
+    value = Fraction(sample_rate) / Fraction(fps)
+    if value.denominator != 1:
+        raise ShardError(f"{sample_rate} Hz audio does not split into whole samples per frame at {fps} fps")
+    return int(value)
+
+
+def clip_name(index: int) -> str:
+    return f"clip{index:04d}"
+
+
+def write_shard(path: str | Path, clips: list[dict[str, np.ndarray]], info: dict) -> Path:
+    """Write one video's clips (each a dict of :data:`FIELDS` arrays) and its info to ``path``.
+
+    ``info`` holds every metadata entry of the module docstring except ``format`` and ``clips``;
+    each clip dict may carry ``start_frame`` (its first frame in the source). The file is written
+    to a temporary name and renamed, so an interrupted run never leaves a half shard behind.
+    """
+    from safetensors.numpy import save_file
+
+    per_frame = samples_per_frame(info["fps"], info["sample_rate"])
+    tensors, entries = {}, []
+    for index, clip in enumerate(clips):
+        name = clip_name(index)
+        frames = clip["frames"].shape[0]
+        _check_clip(name, clip, frames, per_frame, info)
+        for key in FIELDS:
+            tensors[f"{name}.{key}"] = np.ascontiguousarray(clip[key])
+        entries.append({"name": name, "start_frame": int(clip.get("start_frame", 0)), "frames": int(frames)})
+    metadata = {METADATA_KEY: json.dumps({**info, "format": FORMAT_VERSION, "clips": entries}, sort_keys=True)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+    return path
+
+
+def _check_clip(name: str, clip: dict, frames: int, per_frame: int, info: dict) -> None:
+    size = info["size"]
+    expected = {
+        "frames": ((frames, size, size, 3), np.uint8),
+        "audio": ((frames * per_frame,), np.float32),
+        "mask": ((frames, size, size), np.uint8),
+        "box": ((frames, 4), np.float32),
+        "lip_target": ((frames, info["targets"]["lip_dim"]), np.float32),
+        "exp_target": ((frames, info["targets"]["exp_dim"]), np.float32),
+    }
+    for key, (shape, dtype) in expected.items():
+        if key not in clip:
+            raise ShardError(f"{name}: missing '{key}'")
+        array = clip[key]
+        if tuple(array.shape) != shape or array.dtype != dtype:
+            raise ShardError(f"{name}.{key}: expected {np.dtype(dtype).name} {shape}, got {array.dtype} {tuple(array.shape)}")
+
+
+def read_shard_info(path: str | Path) -> dict:
+    """The metadata of one shard, without reading any tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        metadata = handle.metadata() or {}
+    if METADATA_KEY not in metadata:
+        raise ShardError(f"{path} is not an EmotiveTalk training shard (no '{METADATA_KEY}' metadata)")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def shard_paths(root: str | Path) -> list[Path]:
+    """Every shard under ``root`` (searched recursively), in a fixed order."""
+    root = Path(root)
+    paths = sorted(root.rglob("*.safetensors"))
+    if not paths:
+        raise ShardError(f"no training shards (*.safetensors) under {root}: run 'python -m emotivetalk_core.train preprocess' first")
+    return paths
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training example: ``frames`` consecutive frames of one clip."""
+
+    shard: int
+    clip: str
+    start: int
+    clip_frames: int
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Fixed-length windows over every clip of every shard, as float tensors.
+
+    An item is a dict: ``frames`` ``[T, 3, S, S]`` and ``mask`` ``[T, 1, S, S]`` in 0..1,
+    ``audio`` ``[T * samples_per_frame]``, ``box`` ``[T, 4]``, ``lip_target`` ``[T, L]``,
+    ``exp_target`` ``[T, E]``, ``emotion`` (the label's index in ``labels``, -1 when unknown)
+    and ``index`` (the item's own index, for seeded per-sample noise). Windows tile each clip
+    without overlap; a clip shorter than ``window`` gives none.
+    """
+
+    def __init__(self, root: str | Path, window: int, labels: tuple[str, ...] | list[str] = ()):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame, got {window}")
+        self.paths = shard_paths(root)
+        self.infos = [read_shard_info(path) for path in self.paths]
+        self.window = window
+        self.labels = list(labels)
+        self.windows = [
+            Window(shard, clip["name"], start, clip["frames"])
+            for shard, info in enumerate(self.infos)
+            for clip in info["clips"]
+            for start in range(0, clip["frames"] - window + 1, window)
+        ]
+        if not self.windows:
+            raise ShardError(f"no clip under {root} is at least {window} frames long")
+        self.samples_per_frame = samples_per_frame(self.infos[0]["fps"], self.infos[0]["sample_rate"])
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict:
+        where = self.windows[index]
+        stop = where.start + self.window
+        arrays = self._read(where, where.start, stop)
+        info = self.infos[where.shard]
+        emotion = info.get("emotion")
+        return {
+            "frames": torch.from_numpy(arrays["frames"]).permute(0, 3, 1, 2).float() / 255.0,
+            "mask": torch.from_numpy(arrays["mask"]).unsqueeze(1).float() / 255.0,
+            "audio": torch.from_numpy(arrays["audio"]),
+            "box": torch.from_numpy(arrays["box"]),
+            "lip_target": torch.from_numpy(arrays["lip_target"]),
+            "exp_target": torch.from_numpy(arrays["exp_target"]),
+            "emotion": torch.tensor(self.labels.index(emotion) if emotion in self.labels else -1),
+            "index": torch.tensor(index),
+        }
+
+    def outside_frame(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        """A frame ``[3, S, S]`` of the same clip outside the item's window (ETHD's reference frame),
+        or, when the window is the whole clip, its first frame."""
+        where = self.windows[index]
+        outside = [f for f in range(where.clip_frames) if not where.start <= f < where.start + self.window]
+        frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else where.start
+        image = self._read(where, frame, frame + 1, keys=("frames",))["frames"][0]
+        return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+
+    def _read(self, where: Window, start: int, stop: int, keys=FIELDS) -> dict[str, np.ndarray]:
+        from safetensors import safe_open
+
+        per_frame = self.samples_per_frame
+        result = {}
+        with safe_open(str(self.paths[where.shard]), framework="np") as handle:
+            for key in keys:
+                tensor = handle.get_slice(f"{where.clip}.{key}")
+                result[key] = tensor[start * per_frame : stop * per_frame] if key == "audio" else tensor[start:stop]
+        return result
