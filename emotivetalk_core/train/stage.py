@@ -1,0 +1,36 @@
+"""What a training stage is: the contract between the training loop and each stage.
+
+The loop (accelerate, EMA, checkpoints, logging) is the same for every stage; a stage says
+which modules exist, which of them train, what the loss of a batch is, and what the export
+writes. Stages: ``encoders`` (Lip/Exp Encoders and Face Processor distilled from the
+preprocessing targets), ``vaid`` (Audio-lip Projector, Di-CTE + Identity Encoder, Mapping),
+``ethd`` (ETHD adapters, optionally the whole UNet).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .noise import SampleNoise
+
+
+class Stage(Protocol):
+    name: str
+
+    def build(self, config: dict) -> nn.ModuleDict:
+        """Every module the stage uses, trainable and frozen, initialised as ``config`` says
+        (from an earlier stage's export, base SVD weights, or at random)."""
+
+    def trainable(self, modules: nn.ModuleDict) -> list[str]:
+        """Names (keys of ``modules``) of the modules that train; EMA tracks exactly these."""
+
+    def loss(self, modules: nn.ModuleDict, batch: dict, noise: SampleNoise) -> dict[str, torch.Tensor]:
+        """Scalar losses of one batch (a collated ``ClipDataset`` batch on the device); ``"loss"``
+        is the total that is back-propagated, the other entries are logged."""
+
+    def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
+        """``{component: (state_dict, config)}`` for ``checkpoints.save_model_file``; called with
+        the EMA weights in ``modules``."""
