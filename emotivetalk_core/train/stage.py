@@ -9,6 +9,7 @@ preprocessing targets), ``vaid`` (Audio-lip Projector, Di-CTE + Identity Encoder
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -34,3 +35,16 @@ class Stage(Protocol):
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
         """``{component: (state_dict, config)}`` for ``checkpoints.save_model_file``; called with
         the EMA weights in ``modules``."""
+
+    def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
+        """Facts for the exported file's ``info`` besides what the loop records (``trained``,
+        ``note``, ``stage``, ``steps``, ``config``): e.g. V-AID's speech encoder fingerprint
+        (``models.vaid_info``) or ETHD's clip length, fps id and motion bucket. JSON-serialisable;
+        called with the EMA weights in ``modules``."""
+
+    def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
+        """Write a short generated sample of ``batch`` (a fixed collated batch on the device)
+        into ``folder`` (which exists) and return the files written; ``[]`` for a stage with
+        nothing to show. Called on the main process only, under ``torch.no_grad()``, with the
+        EMA weights in ``modules``; it must not draw from global random state (use a seeded
+        ``torch.Generator``), so sampling never changes the training run."""
