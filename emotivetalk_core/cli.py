@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the bundled portrait and speech on the default model")
     demo.add_argument("--out", type=Path, default=Path("emotivetalk_demo.mp4"), help="output .mp4 (default: %(default)s)")
     _add_emotion_arguments(demo, default_label="happy")
-    _add_common_arguments(demo, width=128, height=128, steps=12)
+    _add_common_arguments(demo, steps=12)
     return parser
 
 
@@ -54,13 +54,13 @@ def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
     parser.add_argument("--neutralise", action="store_true", help="start from a neutral face instead of the portrait's expression")
 
 
-def _add_common_arguments(parser, width: int = 512, height: int = 512, steps: int = 25) -> None:
+def _add_common_arguments(parser, steps: int = 25) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default: %(default)s)")
     parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--width", type=int, default=width, help="multiple of 64 (default: %(default)s)")
-    parser.add_argument("--height", type=int, default=height, help="multiple of 64 (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=0, help="multiple of 64; 0 = the model's native size (default)")
+    parser.add_argument("--height", type=int, default=0, help="multiple of 64; 0 = the model's native size (default)")
     parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
     parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")
     parser.add_argument("--reference-strength", type=float, default=2.0, help="guidance toward the portrait")

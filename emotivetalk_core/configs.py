@@ -51,8 +51,9 @@ _TINY = {
               "layers": 2, "heads": 2, "train_steps": 100},
     "encoders": {"image_size": 32, "channels": [8, 16, 32], "lip_dim": 16, "exp_dim": 16, "id_dim": 16},
     "mapping": {"exp_dim": 16, "text_width": 32, "labels": list(EMOTION_LABELS)},
-    # Clip length used in training = the inference window (SVD conditioning is per clip).
-    "ethd": {"clip_frames": 8, "fps_id": 24, "motion_bucket": 127, "noise_aug": 0.02},
+    # Clip length used in training = the inference window (SVD conditioning is per clip);
+    # resolution = (width, height) of the training crops, the size a "0" width/height asks for.
+    "ethd": {"clip_frames": 8, "fps_id": 24, "motion_bucket": 127, "noise_aug": 0.02, "resolution": [128, 128]},
 }
 
 _SVD_XT = {
@@ -81,7 +82,7 @@ _SVD_XT = {
               "layers": 8, "heads": 8, "train_steps": 1000},
     "encoders": {"image_size": 128, "channels": [32, 64, 128, 256], "lip_dim": 256, "exp_dim": 128, "id_dim": 256},
     "mapping": {"exp_dim": 128, "text_width": 256, "labels": list(EMOTION_LABELS)},
-    "ethd": {"clip_frames": 14, "fps_id": 6, "motion_bucket": 127, "noise_aug": 0.02},
+    "ethd": {"clip_frames": 14, "fps_id": 6, "motion_bucket": 127, "noise_aug": 0.02, "resolution": [512, 512]},
 }
 
 CONFIGS = {"tiny": _TINY, "svd-xt": _SVD_XT}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ class GenerationSettings:
     """Every knob of a generation. ``None`` means "what the model was trained with"."""
 
     fps: float = 25.0
-    width: int = 512
-    height: int = 512
+    width: int = 0  # 0 = the model's native size (see native_size)
+    height: int = 0
     steps: int = 25
     sampler: str = "euler"
     seed: int = 0
@@ -67,8 +67,8 @@ class GenerationSettings:
         audio_lib.exact_rate(self.fps, "fps")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value < 64 or value % 64:
-                raise ValueError(f"{name} must be a positive multiple of 64, got {value}")
+            if value < 0 or value % 64:
+                raise ValueError(f"{name} must be a multiple of 64 (or 0 for the model's native size), got {value}")
         if self.steps < 1 or self.dicte_steps < 1:
             raise ValueError("steps must be at least 1")
         if self.sampler not in SAMPLERS:
@@ -76,6 +76,27 @@ class GenerationSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def sized_for(self, model) -> "GenerationSettings":
+        """A copy with a 0 width or height replaced by the model's native size."""
+        width, height = output_size(model, self.width, self.height)
+        return replace(self, width=width, height=height)
+
+
+# Models exported before files recorded their training resolution are SVD-size: 512 x 512.
+DEFAULT_RESOLUTION = (512, 512)
+
+
+def native_size(model) -> tuple[int, int]:
+    """``(width, height)`` the model was trained at, as its file records it."""
+    width, height = model.settings.get("resolution", DEFAULT_RESOLUTION)
+    return int(width), int(height)
+
+
+def output_size(model, width: int, height: int) -> tuple[int, int]:
+    """Width and height to generate at: 0 means the model's native size."""
+    native_width, native_height = native_size(model)
+    return width or native_width, height or native_height
 
 
 def _samplers() -> dict:
@@ -213,7 +234,8 @@ def fit_portrait(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, mask: torch.Tensor | None = None,
                      noise_aug: float | None = None, seed: int = 0) -> Reference:
-    """Portrait ``[1, 3, H, W]`` (0..1) -> :class:`Reference` at the output size.
+    """Portrait ``[1, 3, H, W]`` (0..1) -> :class:`Reference` at the output size (a 0 width or
+    height = the model's native size).
 
     A user mask (``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, 1 = face) wins over the Face
     Processor; it is fitted to the output exactly like the portrait.
@@ -221,6 +243,7 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
     from .svd_conditioning import image_embeds, reference_latent
 
     noise_aug = model.settings["noise_aug"] if noise_aug is None else noise_aug
+    width, height = output_size(model, width, height)
     portrait = fit_portrait(image, width, height)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -460,6 +483,7 @@ class EmotiveTalkPipeline:
                 mask: torch.Tensor | None = None, progress=None):
         """Every stage up to ETHD: ``(latents [N, 4, h, w], reference)``."""
         settings.validate()
+        settings = settings.sized_for(self.model)
         speech = encode_speech(self.vaid, audio, settings.av_offset)
         lip = lip_stream(self.vaid, speech)
         reference = encode_reference(self.model, self.vaid, image, settings.width, settings.height, mask,
@@ -474,6 +498,7 @@ class EmotiveTalkPipeline:
         from .video_io import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
+        settings = settings.sized_for(self.model)
         latents, _ = self.latents(image, prepared, settings, timeline, mask, progress)
         metadata = {
             "comment": "made with EmotiveTalk (ComfyUI-EmotiveTalk)" + ("" if self.trained else "; UNTRAINED model"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._core import configs, emotion
 from ._types import CATEGORY, EmotionInput
-from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input
+from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input, resolve_model
 from .output_nodes import EmotiveTalkDecode
 from .stages import (_SEED, EmotiveTalkAudioPrepare, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference,
                      EmotiveTalkETHDSampler, EmotiveTalkVAIDDecouple)
@@ -26,9 +26,14 @@ class EmotiveTalkGenerate:
     RETURN_NAMES = ("frames", "audio", "fps")
     FUNCTION = "generate"
 
+    def __init__(self):
+        # ComfyUI keeps one instance per graph node across runs, so the models loaded for the
+        # last run stay here: a new seed or emotion does not re-read the model file.
+        self._loaded = None
+
     @classmethod
     def INPUT_TYPES(cls):
-        size = {"default": 512, "min": 64, "max": 2048, "step": 64}
+        size = {"default": 0, "min": 0, "max": 2048, "step": 64}
         return {
             "required": {
                 "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; scaled to cover width x height and centre-cropped."}),
@@ -38,22 +43,35 @@ class EmotiveTalkGenerate:
                                         "tooltip": "0 = the portrait's own expression, 1 = as requested, above 1 = exaggerated."}),
                 "seed": _SEED,
                 "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps of the video model (and of Di-CTE)."}),
-                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64)."}),
-                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64)."}),
+                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64); 0 = the model's native size (512 for SVD-size models)."}),
+                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64); 0 = the model's native size."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Output frame rate (EmotiveTalk is trained at 25)."}),
                 "model_name": model_file_input("A self-contained EmotiveTalk model file from models/emotivetalk"),
             },
             "optional": {
                 "emotion_text": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the emotion in words instead of picking a label (leave empty to use the label)."}),
+                "face_mask": ("MASK", {"tooltip": "Optional face mask of the portrait (1 = face), e.g. from EmotiveTalk Face Crop; without it the model's Face Processor finds the face."}),
             },
         }
 
-    def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text=""):
-        (model,) = EmotiveTalkModelLoader().load(model_name)
-        (vaid,) = EmotiveTalkVAIDLoader().load(model_name)
+    def models(self, model_name: str):
+        """The model and V-AID of ``model_name``, loaded once and reused while the file is unchanged."""
+        path = resolve_model(model_name)
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # drop the old models before loading new ones
+            (model,) = EmotiveTalkModelLoader().load(model_name)
+            (vaid,) = EmotiveTalkVAIDLoader().load(model_name)
+            self._loaded = (key, model, vaid)
+        return self._loaded[1:]
+
+    def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text="",
+                 face_mask=None):
+        model, vaid = self.models(model_name)
         speech, padded, _, fps = EmotiveTalkAudioPrepare().prepare(audio, fps, 0)
         lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
-        reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed)
+        reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
         (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),
                                                        seed, steps)
         (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, "euler", seed,

@@ -104,14 +104,14 @@ class EmotiveTalkEDIReference:
 
     @classmethod
     def INPUT_TYPES(cls):
-        size = {"default": 512, "min": 64, "max": 2048, "step": 64}
+        size = {"default": 0, "min": 0, "max": 2048, "step": 64}
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
                 "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader (its encoders read the portrait)."}),
                 "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; it is scaled to cover width x height and centre-cropped."}),
-                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64)."}),
-                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64)."}),
+                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64); 0 = the model's native size (512 for SVD-size models)."}),
+                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64); 0 = the model's native size."}),
                 "noise_aug": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01,
                                         "tooltip": "Noise added to the portrait latent (SVD's augmentation); -1 = the value the model was trained with."}),
                 "seed": _SEED,
@@ -131,6 +131,7 @@ class EmotiveTalkEDIReference:
             mask=None if mask is None else mask[:1].float().cpu(),
             noise_aug=None if noise_aug < 0 else noise_aug, seed=seed,
         )
+        height, width = reference.image.shape[-2:]
         log.info("EmotiveTalk reference %dx%d, face mask from the %s", width, height, reference.mask_source)
         return reference, reference.face_mask[:, 0].to(bridge.intermediate_device())
 

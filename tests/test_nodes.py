@@ -119,7 +119,8 @@ def test_module_table_matches_the_modules():
 
 def test_size_and_emotion_widgets_reject_nonsense():
     inputs, _ = _inputs(stages.EmotiveTalkEDIReference)
-    assert inputs["width"][1]["step"] == 64 and inputs["width"][1]["min"] == 64 and inputs["width"][1]["max"] == 2048
+    # 0 is the model's native size; anything else a multiple of 64 up to 2048.
+    assert inputs["width"][1]["step"] == 64 and inputs["width"][1]["min"] == 0 and inputs["width"][1]["max"] == 2048
     label_inputs, _ = _inputs(emotion_nodes.EmotiveTalkEmotionLabel)
     assert label_inputs["intensity"][1]["min"] == 0.0
     with pytest.raises(ValueError, match="timeline is empty"):
@@ -214,6 +215,18 @@ def test_all_in_one_node(portrait):
     assert frames.shape == (n, SIZE, SIZE, 3) and 0 <= frames.min() and frames.max() <= 1
     assert fps == FPS and audio["sample_rate"] == 16000
     assert abs(audio["waveform"].shape[-1] / 16000 - n / fps) < 1 / 16000
+
+
+def test_all_in_one_reuses_its_models_and_sizes_0_to_the_model(portrait, monkeypatch):
+    node = generate.EmotiveTalkGenerate()
+    loads = []
+    real_load = models.load_emotivetalk_model
+    monkeypatch.setattr(models, "load_emotivetalk_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    for seed in (1, 2):
+        frames, _, _ = node.generate(portrait, _speech(0.2), "happy", 1.0, seed, 1, 0, 0, FPS, "default")
+    assert len(loads) == 1  # the second run (new seed) reused the loaded model
+    # The shipped default model records its native size (128 x 128): width = height = 0 asks for it.
+    assert frames.shape[1:] == (128, 128, 3)
 
 
 # --- files and imports -----------------------------------------------------------------------
