@@ -5,10 +5,33 @@ which modules exist, which of them train, what the loss of a batch is, and what 
 writes. Stages: ``encoders`` (Lip/Exp Encoders and Face Processor distilled from the
 preprocessing targets), ``vaid`` (Audio-lip Projector, Di-CTE + Identity Encoder, Mapping),
 ``ethd`` (ETHD adapters, optionally the whole UNet).
+
+What the loop does around a stage (so a stage need not):
+
+- builds the modules on the CPU with the global torch seed set to ``train.seed`` (every process
+  builds the same random init), then moves them to the device;
+- gives the optimizer and the EMA exactly the parameters of the ``trainable`` modules that
+  require grad (a stage may freeze parts of a trainable module, e.g. ETHD's base UNet);
+  every other module is frozen (``requires_grad_(False)``, ``eval()``), kept out of DDP/FSDP,
+  and cast to the mixed-precision dtype when there is one;
+- runs ``loss`` under autocast and scales it for gradient accumulation.
+
+What a stage must do:
+
+- draw every random number of ``loss`` from ``noise`` (keyed by ``batch["index"]``), never from
+  global random state (``nn.Dropout`` included): then a sample's draws do not depend on the
+  process split or on a resume;
+- return losses that are means of per-sample terms, so the gradient of a global batch does
+  not depend on how it is split across processes (batch-wide terms such as InfoNCE negatives
+  are allowed, but then the split changes the result and the stage says so);
+- enable gradient checkpointing on its modules when ``config["train"]["gradient_checkpointing"]``;
+- live in ``emotivetalk_core/train/<name>_stage.py`` as the class named in :data:`STAGE_CLASSES`,
+  constructed without arguments.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +39,16 @@ import torch
 from torch import nn
 
 from .noise import SampleNoise
+
+STAGE_CLASSES = {"encoders": "EncodersStage", "vaid": "VAIDStage", "ethd": "ETHDStage"}
+
+
+def get_stage(name: str) -> Stage:
+    """A fresh instance of the named stage (its module is imported only now)."""
+    if name not in STAGE_CLASSES:
+        raise ValueError(f"unknown training stage {name!r}; choose one of {sorted(STAGE_CLASSES)}")
+    module = import_module(f".{name}_stage", __package__)
+    return getattr(module, STAGE_CLASSES[name])()
 
 
 class Stage(Protocol):
