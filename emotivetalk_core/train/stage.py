@@ -14,7 +14,11 @@ What the loop does around a stage (so a stage need not):
   require grad (a stage may freeze parts of a trainable module, e.g. ETHD's base UNet);
   every other module is frozen (``requires_grad_(False)``, ``eval()``), kept out of DDP/FSDP,
   and cast to the mixed-precision dtype when there is one;
-- runs ``loss`` under autocast and scales it for gradient accumulation.
+- runs ``loss`` under autocast and scales it for gradient accumulation;
+- adds ``batch["reference"]`` ``[B, 3, S, S]`` to every batch: a frame of the same clip from
+  outside the item's window (``ClipDataset.outside_frame``; the clip's first frame when the
+  window is the whole clip), drawn per sample and step from the seeded stream
+  ``"data.reference"``: the portrait x_ref of ETHD and of Di-CTE's Identity/Exp Encoders.
 
 What a stage must do:
 
