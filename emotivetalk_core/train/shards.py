@@ -190,3 +190,33 @@ class ClipDataset(torch.utils.data.Dataset):
                 tensor = handle.get_slice(f"{where.clip}.{key}")
                 result[key] = tensor[start * per_frame : stop * per_frame] if key == "audio" else tensor[start:stop]
         return result
+
+
+def target_statistics(root: str | Path, fields: tuple[str, ...] = ("lip_target", "exp_target")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-dimension ``(mean, std)`` of target fields over every frame of every clip under ``root``.
+
+    Read once from the data (targets are small: a few floats per frame), accumulated in float64,
+    so the numbers do not depend on batching or on the process split.
+    """
+    from safetensors import safe_open
+
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    count = 0
+    for path in shard_paths(root):
+        info = read_shard_info(path)
+        with safe_open(str(path), framework="np") as handle:
+            for clip in info["clips"]:
+                for field in fields:
+                    values = handle.get_tensor(f"{clip['name']}.{field}").astype(np.float64)
+                    if field in sums and values.shape[1] != sums[field].shape[0]:
+                        raise ShardError(f"{path}: {field} has {values.shape[1]} dimensions, other shards {sums[field].shape[0]}")
+                    sums[field] = sums.get(field, 0) + values.sum(axis=0)
+                    squares[field] = squares.get(field, 0) + (values ** 2).sum(axis=0)
+                count += clip["frames"]
+    result = {}
+    for field in fields:
+        mean = sums[field] / count
+        std = np.sqrt(np.maximum(squares[field] / count - mean ** 2, 0.0))
+        result[field] = (torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+    return result

@@ -1,0 +1,120 @@
+"""Command line: ``python -m emotivetalk_core.train {preprocess,encoders,vaid,ethd,export}``.
+
+Training commands run the same under ``accelerate launch`` (one process per device)::
+
+    accelerate launch --config_file emotivetalk_core/train/accelerate/ddp.yaml \\
+        -m emotivetalk_core.train ethd --config my_ethd.json
+
+Bad input exits with status 2 and one line on stderr saying what is wrong and what to do; a
+traceback only with ``--debug``; anything unexpected exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import STAGES
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line too, same status
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m emotivetalk_core.train",
+                     description="Train EmotiveTalk: preprocess videos, train each stage, export the inference file.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("preprocess", help="talking-head videos -> training shards (see 'preprocess --help')", add_help=False)
+    helps = {"encoders": "Lip Encoder, Exp Encoder, Face Processor from the preprocessing targets",
+             "vaid": "Audio-lip Projector, Di-CTE with Identity Encoder, Mapping",
+             "ethd": "ETHD adapters (optionally the whole UNet) on base SVD"}
+    for stage in STAGES:
+        command = commands.add_parser(stage, help=helps[stage])
+        command.add_argument("--config", required=True, type=Path, help="training config JSON (see TRAINING.md)")
+        command.add_argument("--data", type=Path, help="override data.shards: the folder preprocessing wrote")
+        command.add_argument("--out", type=Path, help="override output: the run folder")
+        command.add_argument("--steps", type=int, help="override train.steps (total, counting resumed steps)")
+        command.add_argument("--seed", type=int, help="override train.seed")
+        command.add_argument("--resume", help="a checkpoint folder, or 'latest' for the run's newest checkpoint")
+        command.add_argument("--debug", action="store_true", help="show tracebacks")
+    export = commands.add_parser("export", help="merge stage exports into one inference file the nodes load")
+    export.add_argument("--runs", nargs="+", required=True, help="run folders (or their export/<stage>.safetensors files)")
+    export.add_argument("--out", required=True, type=Path, help="the inference .safetensors to write")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _preprocess(argv: list[str]) -> int:
+    try:
+        from .preprocess import add_arguments, run
+    except ImportError as error:
+        raise UsageError(f"preprocessing is not available in this install ({error})") from error
+    parser = _Parser(prog="python -m emotivetalk_core.train preprocess",
+                     description="Talking-head videos -> training shards.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def _train(args) -> int:
+    from .config import apply_overrides, load_config
+    from .loop import train
+
+    config = load_config(args.config)
+    if config["stage"] != args.command:
+        raise UsageError(f"{args.config} is a '{config['stage']}' config; run "
+                         f"'python -m emotivetalk_core.train {config['stage']} --config {args.config}'")
+    config = apply_overrides(config, data=args.data, out=args.out, steps=args.steps, seed=args.seed)
+    run = train(config, resume=args.resume)
+    logging.getLogger(__name__).info("run folder: %s", run)
+    return 0
+
+
+def _export(args) -> int:
+    from .export import merge_exports
+
+    path = merge_exports(args.runs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] == "preprocess":
+        return _preprocess(argv[1:])
+    args = build_parser().parse_args(argv)
+    return _export(args) if args.command == "export" else _train(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (one line on stderr), 1 an unexpected failure."""
+    from .loop import TrainingError
+
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("emotivetalk_core").setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        return _run(argv)
+    except (UsageError, TrainingError, ValueError, OSError) as error:  # bad input: files, values, configs
+        if debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if debug:
+            raise
+        print(f"error: unexpected {type(error).__name__}: {_one_line(error)} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"file not found: {error.filename}"
+    return " ".join(str(error).split()) or type(error).__name__
