@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import STAGES
+from .config import STAGES, TrainingError
 
 
 class UsageError(Exception):
@@ -65,13 +65,15 @@ def _preprocess(argv: list[str]) -> int:
 
 def _train(args) -> int:
     from .config import apply_overrides, load_config
-    from .loop import train
 
     config = load_config(args.config)
     if config["stage"] != args.command:
         raise UsageError(f"{args.config} is a '{config['stage']}' config; run "
                          f"'python -m emotivetalk_core.train {config['stage']} --config {args.config}'")
     config = apply_overrides(config, data=args.data, out=args.out, steps=args.steps, seed=args.seed)
+    # torch and accelerate load only once the config is known to be good
+    from .loop import train
+
     run = train(config, resume=args.resume)
     logging.getLogger(__name__).info("run folder: %s", run)
     return 0
@@ -94,8 +96,6 @@ def _run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 2 bad input (one line on stderr), 1 an unexpected failure."""
-    from .loop import TrainingError
-
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

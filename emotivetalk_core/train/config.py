@@ -64,6 +64,12 @@ class ConfigError(ValueError):
     """A training config is unreadable or breaks the schema; the message names the key."""
 
 
+class TrainingError(RuntimeError):
+    """A run cannot start or continue as asked (e.g. resuming without a checkpoint); the message
+    says what to do. Defined here, with the other user-facing errors, so the command line can
+    catch it without importing torch."""
+
+
 def load_config(path: str | Path) -> dict:
     """Read, resolve and validate a training config file."""
     path = Path(path)

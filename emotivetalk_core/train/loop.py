@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import TrainingError
 from .ema import EMA
 from .noise import SampleNoise, sample_seed
 from .shards import ClipDataset
@@ -47,10 +48,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 EMA_FILE = "ema.safetensors"
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or continue as asked; the message says what to do."""
 
 
 # --- data order ----------------------------------------------------------------------------
