@@ -1,10 +1,10 @@
 """Face tracking for training videos: one stable, face-centred square crop box per frame.
 
-Training crops must look like what the pack crops at inference: a square centred on the Haar
-detector's face box (``face_detect``), its side :data:`CROP_SCALE` (1.8) times the detector box's
-side. The Haar box spans roughly brows to upper chin, so 1.8x holds the whole head with a little
-hair, neck and background, and :data:`encoders.MOUTH_BOX` (lower half, middle half) holds mouth
-and chin.
+Training crops must look like what the pack crops at inference (the face crop node): a square
+:data:`CROP_SCALE` (2.2) times the side of the Haar detector's face box (``face_detect``), centred
+:data:`CROP_LIFT` (0.1) box sides above the box's centre. The Haar box spans mid-forehead to just
+under the lower lip, so the square holds the whole head with hair, neck and a little background,
+the eyes near 0.48 and the mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
 
 One video goes through these steps, all on per-frame numbers (frames are never kept):
 
@@ -21,7 +21,7 @@ One video goes through these steps, all on per-frame numbers (frames are never k
 4. :func:`smooth`: centre and side are smoothed per segment by a Gaussian-weighted local linear
    fit. Centred, so there is no lag, and linear, so a face moving at constant speed is followed
    exactly, at the segment ends too (a plain moving average would lag there).
-5. :func:`crop_boxes` turns the smoothed track into square crop boxes; :func:`crop_square` cuts
+5. :func:`crop_boxes` turns the smoothed track into those squares; :func:`crop_square` cuts
    one out of a frame (sub-pixel position; replicated border where the box leaves the frame).
 
 :func:`jitter` measures the result: mean frame-to-frame movement of the box centre.
@@ -38,8 +38,11 @@ import numpy as np
 
 from ..face_detect import Box, detect_faces
 
-# Crop side / detector box side: the same framing as the face crop node's default.
-CROP_SCALE = 1.8
+# Crop side / detector box side, and how far (in box sides) the crop's centre sits above the box's
+# centre: the face crop node's defaults (face_crop.DEFAULT_SCALE, DEFAULT_LIFT), so training crops
+# frame the face as inference crops do.
+CROP_SCALE = 2.2
+CROP_LIFT = 0.1
 # Region searched around the last face, in face sides; resized to about ROI_PIXELS wide.
 ROI_SCALE = 2.5
 ROI_PIXELS = 200
@@ -209,10 +212,11 @@ def stabilise(raw: np.ndarray, sigma: float, max_gap: int, outlier_window: int) 
     return smooth(fill_gaps(reject_outliers(raw, outlier_window), max_gap), sigma)
 
 
-def crop_boxes(track: np.ndarray, scale: float = CROP_SCALE) -> np.ndarray:
+def crop_boxes(track: np.ndarray, scale: float = CROP_SCALE, lift: float = CROP_LIFT) -> np.ndarray:
     """Square crop boxes ``[N, 4]`` ``(x0, y0, x1, y1)`` in source pixels around a track ``[N, 3]``."""
     half = scale * track[:, 2] / 2
-    return np.stack([track[:, 0] - half, track[:, 1] - half, track[:, 0] + half, track[:, 1] + half], axis=1)
+    cx, cy = track[:, 0], track[:, 1] - lift * track[:, 2]
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
 
 
 def jitter(track: np.ndarray) -> float:

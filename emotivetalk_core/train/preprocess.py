@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if not videos.is_dir():
         raise FileNotFoundError(f"--videos {args.videos} is not a folder")
-    tool = targets.resolve_tool(args.targets)
+    tool = targets.resolve_tool(args.targets, args.crop_scale)
     settings["targets"] = tool.name
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out / SETTINGS_FILE, settings)
@@ -167,9 +167,11 @@ def _settings(args: argparse.Namespace) -> dict:
     if args.fps <= 0:
         raise ValueError(f"--fps must be positive, got {args.fps}")
     samples_per_frame(args.fps, SAMPLE_RATE)  # raises for rates that split 16 kHz unevenly
-    for name in ("clip_seconds", "min_clip_seconds", "crop_scale"):
+    for name in ("clip_seconds", "min_clip_seconds"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.crop_scale < 1:
+        raise ValueError(f"--crop-scale must be at least 1 (the crop holds the whole face box), got {args.crop_scale}")
     if args.min_clip_seconds > args.clip_seconds:
         raise ValueError(f"--min-clip-seconds ({args.min_clip_seconds}) is longer than --clip-seconds ({args.clip_seconds})")
     if not 0 < args.min_face < 1:
@@ -329,7 +331,7 @@ def _make_shard(job: Job) -> tuple[int, int]:
         if longest == 0:
             raise Skip("no_face", f"no face of at least {settings['min_face']:.0%} of the frame's shorter side in {track.shape[0]} frames")
         raise Skip("short_face", f"longest face track {longest / fps:.2f} s, clips need {min_frames / fps:.2f} s")
-    tool = targets.tool_named(job.info["targets"]["tool"])
+    tool = targets.tool_named(job.info["targets"]["tool"], settings["crop_scale"])
     clips = _cut_clips(job, track, plan, audio, tool)
     if not clips:
         raise Skip("no_landmarks", f"{tool.name} found no face in more than {MAX_UNMEASURED:.0%} of the frames of all {len(plan)} clips")

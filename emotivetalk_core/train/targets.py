@@ -19,20 +19,22 @@ shard's ``targets`` info, so training knows what it distils toward.
     - mask: the filled face oval (36 points: forehead, cheeks, jaw, chin).
 
 ``fallback-patches`` (``--targets fallback``; no extra install, what CI runs)
-    Grey image patches at fixed places of the crop. The crop is a square 1.8x the Haar face box
-    (``face_track.CROP_SCALE``), so in crop fractions the eyes sit near y = 0.43, the mouth near
-    y = 0.69 and the chin near y = 0.88. Each patch is area-averaged to a small grid and
+    Grey image patches at fixed places of the face. The places are given in units of the Haar
+    face box (``(0, 0)`` its top-left, ``(1, 1)`` its bottom-right: eyes near v = 0.38, mouth
+    corners near v = 0.78, chin near v = 1.2) and mapped into the crop through its framing
+    (``face_track.CROP_SCALE``, ``CROP_LIFT``). Each patch is area-averaged to a small grid and
     standardised per frame (zero mean, unit spread), so lighting and skin tone matter less than
     the pattern of dark and light:
 
-    - ``lip_target`` [64]: an 8x8 grid of :data:`LIP_REGION`, inside the Lip Encoder's
-      :data:`encoders.MOUTH_BOX`; an opening mouth darkens its middle rows, a dropping jaw moves
-      the chin's edge.
+    - ``lip_target`` [64]: an 8x8 grid of the mouth and jaw (:data:`LIP_REGION`, inside the Lip
+      Encoder's :data:`encoders.MOUTH_BOX` for the default framing); an opening mouth darkens its
+      middle rows, a dropping jaw moves the chin's edge.
     - ``exp_target`` [80]: a 4x12 grid of the brows and eyes (:data:`EYES_REGION`) plus a 4x4 grid
       at each mouth corner (:data:`CORNER_REGIONS`): raised or knitted brows, eye opening, the
       corners of a smile. The mouth's middle is left out (it moves with speech); the corner patches
       still see some lip motion.
-    - mask: a fixed ellipse (:data:`FACE_ELLIPSE`) over forehead, cheeks and chin of the crop.
+    - mask: the face crop node's ellipse around the face box (:data:`FACE_ELLIPSE`), forehead to
+      chin, cheek to cheek.
 
     These patches carry identity too (a beard, glasses); they exist so that the whole path runs
     and trains without the landmark tool, not to reach the landmark targets' quality.
@@ -50,6 +52,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .face_track import CROP_LIFT, CROP_SCALE
+
 logger = logging.getLogger(__name__)
 
 CHOICES = ("auto", "landmarks", "fallback")
@@ -58,12 +62,12 @@ INSTALL_HINT = (
     ".venv-train/bin/pip install -r requirements-train.txt (never into ComfyUI's Python: mediapipe 0.10.21 pins numpy<2)"
 )
 
-# --- fallback: crop regions as (top, bottom, left, right) fractions of the face-centred square ---
-LIP_REGION = (0.58, 0.86, 0.32, 0.68)
-EYES_REGION = (0.28, 0.50, 0.20, 0.80)
-CORNER_REGIONS = ((0.585, 0.725, 0.295, 0.435), (0.585, 0.725, 0.565, 0.705))
-# Face ellipse: centre (x, y) and semi-axes (x, y), fractions of the crop side.
-FACE_ELLIPSE = ((0.5, 0.56), (0.28, 0.34))
+# --- fallback: regions as (top, bottom, left, right) in face-box units (see the module docstring) ---
+LIP_REGION = (0.70, 1.10, 0.20, 0.80)
+EYES_REGION = (0.10, 0.50, 0.05, 0.95)
+CORNER_REGIONS = ((0.66, 0.90, 0.13, 0.37), (0.66, 0.90, 0.63, 0.87))
+# Face ellipse around the box's centre: semi-axes (x, y) in box sides (face_crop.FACE_ELLIPSE).
+FACE_ELLIPSE = (0.55, 0.7)
 _LIP_GRID, _EYES_GRID, _CORNER_GRID = (8, 8), (4, 12), (4, 4)
 # Standardising a flat patch would blow noise up to unit size; this floor (on 0..1 grey) stops it.
 _MIN_SPREAD = 0.02
@@ -112,22 +116,42 @@ Measure = Callable[[np.ndarray], "FrameTargets | None"]
 
 
 class FallbackTargets:
-    """Image patches of the crop (see the module docstring); needs only OpenCV."""
+    """Image patches of the crop (see the module docstring); needs only OpenCV.
+
+    ``crop_scale`` / ``crop_lift``: the crops' framing, which places the face box in the crop.
+    """
 
     name = "fallback-patches"
     lip_dim = _LIP_GRID[0] * _LIP_GRID[1]
     exp_dim = _EYES_GRID[0] * _EYES_GRID[1] + 2 * _CORNER_GRID[0] * _CORNER_GRID[1]
 
+    def __init__(self, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT):
+        self.crop_scale, self.crop_lift = crop_scale, crop_lift
+        self.regions = [self._in_crop(region) for region in (LIP_REGION, EYES_REGION, *CORNER_REGIONS)]
+
+    def _in_crop(self, region: tuple[float, float, float, float]) -> tuple[float, ...]:
+        """Face-box units -> fractions of the crop side."""
+        top, bottom, left, right = region
+        centre_y = 0.5 + self.crop_lift / self.crop_scale  # where the box's centre lands in the crop
+        fractions = (
+            centre_y + (top - 0.5) / self.crop_scale, centre_y + (bottom - 0.5) / self.crop_scale,
+            0.5 + (left - 0.5) / self.crop_scale, 0.5 + (right - 0.5) / self.crop_scale,
+        )
+        if min(fractions) < 0 or max(fractions) > 1:
+            raise ValueError(f"a crop scale of {self.crop_scale} is too tight for the fallback targets' face regions; use at least 1.5")
+        return fractions
+
     @contextlib.contextmanager
     def clip(self, size: int) -> Iterator[Measure]:
         """A measuring function for the crops of one clip (all ``[size, size, 3]`` uint8 RGB)."""
-        outline = ellipse_outline(size)
+        outline = ellipse_outline(size, self.crop_scale, self.crop_lift)
+        lip_region, eyes_region, *corner_regions = self.regions
 
         def measure(crop: np.ndarray) -> FrameTargets:
             grey = _grey(crop)
-            lip = _patch(grey, LIP_REGION, _LIP_GRID)
-            exp = np.concatenate([_patch(grey, EYES_REGION, _EYES_GRID)] + [_patch(grey, r, _CORNER_GRID) for r in CORNER_REGIONS])
-            return FrameTargets(lip, exp, outline)
+            lip = _patch(grey, lip_region, _LIP_GRID)
+            corners = [_patch(grey, region, _CORNER_GRID) for region in corner_regions]
+            return FrameTargets(lip, np.concatenate([_patch(grey, eyes_region, _EYES_GRID), *corners]), outline)
 
         yield measure
 
@@ -173,27 +197,28 @@ class LandmarkTargets:
             mesh.close()
 
 
-def resolve_tool(choice: str) -> FallbackTargets | LandmarkTargets:
+def resolve_tool(choice: str, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT) -> FallbackTargets | LandmarkTargets:
     """The tool for ``--targets``: ``auto`` takes the landmarks when mediapipe is usable, else the fallback."""
     if choice not in CHOICES:
         raise ValueError(f"--targets must be one of {', '.join(CHOICES)}, got {choice!r}")
     if choice == "fallback":
-        return FallbackTargets()
+        return FallbackTargets(crop_scale, crop_lift)
     try:
         return LandmarkTargets()
     except TargetsUnavailable as error:
         if choice == "landmarks":
             raise
         logger.info("training targets: image-patch fallback (%s)", error)
-        return FallbackTargets()
+        return FallbackTargets(crop_scale, crop_lift)
 
 
-def tool_named(name: str) -> FallbackTargets | LandmarkTargets:
+def tool_named(name: str, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT) -> FallbackTargets | LandmarkTargets:
     """The tool whose ``name`` a shard records (worker processes rebuild their tool from it)."""
-    tools = {FallbackTargets.name: FallbackTargets, LandmarkTargets.name: LandmarkTargets}
-    if name not in tools:
-        raise ValueError(f"unknown target tool {name!r}; known: {', '.join(tools)}")
-    return tools[name]()
+    if name == FallbackTargets.name:
+        return FallbackTargets(crop_scale, crop_lift)
+    if name == LandmarkTargets.name:
+        return LandmarkTargets()
+    raise ValueError(f"unknown target tool {name!r}; known: {FallbackTargets.name}, {LandmarkTargets.name}")
 
 
 def landmark_targets(points: np.ndarray, size: int) -> FrameTargets:
@@ -213,11 +238,12 @@ def landmark_targets(points: np.ndarray, size: int) -> FrameTargets:
     )
 
 
-def ellipse_outline(size: int, points: int = 64) -> np.ndarray:
-    """:data:`FACE_ELLIPSE` as a polygon ``[points, 2]`` in pixels of a ``size`` crop."""
-    (cx, cy), (ax, ay) = FACE_ELLIPSE
+def ellipse_outline(size: int, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT, points: int = 64) -> np.ndarray:
+    """:data:`FACE_ELLIPSE` around the face box, as a polygon ``[points, 2]`` in pixels of a ``size`` crop."""
     angle = np.linspace(0, 2 * np.pi, points, endpoint=False)
-    return (np.stack([cx + ax * np.cos(angle), cy + ay * np.sin(angle)], axis=1) * size).astype(np.float32)
+    x = 0.5 + FACE_ELLIPSE[0] / crop_scale * np.cos(angle)
+    y = 0.5 + crop_lift / crop_scale + FACE_ELLIPSE[1] / crop_scale * np.sin(angle)
+    return (np.stack([x, y], axis=1) * size).astype(np.float32)
 
 
 def finish_clip(measured: list[FrameTargets | None], max_missing: float) -> ClipTargets | None:
