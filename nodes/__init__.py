@@ -25,6 +25,7 @@ NODE_MODULES = {
                       "EmotiveTalkEmotionVideo", "EmotiveTalkEmotionTimeline"),
     "output_nodes": ("EmotiveTalkDecode", "EmotiveTalkSaveVideo"),
     "generate": ("EmotiveTalkGenerate",),
+    "face_nodes": ("EmotiveTalkFaceCrop", "EmotiveTalkPasteBack"),
 }
 
 
