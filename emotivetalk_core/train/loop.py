@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -161,6 +162,18 @@ def make_accelerator(config: dict):
         log_with="tensorboard" if _tensorboard_available() else None,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train["find_unused_parameters"])],
     )
+
+
+def check_launch(accelerator) -> None:
+    """Refuse processes that a launcher started together but accelerate runs apart.
+
+    ``accelerate launch --multi_gpu`` on a machine without GPUs starts several processes that
+    each train alone on the same run folder. On CPU, ``ACCELERATE_USE_CPU=true`` makes them one
+    gloo run (and ``--cpu`` alone starts a single process)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise TrainingError(f"{launched} processes were launched but accelerate runs {accelerator.num_processes} "
+                            "as one job (no GPU?): on CPU set ACCELERATE_USE_CPU=true for a gloo run")
 
 
 def _weight_dtype(accelerator) -> torch.dtype | None:
@@ -297,6 +310,7 @@ def train(config: dict, resume: str | None = None) -> Path:
     from accelerate.utils import set_seed
 
     accelerator = make_accelerator(config)
+    check_launch(accelerator)
     run, train_cfg = Path(config["output"]), config["train"]
     resume_dir = resolve_resume(run, resume) if resume else None
     if resume_dir is None and complete_checkpoints(run):
