@@ -112,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="process at most this many videos (0 = all)")
     parser.add_argument("--workers", type=int, default=1, help="videos processed in parallel processes (default: %(default)s)")
     parser.add_argument("--retry-skipped", action="store_true", help="try again the files an earlier run skipped")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (read by the command-line dispatcher)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     if not videos.is_dir():
         raise FileNotFoundError(f"--videos {args.videos} is not a folder")
-    tool = targets.resolve_tool(args.targets, args.crop_scale)
+    try:
+        tool = targets.resolve_tool(args.targets, args.crop_scale)
+    except targets.TargetsUnavailable as error:  # an install problem the user fixes, like a bad argument
+        raise ValueError(str(error)) from error
     settings["targets"] = tool.name
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out / SETTINGS_FILE, settings)
