@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from .checkpoints import (
+    CheckpointError,
+    load_model_file,
+    read_metadata,
+    save_model_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +105,23 @@ def ethd_components(model: EmotiveTalkModel, config: dict) -> dict:
     }
 
 
+def base_config_of(source: str | Path) -> str | dict:
+    """The base SVD architecture an ETHD file was trained on: its recorded ``base_config``, else SVD-XT."""
+    _, info = read_metadata(resolve_model_file(source))
+    return info.get("base_config", "svd-xt")
+
+
 def load_emotivetalk_model(source: str | Path = "default", base: str | Path | None = None,
-                           base_config: str | dict = "svd-xt") -> EmotiveTalkModel:
+                           base_config: str | dict | None = None, vae: nn.Module | None = None,
+                           image_encoder: nn.Module | None = None) -> EmotiveTalkModel:
     """Load the ETHD side.
 
-    ``source`` is a self-contained file (``default`` included) or an adapter-only file; an
-    adapter-only file needs ``base``: Stability's single-file SVD (``svd_xt.safetensors``) or a
-    diffusers SVD folder, of the shape ``base_config`` names.
+    ``source`` is a self-contained file (``default`` included) or an adapter-only file. Each of
+    UNet, VAE and image encoder comes from, in order: the ``vae`` / ``image_encoder`` given (e.g.
+    built from ComfyUI's own loaders, so SVD is not loaded twice), the file itself, or ``base``:
+    Stability's single-file SVD (``svd_xt.safetensors``) or a diffusers SVD folder, of the shape
+    ``base_config`` names (default: what the file records, else SVD-XT); only the parts still
+    missing are read from ``base``.
     """
     from .ethd import ETHD
 
@@ -114,25 +129,30 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
     configs, info = read_metadata(path)
     if "adapter" not in configs:
         raise CheckpointError(f"{path} has no ETHD adapter (it holds {sorted(configs)}); pick an ETHD or full model file")
-    wanted = [name for name in ETHD_COMPONENTS if name in configs]
+    parts = {name: module for name, module in (("vae", vae), ("image_encoder", image_encoder)) if module is not None}
+    wanted = ["adapter"] + [name for name in _BASE_PARTS if name in configs and name not in parts]
     states, configs, info = load_model_file(path, wanted)
-    if "unet" in states:
-        unet = _built(build_unet(configs["unet"]), states["unet"], "unet", path)
-        vae = _built(build_vae(configs["vae"]), states["vae"], "vae", path)
-        image_encoder = _built(build_image_encoder(configs["image_encoder"]), states["image_encoder"], "image_encoder", path)
-    elif base is None:
+    for name in wanted[1:]:
+        parts[name] = _built(_BUILDERS[name](configs[name]), states[name], name, path)
+    missing = tuple(name for name in _BASE_PARTS if name not in parts)
+    if missing and base is None:
         raise CheckpointError(
-            f"{path} holds only ETHD adapters; it needs the base Stable Video Diffusion weights too "
-            "(svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
+            f"{path} holds only ETHD adapters (no {', '.join(missing)}); it needs the base Stable Video Diffusion "
+            "weights too (svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
         )
-    else:
-        from .svd_convert import load_svd
+    if missing:
+        from .svd_convert import load_svd_parts
 
-        unet, vae, image_encoder = load_svd(base, config=base_config)
-    ethd = ETHD(unet, configs["adapter"]["adapter"])
+        parts.update(load_svd_parts(base, missing, config=base_config or info.get("base_config", "svd-xt")))
+    ethd = ETHD(parts["unet"], configs["adapter"]["adapter"])
     ethd.load_adapter_state_dict(states["adapter"])
     log.info("EmotiveTalk model %s: %s", path.name, describe(info))
-    return EmotiveTalkModel(ethd.eval(), vae.eval(), image_encoder.eval(), dict(configs["adapter"]["ethd"]), info)
+    return EmotiveTalkModel(ethd.eval(), parts["vae"].eval(), parts["image_encoder"].eval(),
+                            dict(configs["adapter"]["ethd"]), info)
+
+
+_BASE_PARTS = ("unet", "vae", "image_encoder")
+_BUILDERS = {"unet": build_unet, "vae": build_vae, "image_encoder": build_image_encoder}
 
 
 def _built(module: nn.Module, state_dict: dict, name: str, path: Path) -> nn.Module:

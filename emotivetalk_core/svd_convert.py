@@ -575,24 +575,26 @@ def _restore_position_ids(image_encoder: torch.nn.Module, device: torch.device) 
 
 
 def _finish(modules: dict[str, torch.nn.Module], state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
-            device: torch.device, source: Path) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+            device: torch.device, source: Path | str) -> dict[str, torch.nn.Module]:
     for name, module in modules.items():
         _check_names_and_shapes(f"{source}: {name}", _shapes(module.state_dict()), _shapes(state_dicts[name]))
         module.load_state_dict(state_dicts[name], assign=True)
-    _restore_position_ids(modules["image_encoder"], device)
+    if "image_encoder" in modules:
+        _restore_position_ids(modules["image_encoder"], device)
     for name, module in modules.items():
         left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
         if left:
             raise RuntimeError(f"{name}: tensors not loaded (still on the meta device): {_few(left)}")
         module.eval()
-    return modules["unet"], modules["vae"], modules["image_encoder"]
+    return modules
 
 
-def _load_stability_file(path: Path, config: str | Mapping, device: torch.device,
-                         dtype: torch.dtype | None) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+def _load_stability_file(path: Path, names: tuple[str, ...], config: str | Mapping, device: torch.device,
+                         dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
     from safetensors import safe_open
 
-    modules = _build_empty(_config_factories(_resolve_config(config)))
+    factories = _config_factories(_resolve_config(config))
+    modules = _build_empty({name: factories[name] for name in names})
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         groups = _split_stability(handle.keys())
         # Check names and shapes in the file's own names before reading any tensor data.
@@ -601,7 +603,7 @@ def _load_stability_file(path: Path, config: str | Mapping, device: torch.device
             expected = {prefix + k: s for k, s in _shapes(_COMPONENTS[name].to_stability(module.state_dict())).items()}
             found = {k: tuple(handle.get_slice(k).get_shape()) for k in groups[name]}
             _check_names_and_shapes(f"{path}: {name} ({prefix}*)", expected, found)
-        raw = {name: _read(handle, keys, device, dtype) for name, keys in groups.items()}
+        raw = {name: _read(handle, groups[name], device, dtype) for name in names}
     state_dicts = {
         name: _COMPONENTS[name].to_diffusers({k[len(STABILITY_PREFIXES[name]):]: v for k, v in tensors.items()})
         for name, tensors in raw.items()
@@ -632,8 +634,8 @@ def _weight_files(folder: Path, stem: str, dtype: torch.dtype | None) -> list[Pa
         "pickle weights (.bin) are never read")
 
 
-def _load_diffusers_folder(folder: Path, device: torch.device,
-                           dtype: torch.dtype | None) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+def _load_diffusers_folder(folder: Path, names: tuple[str, ...], device: torch.device,
+                           dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
     from safetensors import safe_open
 
     for sub in _FOLDER_WEIGHT_STEMS:
@@ -642,8 +644,9 @@ def _load_diffusers_folder(folder: Path, device: torch.device,
                 f"{folder / sub / 'config.json'} not found; a diffusers SVD folder "
                 "(stabilityai/stable-video-diffusion-img2vid-xt layout) has unet/, vae/ and image_encoder/, "
                 "each with config.json and safetensors weights")
-    files = {sub: _weight_files(folder / sub, stem, dtype) for sub, stem in _FOLDER_WEIGHT_STEMS.items()}
-    modules = _build_empty(_folder_factories(folder))
+    files = {sub: _weight_files(folder / sub, _FOLDER_WEIGHT_STEMS[sub], dtype) for sub in names}
+    factories = _folder_factories(folder)
+    modules = _build_empty({name: factories[name] for name in names})
     state_dicts = {}
     for name, paths in files.items():
         state_dicts[name] = {}
@@ -666,18 +669,51 @@ def load_svd(source: str | Path, config: str | Mapping = "svd-xt", device: str |
     memory is about one copy of the weights (plus one tensor in transit). Names or shapes that do
     not fit the built modules raise ValueError naming them.
     """
+    modules = load_svd_parts(source, tuple(STABILITY_PREFIXES), config, device, dtype)
+    return modules["unet"], modules["vae"], modules["image_encoder"]
+
+
+def load_svd_parts(source: str | Path, names: tuple[str, ...], config: str | Mapping = "svd-xt",
+                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> dict[str, torch.nn.Module]:
+    """Like :func:`load_svd`, for some of ``unet``, ``vae``, ``image_encoder``: the others' tensors
+    are never read (the VAE and image encoder may come from ComfyUI's own loaders instead)."""
+    unknown = [name for name in names if name not in STABILITY_PREFIXES]
+    if unknown:
+        raise ValueError(f"unknown SVD components {unknown}; choose from {list(STABILITY_PREFIXES)}")
     path = Path(source)
     device = torch.device(device)
     if path.is_dir():
-        unet, vae, image_encoder = _load_diffusers_folder(path, device, dtype)
+        modules = _load_diffusers_folder(path, names, device, dtype)
     elif path.is_file():
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: only .safetensors checkpoints are read (pickle files are never loaded)")
-        unet, vae, image_encoder = _load_stability_file(path, config, device, dtype)
+        modules = _load_stability_file(path, names, config, device, dtype)
     else:
         raise FileNotFoundError(
             f"{path} does not exist; expected Stability's single-file SVD checkpoint "
             "(e.g. ComfyUI/models/checkpoints/svd_xt.safetensors) or a diffusers folder with unet/, vae/ "
             "and image_encoder/ subfolders (stabilityai/stable-video-diffusion-img2vid-xt layout)")
-    logger.info("loaded Stable Video Diffusion from %s", path)
-    return unet, vae, image_encoder
+    logger.info("loaded %s of Stable Video Diffusion from %s", ", ".join(names), path)
+    return modules
+
+
+def vae_from_stability_state(state_dict: Mapping[str, torch.Tensor], config: str | Mapping = "svd-xt") -> torch.nn.Module:
+    """The diffusers VAE from a VAE state dict in Stability's names without ``first_stage_model.``:
+    what ComfyUI's VAE object holds for SVD (``VAE.get_sd()``). The tensors are taken as they
+    are (no copy), so reusing ComfyUI's VAE costs no second set of weights."""
+    modules = _build_empty({"vae": _config_factories(_resolve_config(config))["vae"]})
+    return _finish(modules, {"vae": _vae_to_diffusers(state_dict)}, _device_of(state_dict), "ComfyUI VAE")["vae"]
+
+
+def image_encoder_from_transformers_state(state_dict: Mapping[str, torch.Tensor],
+                                          config: str | Mapping = "svd-xt") -> torch.nn.Module:
+    """The image encoder from a CLIP vision state dict in transformers' names: what ComfyUI's
+    CLIP_VISION object holds (``ClipVisionModel.get_sd()``, converted from OpenCLIP on load).
+    Tensors are taken as they are (no copy)."""
+    modules = _build_empty({"image_encoder": _config_factories(_resolve_config(config))["image_encoder"]})
+    state = {k: v for k, v in state_dict.items() if k != "vision_model.embeddings.position_ids"}
+    return _finish(modules, {"image_encoder": state}, _device_of(state_dict), "ComfyUI CLIP vision")["image_encoder"]
+
+
+def _device_of(state_dict: Mapping[str, torch.Tensor]) -> torch.device:
+    return next(iter(state_dict.values())).device

@@ -113,6 +113,11 @@ class _Holder(nn.Module):
         self.parts = nn.ModuleDict(modules)
 
 
+def _holder(group: str, parts: dict[str, nn.Module]) -> _Holder:
+    # ComfyUI's log names a model by its class ("Requested to load EmotiveTalk_ethd").
+    return type(f"EmotiveTalk_{group}", (_Holder,), {})(parts)
+
+
 @dataclass
 class _Managed:
     groups: dict[str, list[nn.Module]]
@@ -141,7 +146,7 @@ def manage(bundle, groups: dict[str, tuple[tuple[str, ...], torch.dtype]]):
                 module.to(device=offload, dtype=dtype)
         modules[group] = list(parts.values())
         if patcher_module:
-            patchers[group] = patcher_module.ModelPatcher(_Holder(parts), load_device=torch_device(), offload_device=offload)
+            patchers[group] = patcher_module.ModelPatcher(_holder(group, parts), load_device=torch_device(), offload_device=offload)
     key = id(bundle)
     _MANAGED[key] = _Managed(modules, patchers)
     weakref.finalize(bundle, _MANAGED.pop, key, None)

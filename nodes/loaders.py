@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_bridge as bridge
-from ._core import models
+from ._core import core_module, models
 from ._types import CATEGORY, MODEL, VAID
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,38 @@ class EmotiveTalkModelLoader:
                     "default": bridge.NO_FILE,
                     "tooltip": "Base Stable Video Diffusion checkpoint (models/checkpoints, e.g. svd_xt.safetensors); needed only when the model file holds just the ETHD adapters.",
                 }),
+                "vae": ("VAE", {"tooltip": "Optional: SVD's VAE from Image Only Checkpoint Loader, reused so SVD is not loaded twice (must be the VAE of the SVD the adapters were trained on)."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: SVD's image encoder from Image Only Checkpoint Loader, reused so SVD is not loaded twice."}),
             },
         }
 
-    def load(self, model_name, base_svd=bridge.NO_FILE):
+    def load(self, model_name, base_svd=bridge.NO_FILE, vae=None, clip_vision=None):
         path = resolve_model(model_name)
-        model = models.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd))
+        model = models.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd),
+                                              **reused_svd_parts(path, vae, clip_vision))
         _report("model", model_name, model.info)
         return (manage_model(model),)
+
+
+def reused_svd_parts(path, vae, clip_vision) -> dict:
+    """ComfyUI's own VAE / CLIP_VISION objects as the library's modules, sharing their weights."""
+    config = models.base_config_of(path)
+    svd_convert = core_module("svd_convert")
+    parts = {}
+    if vae is not None:
+        parts["vae"] = _converted("VAE", lambda: svd_convert.vae_from_stability_state(vae.get_sd(), config))
+    if clip_vision is not None:
+        parts["image_encoder"] = _converted(
+            "CLIP_VISION", lambda: svd_convert.image_encoder_from_transformers_state(clip_vision.get_sd(), config))
+    return parts
+
+
+def _converted(kind: str, convert):
+    try:
+        return convert()
+    except ValueError as error:
+        raise ValueError(f"the {kind} input is not Stable Video Diffusion's {kind} (connect the one Image Only "
+                         f"Checkpoint Loader gives for svd/svd_xt): {error}") from error
 
 
 class EmotiveTalkVAIDLoader:

@@ -16,8 +16,20 @@ import torch
 
 from . import comfy_bridge as bridge
 from ._core import core_module, pipeline
-from ._types import (AUDIO_EXP, AUDIO_PREPARED, CATEGORY, EMOTION, EXPRESSION, LIP, MODEL, REFERENCE, VAID,
-                     EmotionInput, PreparedSpeech, SpeechFeatures)
+from ._types import (
+    AUDIO_EXP,
+    AUDIO_PREPARED,
+    CATEGORY,
+    EMOTION,
+    EXPRESSION,
+    LIP,
+    MODEL,
+    REFERENCE,
+    VAID,
+    EmotionInput,
+    PreparedSpeech,
+    SpeechFeatures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +237,12 @@ def log_estimate(model, settings: pipeline.GenerationSettings, num_frames: int, 
     steps = 2 * settings.steps - 1 if settings.sampler == "heun" else settings.steps
     calls = windows * steps
     state = num_frames * math.prod(latent_shape) * 4
+    weights = sum(p.numel() * p.element_size() for p in model.ethd.parameters())
     rate = bridge.notes(model).get("seconds_per_call")
     timing = f", about {calls * rate:.0f} s at the last run's speed" if rate else ""
     log.info("EmotiveTalk ETHD: %d frames, %d windows of %d x %d steps = %d UNet calls of batch %d%s; "
-             "host latent state %.1f MiB (x2 while stepping)",
-             num_frames, windows, window, steps, calls, passes * window, timing, state / 2**20)
+             "ETHD weights %.0f MiB on the device; host latent state %.1f MiB (x2 while stepping)",
+             num_frames, windows, window, steps, calls, passes * window, timing, weights / 2**20, state / 2**20)
     return calls
 
 
