@@ -1,0 +1,418 @@
+"""The ``vaid`` training stage: V-AID's lip stream, Di-CTE with its Identity Encoder, the Mapping.
+
+Figure panel (b). Frozen: the speech encoder, the Lip Encoder, the Exp Encoder and the Face
+Processor (the encoders stage's export, ``init.encoders``; random, with a warning, when absent).
+Trainable: the Audio-lip Projector, Di-CTE, the Identity Encoder and the Mapping (``init.vaid``,
+an earlier V-AID export, fine-tunes instead of starting at random).
+
+One batch, fed the way the inference pipeline feeds these networks:
+
+- speech ``[B, T, L, D]``: the frozen encoder's ``encode(window audio, T, fps)`` per clip, as
+  ``pipeline.encode_speech`` (fps follows from the 16 kHz audio length of the window);
+- ``l_v`` / ``e_v``: Lip / Exp Encoder of every frame; ``l_a`` = projector(speech);
+- **pull** = ``vaid.pull_loss(l_a, l_v)`` (InfoNCE);
+- **lip_scale** = mean over frames of ``(log |l_a| - log |l_v|)^2``. InfoNCE compares directions
+  only, so without it the lip stream's norm is arbitrary, yet ETHD (trained on ``l_v``) reads the
+  tokens through linear maps, where the norm matters;
+- **dicte**: Di-CTE's x0 regression onto ``e_v`` (the noising of ``DiCTE.loss``, drawn per clip),
+  identity = Identity Encoder(reference frame), condition = an emotion source mapped by the
+  Mapping, replaced with probability ``condition_dropout`` by Exp Encoder(reference frame) (the
+  portrait's own expression, the "unconditional" that intensity and guidance interpolate from);
+- **push** = ``vaid.push_loss(l_a, e_a)`` with e_a Di-CTE's prediction;
+- **mapping**: the mapped condition regressed onto the clip's mean ``e_v``. The Mapping's
+  docstring promises that every source lands where a face showing that emotion would land, and
+  the emotion timeline mixes conditions linearly around Exp Encoder(portrait); Di-CTE's gradient
+  alone would let the conditions drift anywhere it can read them. It is also what gives
+  Mapping("neutral"), the baseline of the neutralise option, a meaning: the mean code of the
+  clips labelled neutral (a label no shard carries keeps its random embedding; ``build`` warns).
+
+Emotion sources per clip (drawn per clip): a labelled clip takes its label with probability
+``label_prob``, a label-derived prompt (:data:`TEXT_TEMPLATES`) with ``text_prob``, else an
+emotion image; an unlabelled clip always takes an emotion image. The emotion image is a frame
+of the clip (Exp Encoder, then ``Mapping.from_image``), a random one, never the reference,
+whose own code is the unconditional condition. Mixing all three routes on labelled clips trains
+every route the nodes offer and pulls them to the same place for the same emotion.
+
+Randomness: every draw comes from ``noise`` keyed by the clip's ``batch["index"]``. The Di-CTE
+term draws each clip's timestep, noise and dropout from ``noise.generator("vaid.dicte", index)``
+in the order ``DiCTE.loss`` draws them, and runs one batched network call: a clip's term equals
+``DiCTE.loss`` on that clip alone with that generator. dicte, mapping and lip_scale are means
+of per-clip terms; **pull and push are batch-wide** (InfoNCE negatives, correlations over the
+batch's frames), so they change with the per-process batch split; the stage says so here, as
+the contract asks.
+
+The loop must put the reference frame in the batch: ``batch["reference"]`` ``[B, 3, S, S]``, a
+frame of the clip from outside the window (``ClipDataset.outside_frame`` with a generator from
+``noise``); the stage raises when it is missing.
+
+The speech encoder is held by the stage, not in the module dict: its features must be computed
+in float32 exactly as inference does (the log-mel encoder does not even run in bf16), and its
+fingerprint, recorded in the export, must hash the untouched weights; a frozen module in the
+dict would be cast to the mixed-precision dtype. It moves to the batch's device on first use.
+
+Options (``config["vaid"]``), defaults in :data:`VAID_DEFAULTS`:
+
+- ``pull_weight`` 1.0, ``dicte_weight`` 1.0, ``push_weight`` 0.1, ``lip_scale_weight`` 0.1,
+  ``mapping_weight`` 0.1: loss weights (the paper gives none);
+- ``pull_temperature`` 0.1: InfoNCE temperature;
+- ``condition_dropout`` 0.1: probability of the unconditional condition;
+- ``label_prob`` 0.4, ``text_prob`` 0.3: emotion-source mix on labelled clips (image: the rest);
+- ``sample_steps`` 10: DDIM steps of the Di-CTE samples written by :meth:`VAIDStage.sample`;
+- ``sample_labels`` ``["neutral", "happy", "angry"]``: emotions sampled there (those the
+  Mapping knows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import load_model_file
+from ..models import VAIDModel, _built, _vaid_classes, vaid_components, vaid_info
+from ..speech_encoder import SAMPLE_RATE, load_speech_encoder
+from ..vaid import pull_loss, push_loss
+from .noise import SampleNoise
+from .shards import read_shard_info, shard_paths
+
+log = logging.getLogger(__name__)
+
+VAID_DEFAULTS = {
+    "pull_weight": 1.0,
+    "dicte_weight": 1.0,
+    "push_weight": 0.1,
+    "lip_scale_weight": 0.1,
+    "mapping_weight": 0.1,
+    "pull_temperature": 0.1,
+    "condition_dropout": 0.1,
+    "label_prob": 0.4,
+    "text_prob": 0.3,
+    "sample_steps": 10,
+    "sample_labels": ["neutral", "happy", "angry"],
+}
+
+TRAINABLE = ("lip_projector", "dicte", "identity_encoder", "mapping")
+ENCODERS = ("lip_encoder", "exp_encoder", "face_processor")
+
+# Prompts the text route learns from, per label: (adjective, noun). Kept short and plain, the
+# way users type them; labels not listed use the label itself for both.
+TEXT_WORDS = {
+    "neutral": ("neutral", "calm"),
+    "happy": ("happy", "happiness"),
+    "angry": ("angry", "anger"),
+    "sad": ("sad", "sadness"),
+    "surprised": ("surprised", "surprise"),
+    "fear": ("fearful", "fear"),
+    "disgusted": ("disgusted", "disgust"),
+    "contempt": ("contemptuous", "contempt"),
+}
+TEXT_TEMPLATES = ("{adjective}", "{adjective} face", "looking {adjective}", "a face showing {noun}", "speak with {noun}")
+_EPS = 1e-6
+
+
+def options(config: dict, name: str, defaults: dict) -> dict:
+    """The stage's section of ``config`` over its defaults; an unknown key is an error (a typo
+    would otherwise silently train with the default)."""
+    given = config.get(name) or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {name} option(s) {unknown}; allowed: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def init_path(config: dict, key: str) -> str | None:
+    return (config.get("init") or {}).get(key)
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
+
+
+# --- frozen encoders -----------------------------------------------------------------------
+
+def load_encoders(config: dict, fallbacks: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+    """Lip Encoder, Exp Encoder and Face Processor, frozen: from ``init.encoders``, else from the
+    first ``init.<fallback>`` file given (a V-AID export holds them too), else random (warned)."""
+    classes = _vaid_classes()
+    encoders_config = config["model"]["encoders"]
+    for key in ("encoders", *fallbacks):
+        path = init_path(config, key)
+        if path:
+            return {name: frozen(module) for name, module in _encoders_from_file(path, key, encoders_config).items()}
+    log.warning("no init.encoders file: the Lip Encoder, Exp Encoder and Face Processor are RANDOM and frozen; "
+                "train the encoders stage first and pass its export as init.encoders")
+    return {name: frozen(classes[name][0](encoders_config)) for name in ENCODERS}
+
+
+def _encoders_from_file(path: str, key: str, encoders_config: dict) -> dict[str, nn.Module]:
+    states, configs, _ = load_model_file(path, list(ENCODERS))
+    modules = {}
+    for name in ENCODERS:
+        if configs[name] != encoders_config:
+            raise ValueError(f"init.{key} {path}: its {name} was built with encoders config {configs[name]}, "
+                             f"but model.encoders is {encoders_config}; use the model config it was trained with")
+        modules[name] = _built(_vaid_classes()[name][0](configs[name]), states[name], name, Path(path))
+    return modules
+
+
+# --- per-batch inputs shared with the ethd stage ---------------------------------------------
+
+def reference_frames(batch: dict) -> torch.Tensor:
+    """``batch["reference"]`` ``[B, 3, S, S]``, or a clear error naming who must provide it."""
+    if "reference" not in batch:
+        raise KeyError("the batch has no 'reference' frame: the training loop must add batch['reference'] "
+                       "[B, 3, S, S], a frame of each clip from outside its window (ClipDataset.outside_frame "
+                       "with a generator from SampleNoise keyed by the clip's index)")
+    return batch["reference"]
+
+
+def per_frame(encoder: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """A frozen image encoder over every frame: ``[B, T, 3, S, S]`` -> ``[B, T, dim]`` float32."""
+    with torch.no_grad():
+        return encoder(frames.flatten(0, 1)).float().unflatten(0, frames.shape[:2])
+
+
+def speech_features(encoder: nn.Module, audio: torch.Tensor, frames: int) -> torch.Tensor:
+    """Speech features ``[B, T, L, D]`` of each clip's window, as ``pipeline.encode_speech``.
+
+    ``audio`` is ``[B, T * samples_per_frame]`` at 16 kHz, so the video rate is
+    ``16000 * T / samples``.
+    """
+    fps = SAMPLE_RATE * frames / audio.shape[1]
+    return torch.stack([encoder.encode(clip, frames, fps) for clip in audio]).float()
+
+
+class SpeechHolder:
+    """The frozen speech encoder, kept out of the loop's module dict (see the module docstring)."""
+
+    def __init__(self, encoder: nn.Module):
+        self.encoder = frozen(encoder).float()
+
+    def features(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
+        if _device(self.encoder) != audio.device:
+            self.encoder.to(audio.device)
+        return speech_features(self.encoder, audio, frames)
+
+
+def _device(module: nn.Module) -> torch.device:
+    tensor = next(iter([*module.parameters(), *module.buffers()]), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+class VAIDStage:
+    name = "vaid"
+
+    def __init__(self):
+        # Set by build: the options, the data's label names (batch["emotion"] indexes them) and
+        # the speech encoder.
+        self.options = dict(VAID_DEFAULTS)
+        self.data_labels: list[str] = []
+        self.speech: SpeechHolder | None = None
+
+    def build(self, config: dict) -> nn.ModuleDict:
+        model = config["model"]
+        self.options = options(config, "vaid", VAID_DEFAULTS)
+        self.data_labels = [label.strip().lower() for label in config["data"]["labels"]]
+        classes = _vaid_classes()
+        trainable = {name: classes[name][0](model[classes[name][1]]) for name in TRAINABLE}
+        if init_path(config, "vaid"):
+            _load_trainable(trainable, init_path(config, "vaid"))
+        _check_labels(config, trainable["mapping"])
+        self.speech = SpeechHolder(load_speech_encoder(model["speech"], init_path(config, "speech_encoder")))
+        return nn.ModuleDict({**trainable, **load_encoders(config)})
+
+    def trainable(self, modules: nn.ModuleDict) -> list[str]:
+        return list(TRAINABLE)
+
+    def loss(self, modules: nn.ModuleDict, batch: dict, noise: SampleNoise) -> dict[str, torch.Tensor]:
+        opts = self.options
+        frames = batch["frames"]
+        index = batch["index"]
+        reference = reference_frames(batch)
+        speech = self._speech().features(batch["audio"], frames.shape[1])
+        l_v = per_frame(modules["lip_encoder"], frames)
+        e_v = per_frame(modules["exp_encoder"], frames)
+        l_a = modules["lip_projector"](speech).float()
+        with torch.no_grad():
+            own = modules["exp_encoder"](reference).float()
+        identity = modules["identity_encoder"](reference)
+        condition = self._conditions(modules, batch, e_v, frames, noise)
+        dicte_terms, e_a = dicte_loss(modules["dicte"], e_v, speech, identity, condition, own,
+                                      opts["condition_dropout"], noise, index)
+        terms = {
+            "pull": pull_loss(l_a, l_v, opts["pull_temperature"]),
+            "lip_scale": lip_scale_loss(l_a, l_v).mean(),
+            "dicte": dicte_terms.mean(),
+            "push": push_loss(l_a, e_a),
+            "mapping": (condition - e_v.mean(dim=1)).square().mean(dim=1).mean(),
+        }
+        total = sum(opts[f"{name}_weight"] * value for name, value in terms.items())
+        logged = {name: value.detach() for name, value in terms.items()}
+        return {"loss": total, **logged, "pull_top1": top1_accuracy(l_a.detach(), l_v)}
+
+    def _conditions(self, modules, batch, e_v, frames, noise) -> torch.Tensor:
+        """The mapped emotion condition ``[B, exp_dim]`` of each clip (see the module docstring)."""
+        sources = self.emotion_sources(batch, frames.shape[1], noise)
+        mapping = modules["mapping"]
+        rows: list[torch.Tensor | None] = [None] * len(sources)
+        routes = {
+            "label": lambda chosen: mapping.from_label([label for _, label in chosen]),
+            "text": lambda chosen: mapping.from_text([prompt for _, prompt in chosen]),
+            "image": lambda chosen: mapping.from_image(torch.stack([e_v[row, frame] for row, frame in chosen])),
+        }
+        for kind, route in routes.items():
+            chosen = [(row, value) for row, (k, value) in enumerate(sources) if k == kind]
+            if not chosen:
+                continue
+            codes = route(chosen)
+            for (row, _), code in zip(chosen, codes, strict=True):
+                rows[row] = code
+        return torch.stack(rows).float()
+
+    def emotion_sources(self, batch: dict, frames: int, noise: SampleNoise) -> list[tuple[str, object]]:
+        """Per clip ``("label", name)``, ``("text", prompt)`` or ``("image", frame index)``."""
+        opts = self.options
+        draws = noise.uniform("vaid.condition", batch["index"], (2,)).tolist()
+        sources = []
+        for emotion, (source, pick) in zip(batch["emotion"].tolist(), draws, strict=True):
+            label = self.data_labels[emotion] if emotion >= 0 else None
+            if label is not None and source < opts["label_prob"]:
+                sources.append(("label", label))
+            elif label is not None and source < opts["label_prob"] + opts["text_prob"]:
+                sources.append(("text", text_prompt(label, pick)))
+            else:
+                sources.append(("image", min(int(pick * frames), frames - 1)))
+        return sources
+
+    def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
+        return vaid_components(self._bundle(modules, config), config["model"])
+
+    def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
+        return vaid_info(self._bundle(modules, config))
+
+    def _bundle(self, modules: nn.ModuleDict, config: dict) -> VAIDModel:
+        return VAIDModel(speech_encoder=self._speech().encoder, speech_config=dict(config["model"]["speech"]),
+                         **{name: modules[name] for name in (*TRAINABLE, *ENCODERS)})
+
+    def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
+        """Di-CTE codes of the batch's first clip for its own expression and a few labels
+        (safetensors), and a JSON summary: pull top-1 accuracy over the batch, how far each
+        sample lands from the clip's ``e_v``, and how far the emotions spread apart."""
+        from safetensors.torch import save_file
+
+        opts = self.options
+        frames = batch["frames"]
+        reference = reference_frames(batch)[:1]
+        speech = self._speech().features(batch["audio"], frames.shape[1])
+        l_v, e_v = per_frame(modules["lip_encoder"], frames), per_frame(modules["exp_encoder"], frames)
+        l_a = modules["lip_projector"](speech).float()
+        dicte, mapping = modules["dicte"], modules["mapping"]
+        own = modules["exp_encoder"](reference).float()
+        identity = modules["identity_encoder"](reference)
+        labels = [label for label in opts["sample_labels"] if label in mapping.labels]
+        conditions = {"own": own, **{label: mapping.from_label([label]).float() for label in labels}}
+        steps = min(opts["sample_steps"], dicte.train_steps)
+        codes = {name: dicte.sample(speech[:1], identity, condition, uncond_condition=own, steps=steps,
+                                    generator=0)[0].float().cpu().contiguous()
+                 for name, condition in conditions.items()}
+        codes["ground_truth"] = e_v[0].cpu().contiguous()
+        tensors_path = folder / f"vaid_{step:08d}.safetensors"
+        save_file(codes, str(tensors_path))
+        summary = {
+            "step": step,
+            "pull_top1": float(top1_accuracy(l_a, l_v)),
+            "mse_to_ground_truth": {name: float((code - codes["ground_truth"]).square().mean())
+                                    for name, code in codes.items() if name != "ground_truth"},
+            "emotion_spread": _spread([codes[label] for label in labels]),
+        }
+        summary_path = folder / f"vaid_{step:08d}.json"
+        summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        return [tensors_path, summary_path]
+
+    def _speech(self) -> SpeechHolder:
+        if self.speech is None:
+            raise RuntimeError("VAIDStage.build(config) must run before loss, export or sample")
+        return self.speech
+
+
+def _load_trainable(modules: dict[str, nn.Module], path: str) -> None:
+    states, configs, _ = load_model_file(path, list(TRAINABLE))
+    for name, module in modules.items():
+        if configs[name] != module.config:
+            raise ValueError(f"init.vaid {path}: {name} has config {configs[name]}, the model config says {module.config}")
+        _built(module, states[name], name, Path(path))
+
+
+def _check_labels(config: dict, mapping) -> None:
+    """Every data label must be one the Mapping knows; warn about Mapping labels no shard has."""
+    unknown = [label for label in config["data"]["labels"] if label.strip().lower() not in mapping.labels]
+    if unknown:
+        raise ValueError(f"data.labels {unknown} are not labels of the Mapping ({mapping.labels})")
+    present = {str(info.get("emotion")).lower() for info in map(read_shard_info, shard_paths(config["data"]["shards"]))}
+    unseen = [label for label in mapping.labels if label not in present]
+    if unseen:
+        log.warning("no shard is labelled %s: their Mapping label embeddings stay random%s", unseen,
+                    " (including 'neutral', which the neutralise option uses)" if "neutral" in unseen else "")
+
+
+def text_prompt(label: str, pick: float) -> str:
+    """A label-derived emotion prompt; ``pick`` in [0, 1) chooses the template."""
+    adjective, noun = TEXT_WORDS.get(label, (label, label))
+    template = TEXT_TEMPLATES[min(int(pick * len(TEXT_TEMPLATES)), len(TEXT_TEMPLATES) - 1)]
+    return template.format(adjective=adjective, noun=noun)
+
+
+def dicte_loss(dicte, e_v, speech, identity, condition, uncond, drop_prob: float, noise: SampleNoise,
+               index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-clip Di-CTE losses ``[B]`` and the prediction e_a ``[B, T, exp_dim]``.
+
+    Clip i's timestep, noise and dropout come from ``noise.generator("vaid.dicte", index[i])``
+    drawn in ``DiCTE.loss``'s order, so its term is ``DiCTE.loss`` on that clip alone with that
+    generator; the network runs once for the whole batch.
+    """
+    draws = [_dicte_draws(noise.generator("vaid.dicte", i), dicte.train_steps, e_v.shape[1:], drop_prob)
+             for i in index.tolist()]
+    t = torch.cat([d[0] for d in draws]).to(e_v.device)
+    epsilon = torch.cat([d[1] for d in draws]).to(e_v.device)
+    drop = torch.cat([d[2] for d in draws]).to(e_v.device)
+    batch, frames = e_v.shape[:2]
+    condition = torch.where(drop[:, None, None], dicte.per_frame(uncond, batch, frames),
+                            dicte.per_frame(condition, batch, frames))
+    alpha = dicte.alphas_cumprod[t.cpu()].to(e_v.device, e_v.dtype)[:, None, None]
+    noisy = alpha.sqrt() * e_v + (1 - alpha).sqrt() * epsilon
+    prediction = dicte(noisy, t, speech, identity, condition).float()
+    return (prediction - e_v).square().mean(dim=(1, 2)), prediction
+
+
+def _dicte_draws(generator: torch.Generator, train_steps: int, shape, drop_prob: float):
+    t = torch.randint(0, train_steps, (1,), generator=generator)
+    epsilon = torch.randn((1, *shape), generator=generator)
+    drop = torch.rand(1, generator=generator) < drop_prob
+    return t, epsilon, drop
+
+
+def lip_scale_loss(l_a: torch.Tensor, l_v: torch.Tensor) -> torch.Tensor:
+    """Per-clip ``(log |l_a| - log |l_v|)^2`` averaged over frames: ``[B]``."""
+    ratio = torch.log(l_a.norm(dim=-1) + _EPS) - torch.log(l_v.norm(dim=-1) + _EPS)
+    return ratio.square().mean(dim=1)
+
+
+def top1_accuracy(l_a: torch.Tensor, l_v: torch.Tensor) -> torch.Tensor:
+    """Share of audio frames whose most similar visual frame (cosine, over the batch) is their own."""
+    audio = F.normalize(l_a.flatten(0, 1).float(), dim=-1)
+    visual = F.normalize(l_v.flatten(0, 1).float(), dim=-1)
+    best = (audio @ visual.T).argmax(dim=1)
+    return (best == torch.arange(len(best), device=best.device)).float().mean()
+
+
+def _spread(codes: list[torch.Tensor]) -> float | None:
+    """Mean distance between the per-frame codes of different emotions (0 = conditions ignored);
+    ``None`` with fewer than two emotions."""
+    pairs = [(a - b).norm(dim=-1).mean() for i, a in enumerate(codes) for b in codes[i + 1:]]
+    return float(torch.stack(pairs).mean()) if pairs else None
