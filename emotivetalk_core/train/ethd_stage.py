@@ -1,0 +1,413 @@
+"""The ``ethd`` training stage: ETHD's adapters (optionally the whole UNet) on SVD's EDM objective.
+
+Modules: ``ethd`` (the SVD UNet with EmotiveTalk's zero-initialised adapters; trainable, its UNet
+frozen unless ``train_unet``), the frozen SVD ``vae`` and ``image_encoder``, and the frozen
+``lip_encoder``, ``exp_encoder`` and ``face_processor`` (from ``init.encoders``, else from the
+``init.vaid`` file, else random with a warning). The base is ``init.base_svd`` (Stability's
+single file or a diffusers folder, loaded in float32 by ``svd_convert.load_svd``), else a random
+UNet/VAE/image encoder of ``model`` (the tiny test models). The window ``data.window`` must
+equal ``model.ethd.clip_frames``: SVD's conditioning and frame positions are per clip, so the
+training clip length is the inference window.
+
+One batch, conditioned exactly as ``pipeline.encode_reference`` / ``pipeline.conditioning``
+condition inference:
+
+- target latents: the VAE posterior mean of every frame times the VAE's scaling factor: the
+  space the sampler works in (``vae_decode`` divides by that factor before decoding);
+- reference (``batch["reference"]``, a frame from outside the window, added by the loop):
+  ``svd_conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
+  ``svd_conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
+  bucket, noise augmentation);
+- lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
+  V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
+  what inference feeds it, imperfections and scale included); windows of ``lip_context`` frames
+  by ``ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
+  neighbours there);
+- driven expression: Exp Encoder of the ground-truth frames in both modes (it is what Di-CTE is
+  trained to reproduce; Di-CTE samples would not match the frames' expression and would teach
+  ETHD to ignore the expression tokens); reference expression: Exp Encoder(reference);
+- face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
+  (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
+  reference frame (``"face_processor"``, what inference computes). An all-zero mask means "no
+  mask" (everywhere), as ``edi.resolve_face_mask`` treats it at inference.
+
+Guidance nulls: each clip trains one of the four passes of DESIGN's guidance, built with
+``sampling.Conditioning.for_pass``, the very function inference uses, so every null is what
+inference passes. The passes are nested (e0 has no reference, no lip and the null expression;
+e_r adds the reference; e_rl the lip; e_rle the driven expression), so the dropouts are too:
+with probability ``drop_reference`` a clip is e0; else with ``drop_lip`` it is e_r; else with
+``drop_expression`` e_rl; else e_rle. Independent drops would train e0 (all three dropped)
+with probability ``p^3`` only.
+
+Objective (SVD's v-prediction EDM, the inverse of ``sampling.GuidedDenoiser``): one sigma per
+clip, ``log sigma ~ N(p_mean, p_std)``; ``x = x0 + sigma * n``; the UNet sees
+``c_in x ++ reference latent`` with ``c_in = 1 / sqrt(sigma^2 + 1)`` at ``c_noise = 0.25 log
+sigma`` and predicts v; the loss is ``|v - v_target|^2`` with ``v_target = (n - sigma x0) /
+sqrt(sigma^2 + 1)``, which is exactly EDM's ``lambda(sigma) |D - x0|^2`` with ``D = c_skip x +
+c_out v`` and ``lambda = (sigma^2 + 1) / sigma^2`` (``lambda c_out^2 = 1``), computed without
+the huge weights at small sigma. Every term is a per-clip mean; all draws are per clip from
+``noise``: ``ethd.sigma``, ``ethd.noise``, ``ethd.dropout``, ``ethd.reference`` (the reference
+latent's noise augmentation).
+
+Gradient checkpointing: diffusers checkpoints each spatial transformer block through
+``module.__call__``, and the adapters run in forward hooks on those blocks reading the
+condition context that ``ETHD.forward`` binds only while it runs; the recomputation during
+backward would run without them. :func:`checkpointing_function` re-binds the context of the
+forward for the recomputation (a fix that belongs in ``ethd.py``; it reads ETHD's
+``_context``).
+
+Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
+
+- ``train_unet`` false: train the whole UNet, not only the adapters;
+- ``condition_source`` ``"encoders"`` | ``"vaid"`` (needs ``init.vaid``);
+- ``mask_source`` ``"shard"`` | ``"face_processor"``;
+- ``p_mean`` 0.7, ``p_std`` 1.6: SVD's log-normal noise-level distribution;
+- ``drop_reference`` 0.1, ``drop_lip`` 0.1, ``drop_expression`` 0.1: the nested dropouts;
+- ``sample_steps`` 4: Euler steps of :meth:`ETHDStage.sample`;
+- ``sample_guidance`` ``[2.0, 1.0, 1.0]``: its (reference, lip, expression) strengths.
+
+Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
+image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
+all four when ``train_unet`` (``models.load_emotivetalk_model`` reads a UNet only together with
+its VAE and image encoder). The adapter's settings are ``model.ethd`` with ``resolution`` = the
+shards' crop size, the size the model was trained at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..edi import ExpressionDecoupleInjector
+from ..ethd import ETHD, lip_windows
+from ..models import (
+    ETHD_COMPONENTS,
+    EmotiveTalkModel,
+    build_image_encoder,
+    build_unet,
+    build_vae,
+    ethd_components,
+    file_digest,
+)
+from ..sampling import (
+    Conditioning,
+    Guidance,
+    GuidedDenoiser,
+    initial_noise,
+    karras_sigmas,
+    sample_euler,
+    start_latents,
+)
+from ..svd_conditioning import added_time_ids, image_embeds, reference_latent
+from ..vae_decode import decode_latents
+from .noise import SampleNoise
+from .shards import read_shard_info, shard_paths
+from .vaid_stage import (
+    SpeechHolder,
+    frozen,
+    init_path,
+    load_encoders,
+    options,
+    per_frame,
+    reference_frames,
+)
+
+log = logging.getLogger(__name__)
+
+ETHD_DEFAULTS = {
+    "train_unet": False,
+    "condition_source": "encoders",
+    "mask_source": "shard",
+    "p_mean": 0.7,
+    "p_std": 1.6,
+    "drop_reference": 0.1,
+    "drop_lip": 0.1,
+    "drop_expression": 0.1,
+    "sample_steps": 4,
+    "sample_guidance": [2.0, 1.0, 1.0],
+}
+CONDITION_SOURCES = ("encoders", "vaid")
+MASK_SOURCES = ("shard", "face_processor")
+# Guidance passes from the fewest conditions to all of them (sampling.Guidance's names).
+PASSES = ("none", "reference", "lip", "expression")
+
+
+def check_window(config: dict) -> int:
+    """The clip length, after checking the data window equals it."""
+    clip_frames = config["model"]["ethd"]["clip_frames"]
+    window = config["data"].get("window", clip_frames)
+    if window != clip_frames:
+        raise ValueError(f"data.window ({window}) must equal model.ethd.clip_frames ({clip_frames}): SVD's "
+                         "conditioning is per clip, so ETHD trains on clips of the inference window's length")
+    return clip_frames
+
+
+def _check_options(opts: dict) -> None:
+    if opts["condition_source"] not in CONDITION_SOURCES:
+        raise ValueError(f"ethd.condition_source must be one of {CONDITION_SOURCES}, got {opts['condition_source']!r}")
+    if opts["mask_source"] not in MASK_SOURCES:
+        raise ValueError(f"ethd.mask_source must be one of {MASK_SOURCES}, got {opts['mask_source']!r}")
+    for key in ("drop_reference", "drop_lip", "drop_expression"):
+        if not 0 <= opts[key] <= 1:
+            raise ValueError(f"ethd.{key} is a probability, got {opts[key]}")
+
+
+def checkpointing_function(ethd: ETHD):
+    """diffusers' ``gradient_checkpointing_func`` for ETHD's UNet: non-reentrant checkpointing
+    whose recomputation runs with the condition context of the forward it recomputes."""
+    context = ethd._context
+
+    def checkpointed(module, *args):
+        recompute = contextlib.nullcontext
+        if context.active:
+            bound = (context.lip, context.driven, context.reference, context.face_mask, context.latent_hw)
+
+            def recompute():
+                return context.bound(*bound)
+
+        return torch.utils.checkpoint.checkpoint(
+            module.__call__, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recompute()))
+
+    return checkpointed
+
+
+def freeze_unused(ethd: ETHD) -> None:
+    """Freeze the parameters no forward uses: EDI's output bias cancels in ``CA(driven) -
+    CA(reference)``, so EDI applies its output weight alone. A trainable parameter without a
+    gradient breaks DDP (without ``find_unused_parameters``) and would only decay under AdamW."""
+    for module in ethd.modules():
+        if isinstance(module, ExpressionDecoupleInjector):
+            module.attn.to_out.bias.requires_grad_(False)
+
+
+def nested_passes(draws: torch.Tensor, opts: dict) -> list[str]:
+    """The guidance pass each clip trains, from its three uniform draws (see the module docstring)."""
+    passes = []
+    for reference, lip, expression in draws.tolist():
+        if reference < opts["drop_reference"]:
+            passes.append("none")
+        elif lip < opts["drop_lip"]:
+            passes.append("reference")
+        elif expression < opts["drop_expression"]:
+            passes.append("lip")
+        else:
+            passes.append("expression")
+    return passes
+
+
+def select_passes(conditioning: Conditioning, passes: list[str], frames: int) -> dict[str, torch.Tensor]:
+    """ETHD inputs (without sample and timestep) where clip i gets ``for_pass(passes[i])``."""
+    built = {name: conditioning.for_pass(name, frames) for name in set(passes)}
+    keys = built[passes[0]].keys()
+    return {key: torch.stack([built[name][key][row] for row, name in enumerate(passes)]) for key in keys}
+
+
+def edm_v_loss(ethd: ETHD, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """Per-clip v-prediction losses ``[B]`` (see the module docstring): ``x0``, ``epsilon``
+    ``[B, T, 4, h, w]``, ``sigma`` ``[B]``, ``inputs`` from :func:`select_passes`."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    scale = (s**2 + 1).sqrt()
+    noisy = x0 + s * epsilon
+    parameter = next(ethd.parameters())
+    sample = torch.cat([noisy / scale, inputs["latent"].float()], dim=2).to(parameter.dtype)
+    v = ethd(sample, (0.25 * sigma.log()).to(parameter.dtype), inputs["image_embeds"], inputs["added_time_ids"],
+             inputs["lip_windows"], inputs["driven_exp"], inputs["reference_exp"], inputs["face_mask"])
+    target = (epsilon - s * x0) / scale
+    return (v.float() - target).square().mean(dim=(1, 2, 3, 4))
+
+
+def encode_latents(vae, frames: torch.Tensor) -> torch.Tensor:
+    """``[B, T, 3, S, S]`` in 0..1 -> the sampler's latents ``[B, T, 4, S/8, S/8]`` (float32)."""
+    parameter = next(vae.parameters())
+    pixels = frames.flatten(0, 1).to(parameter.device, parameter.dtype) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return latents.float().unflatten(0, frames.shape[:2])
+
+
+def clip_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Shard masks ``[B, T, 1, S, S]`` -> one mask per clip ``[B, 1, S, S]``: their union; a clip
+    whose mask is empty everywhere gets ones ("no mask given", as inference treats it)."""
+    union = masks.amax(dim=1).float()
+    empty = union.flatten(1).amax(dim=1) == 0
+    return torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(union), union)
+
+
+class ETHDStage:
+    name = "ethd"
+
+    def __init__(self):
+        # Set by build: the options, model.ethd (SVD's per-clip settings) and, for
+        # condition_source "vaid", the speech encoder (held out of the module dict, see vaid_stage).
+        self.options = dict(ETHD_DEFAULTS)
+        self.settings: dict = {}
+        self.speech: SpeechHolder | None = None
+
+    # --- modules ---------------------------------------------------------------------------
+    def build(self, config: dict) -> nn.ModuleDict:
+        self.options = opts = options(config, "ethd", ETHD_DEFAULTS)
+        _check_options(opts)
+        check_window(config)
+        model = config["model"]
+        self.settings = dict(model["ethd"])
+        unet, vae, image_encoder = self._base(config)
+        ethd = ETHD(unet, model["adapter"])
+        unet.requires_grad_(bool(opts["train_unet"]))
+        freeze_unused(ethd)
+        if config.get("train", {}).get("gradient_checkpointing"):
+            unet.enable_gradient_checkpointing(checkpointing_function(ethd))
+        modules = {"ethd": ethd, "vae": frozen(vae), "image_encoder": frozen(image_encoder),
+                   **load_encoders(config, fallbacks=("vaid",))}
+        if opts["condition_source"] == "vaid":
+            modules["lip_projector"] = self._vaid_projector(config)
+        return nn.ModuleDict(modules)
+
+    def _base(self, config: dict):
+        model = config["model"]
+        base = init_path(config, "base_svd")
+        if base:
+            from ..svd_convert import load_svd
+
+            # float32 master weights whatever the file stores (SVD files are often fp16).
+            return load_svd(base, config=model, dtype=torch.float32)
+        log.warning("no init.base_svd: ETHD trains on a RANDOM base UNet, VAE and image encoder of the model config")
+        return build_unet(model["unet"]), build_vae(model["vae"]), build_image_encoder(model["image_encoder"])
+
+    def _vaid_projector(self, config: dict) -> nn.Module:
+        from ..models import load_vaid_model
+
+        path = init_path(config, "vaid")
+        if not path:
+            raise ValueError("ethd.condition_source 'vaid' needs init.vaid (a V-AID export) for the lip stream")
+        vaid = load_vaid_model(path, speech_source=init_path(config, "speech_encoder"))
+        self.speech = SpeechHolder(vaid.speech_encoder)
+        return frozen(vaid.lip_projector)
+
+    def trainable(self, modules: nn.ModuleDict) -> list[str]:
+        # The UNet inside is frozen unless train_unet: the loop trains what requires grad.
+        return ["ethd"]
+
+    # --- loss ------------------------------------------------------------------------------
+    def loss(self, modules: nn.ModuleDict, batch: dict, noise: SampleNoise) -> dict[str, torch.Tensor]:
+        opts = self.options
+        frames = batch["frames"]
+        self._check_frames(frames)
+        index = batch["index"]
+        conditioning = self.conditioning(modules, batch, [noise.generator("ethd.reference", i) for i in index.tolist()])
+        passes = nested_passes(noise.uniform("ethd.dropout", index, (3,)), opts)
+        inputs = select_passes(conditioning, passes, frames.shape[1])
+        x0 = encode_latents(modules["vae"], frames)
+        sigma = (opts["p_mean"] + opts["p_std"] * noise.normal("ethd.sigma", index, device=x0.device)).exp()
+        epsilon = noise.normal("ethd.noise", index, tuple(x0.shape[1:]), device=x0.device)
+        per_clip = edm_v_loss(modules["ethd"], x0, sigma, epsilon, inputs)
+        return {"loss": per_clip.mean()}
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        clip_frames = self.settings["clip_frames"]
+        if frames.shape[1] != clip_frames:
+            raise ValueError(f"the batch has {frames.shape[1]}-frame windows, ETHD trains on clip_frames = {clip_frames}")
+
+    def conditioning(self, modules: nn.ModuleDict, batch: dict, generators: list[torch.Generator]) -> Conditioning:
+        """ETHD's conditions of every clip of ``batch`` (``generators``: the reference latent's
+        noise augmentation, one per clip), as the pipeline builds them at inference."""
+        settings = self.settings
+        frames = batch["frames"]
+        reference = reference_frames(batch)
+        vae, ethd = modules["vae"], modules["ethd"]
+        parameter = next(ethd.parameters())
+        on = {"device": parameter.device, "dtype": parameter.dtype}
+        with torch.no_grad():
+            latent = torch.cat([reference_latent(vae, image[None], settings["noise_aug"], generator)
+                                for image, generator in zip(reference, generators, strict=True)])
+            embeds = image_embeds(modules["image_encoder"], reference)
+            reference_exp = modules["exp_encoder"](reference)
+        return Conditioning(
+            reference_latent=latent.to(**on),
+            image_embeds=embeds.to(**on),
+            added_time_ids=added_time_ids(settings["fps_id"], settings["motion_bucket"], settings["noise_aug"],
+                                          batch_size=len(reference), **on),
+            lip_windows=lip_windows(self._lip(modules, batch), ethd.lip_context).to(**on),
+            driven_exp=per_frame(modules["exp_encoder"], frames).to(**on),
+            reference_exp=reference_exp.to(**on),
+            face_mask=self._mask(modules, batch, reference).to(**on),
+        )
+
+    def _lip(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
+        if self.options["condition_source"] == "encoders":
+            return per_frame(modules["lip_encoder"], batch["frames"])
+        speech = self.speech.features(batch["audio"], batch["frames"].shape[1])
+        with torch.no_grad():
+            return modules["lip_projector"](speech).float()
+
+    def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
+        if self.options["mask_source"] == "shard":
+            return clip_masks(batch["mask"])
+        with torch.no_grad():
+            return clip_masks(modules["face_processor"](reference).float()[:, None])
+
+    # --- export and sample -----------------------------------------------------------------
+    def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
+        model = EmotiveTalkModel(modules["ethd"], modules["vae"], modules["image_encoder"],
+                                 settings=self.trained_settings(config))
+        components = ethd_components(model, _architecture(config, modules))
+        adapter_only = bool(init_path(config, "base_svd")) and not self.options["train_unet"]
+        return {name: components[name] for name in (("adapter",) if adapter_only else ETHD_COMPONENTS)}
+
+    def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
+        base = init_path(config, "base_svd")
+        return {
+            "ethd": self.trained_settings(config),
+            "condition_source": self.options["condition_source"],
+            "mask_source": self.options["mask_source"],
+            "train_unet": bool(self.options["train_unet"]),
+            "base_svd": file_digest(base) if base else None,
+        }
+
+    def trained_settings(self, config: dict) -> dict:
+        """``model.ethd`` with the resolution the shards hold (the size the model trained at)."""
+        size = read_shard_info(shard_paths(config["data"]["shards"])[0])["size"]
+        return {**self.settings, "resolution": [size, size]}
+
+    def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
+        """One PNG: the first clip's frames over the frames ETHD generates from its reference
+        frame and conditions (``sample_steps`` Euler steps, ``sample_guidance``, seed 0)."""
+        opts = self.options
+        first = {key: value[:1] for key, value in batch.items()}
+        conditioning = self.conditioning(modules, first, [torch.Generator().manual_seed(0)])
+        frames = first["frames"].shape[1]
+        sigmas = karras_sigmas(opts["sample_steps"])
+        x = start_latents(initial_noise(0, frames, (4, *conditioning.reference_latent.shape[-2:])), sigmas)
+        denoiser = GuidedDenoiser(modules["ethd"], conditioning, Guidance(*opts["sample_guidance"]))
+        latents = sample_euler(denoiser, x, sigmas)[0]
+        generated = torch.cat(list(decode_latents(modules["vae"], latents, chunk=frames, overlap=0)))
+        truth = first["frames"][0].permute(0, 2, 3, 1).float().cpu()
+        strip = torch.cat([torch.cat(list(truth), dim=1), torch.cat(list(generated), dim=1)], dim=0)
+        path = folder / f"ethd_{step:08d}.png"
+        _save_png(strip, path)
+        return [path]
+
+
+def _architecture(config: dict, modules: nn.ModuleDict) -> dict:
+    """The component configs the modules were built from: ``model``, except for a diffusers
+    folder base, whose own configs built them."""
+    base = init_path(config, "base_svd")
+    if not base or not Path(base).is_dir():
+        return config["model"]
+    drop = {"transformers_version", "model_type", "architectures", "dtype", "torch_dtype"}
+    return {
+        **config["model"],
+        "unet": {k: v for k, v in modules["ethd"].unet.config.items() if not k.startswith("_")},
+        "vae": {k: v for k, v in modules["vae"].config.items() if not k.startswith("_")},
+        "image_encoder": {k: v for k, v in modules["image_encoder"].config.to_diff_dict().items() if k not in drop},
+    }
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    """``[H, W, 3]`` in 0..1 -> an 8-bit PNG."""
+    from PIL import Image
+
+    Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()).save(path)
