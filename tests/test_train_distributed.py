@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from train_helpers import encoders_config, write_config, write_synthetic_shards
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.train.config import resolve_config
+from emotivetalk_core.models import build_unet
+from emotivetalk_core.train.config import load_config, resolve_config
 from emotivetalk_core.train.loop import train
 from emotivetalk_core.train.stage import get_stage
 
@@ -117,3 +118,66 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "two" / "logs" / "losses.jsonl").read_text().splitlines()]
     assert [entry["samples"] for entry in logged] == [8, 16, 24]  # global batch 2 x 2 processes x 2 accumulation
     assert (one / "export" / "encoders.safetensors").is_file() and (tmp_path / "two" / "export" / "encoders.safetensors").is_file()
+
+
+# --- shipped configs -------------------------------------------------------------------------
+
+ACCELERATE_CONFIGS = ROOT / "emotivetalk_core" / "train" / "accelerate"
+
+
+def _launch_args(name: str):
+    from accelerate.commands.launch import (
+        _validate_launch_command,
+        launch_command_parser,
+    )
+
+    argv = ["--config_file", str(ACCELERATE_CONFIGS / f"{name}.yaml"), "-m", "emotivetalk_core.train", "ethd",
+            "--config", "full.json"]
+    return _validate_launch_command(launch_command_parser().parse_args(argv))
+
+
+def test_shipped_accelerate_configs_are_what_accelerate_launch_reads(monkeypatch):
+    from accelerate.commands.config.config_args import (
+        ClusterConfig,
+        load_config_from_file,
+    )
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    expected = {"ddp": DistributedType.MULTI_GPU, "deepspeed_zero2": DistributedType.DEEPSPEED,
+                "fsdp": DistributedType.FSDP}
+    for name, kind in expected.items():
+        config = load_config_from_file(str(ACCELERATE_CONFIGS / f"{name}.yaml"))
+        assert isinstance(config, ClusterConfig) and config.distributed_type == kind
+
+    args, _, _ = _launch_args("ddp")
+    assert args.multi_gpu and args.num_processes == 8
+
+    args, defaults, _ = _launch_args("deepspeed_zero2")
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    # ZeRO-2 (weights replicated: the EMA reads them); accumulation left to train.grad_accum
+    assert plugin.zero_stage == 2 and plugin.gradient_accumulation_steps == "auto"
+
+    args, _, _ = _launch_args("fsdp")
+    env = prepare_multi_gpu_env(args)
+    assert env["FSDP_USE_ORIG_PARAMS"] == "true" and env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
+    classes = {type(module).__name__ for module in build_unet(get_config("tiny")["unet"]).modules()}
+    assert set(env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",")) <= classes  # the wrap units exist in SVD's UNet
+
+
+@pytest.mark.parametrize("size", ["tiny", "full"])
+def test_shipped_training_configs_resolve_for_every_stage(size):
+    path = ROOT / "emotivetalk_core" / "train" / "configs" / f"{size}.json"
+    configs = {stage: load_config(path, stage=stage) for stage in ("encoders", "vaid", "ethd")}
+    for stage, config in configs.items():
+        assert config["stage"] == stage and config["output"].endswith(f"runs/{size}/{stage}")
+    assert configs["ethd"]["data"]["window"] == configs["ethd"]["model"]["ethd"]["clip_frames"]
+    # the later stages read the encoders run's export
+    encoders_export = str(Path(configs["encoders"]["output"]) / "export" / "encoders.safetensors")
+    assert configs["vaid"]["init"]["encoders"] == configs["ethd"]["init"]["encoders"] == encoders_export
+    if size == "full":
+        assert configs["ethd"]["model"]["unet"] == {} and configs["ethd"]["train"]["mixed_precision"] == "bf16"

@@ -14,7 +14,12 @@ from safetensors.torch import load_file
 from train_helpers import encoders_config, write_config, write_synthetic_shards
 
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata
-from emotivetalk_core.train.config import ConfigError, load_config, resolve_config
+from emotivetalk_core.train.config import (
+    ConfigError,
+    apply_overrides,
+    load_config,
+    resolve_config,
+)
 from emotivetalk_core.train.ema import EMA
 from emotivetalk_core.train.export import merge_exports
 from emotivetalk_core.train.loop import GlobalBatchSampler, train
@@ -266,3 +271,28 @@ def test_cli_exit_codes(tmp_path):
     assert "adapter (made by the 'ethd' stage" in only_encoders.stderr
     with pytest.raises(CheckpointError, match="not found"):
         merge_exports([tmp_path / "nothing"], tmp_path / "model.safetensors")
+
+
+def test_a_multi_stage_file_gives_each_stage_its_config(tmp_path):
+    raw = {"model": "tiny", "data": {"shards": "shards", "window": 4}, "output": "runs",
+           "train": {"steps": 10, "batch_size": 2, "lr": 1e-3},
+           "stages": {"encoders": {"train": {"lr": 5e-3}, "encoders": {"augment": 0.0}},
+                      "vaid": {"data": {"window": 16}, "init": {"speech_encoder": "w2v"}}}}
+    path = write_config(tmp_path / "all.json", raw)
+    encoders = load_config(path, stage="encoders")
+    assert encoders["train"]["lr"] == 5e-3 and encoders["train"]["steps"] == 10
+    assert encoders["encoders"] == {"augment": 0.0} and encoders["output"] == str(tmp_path / "runs" / "encoders")
+    vaid = load_config(path, stage="vaid")
+    assert vaid["data"]["window"] == 16 and vaid["train"]["lr"] == 1e-3 and vaid["vaid"] == {}
+    assert vaid["init"]["encoders"] == str(tmp_path / "runs" / "encoders" / "export" / "encoders.safetensors")
+    assert vaid["init"]["speech_encoder"] == str(tmp_path / "w2v")
+    overridden = apply_overrides(vaid, init=["encoders=elsewhere.safetensors"], steps=3)
+    assert overridden["init"]["encoders"] == str(Path("elsewhere.safetensors").resolve())
+    assert overridden["train"]["steps"] == 3
+    with pytest.raises(ConfigError, match="'stages' has no entry 'ethd'"):
+        load_config(path, stage="ethd")
+    with pytest.raises(ConfigError, match="--init 'lips=x'"):
+        apply_overrides(vaid, init=["lips=x"])
+    raw["stages"]["vaid"]["model"] = "svd-xt"
+    with pytest.raises(ConfigError, match=r"stages.vaid may set data, init, train and 'vaid', not \['model'\]"):
+        load_config(write_config(tmp_path / "bad.json", raw), stage="vaid")

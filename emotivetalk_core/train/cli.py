@@ -38,11 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
              "ethd": "ETHD adapters (optionally the whole UNet) on base SVD"}
     for stage in STAGES:
         command = commands.add_parser(stage, help=helps[stage])
-        command.add_argument("--config", required=True, type=Path, help="training config JSON (see TRAINING.md)")
+        command.add_argument("--config", required=True, type=Path,
+                             help="training config JSON: this stage's, or a file with every stage (see TRAINING.md)")
         command.add_argument("--data", type=Path, help="override data.shards: the folder preprocessing wrote")
-        command.add_argument("--out", type=Path, help="override output: the run folder")
+        command.add_argument("--out", type=Path, help="override the run folder")
         command.add_argument("--steps", type=int, help="override train.steps (total, counting resumed steps)")
         command.add_argument("--seed", type=int, help="override train.seed")
+        command.add_argument("--init", action="append", default=[], metavar="KEY=PATH",
+                             help="override init.KEY (encoders, vaid, base_svd, speech_encoder); repeatable")
         command.add_argument("--resume", help="a checkpoint folder, or 'latest' for the run's newest checkpoint")
         command.add_argument("--debug", action="store_true", help="show tracebacks")
     export = commands.add_parser("export", help="merge stage exports into one inference file the nodes load")
@@ -66,11 +69,8 @@ def _preprocess(argv: list[str]) -> int:
 def _train(args) -> int:
     from .config import apply_overrides, load_config
 
-    config = load_config(args.config)
-    if config["stage"] != args.command:
-        raise UsageError(f"{args.config} is a '{config['stage']}' config; run "
-                         f"'python -m emotivetalk_core.train {config['stage']} --config {args.config}'")
-    config = apply_overrides(config, data=args.data, out=args.out, steps=args.steps, seed=args.seed)
+    config = load_config(args.config, stage=args.command)
+    config = apply_overrides(config, data=args.data, out=args.out, steps=args.steps, seed=args.seed, init=args.init)
     # torch and accelerate load only once the config is known to be good
     from .loop import train
 

@@ -17,6 +17,14 @@ working directory)::
       "<stage>": {free-form options of the stage; the stage gives defaults for every key}
     }
 
+A file may instead describe every stage of one model (what the shipped ``configs/tiny.json``
+and ``configs/full.json`` do): no ``stage`` key, the shared keys above, and
+``"stages": {"encoders": {...}, "vaid": {...}, "ethd": {...}}`` whose entries may set ``data``,
+``init``, ``train`` (merged key by key over the shared ones) and the stage's own section. The
+command (``train vaid --config FILE``) picks the entry; the run folder is ``output/<stage>``,
+and ``init.encoders`` of ``vaid`` and ``ethd`` defaults to the encoders run's export
+(``output/encoders/export/encoders.safetensors``), so the stages chain without edits.
+
 ``data.window`` defaults to ``model.ethd.clip_frames`` for ETHD (and must equal it: SVD's
 conditioning is per clip, so the training clip length is the inference window);
 ``data.labels`` defaults to the Mapping's labels, so a shard's emotion index is the Mapping's.
@@ -70,8 +78,9 @@ class TrainingError(RuntimeError):
     catch it without importing torch."""
 
 
-def load_config(path: str | Path) -> dict:
-    """Read, resolve and validate a training config file."""
+def load_config(path: str | Path, stage: str | None = None) -> dict:
+    """Read, resolve and validate a training config file; ``stage`` picks the entry of a
+    multi-stage file (and must match a single-stage file's ``stage``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config not found: {path}")
@@ -79,7 +88,40 @@ def load_config(path: str | Path) -> dict:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path} is not valid JSON: {error}") from error
+    if isinstance(raw, dict) and "stages" in raw:
+        raw = select_stage(raw, stage, str(path))
+    elif isinstance(raw, dict) and stage is not None and raw.get("stage") != stage:
+        raise ConfigError(f"{path} is a '{raw.get('stage')}' config; run "
+                          f"'python -m emotivetalk_core.train {raw.get('stage')} --config {path}'")
     return resolve_config(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def select_stage(raw: dict, stage: str | None, source: str = "config") -> dict:
+    """One stage's single-stage config out of a multi-stage file (paths still unresolved)."""
+    stages = raw["stages"]
+    if "stage" in raw:
+        raise ConfigError(f"{source}: give either 'stage' (one stage) or 'stages' (every stage), not both")
+    if not isinstance(stages, dict) or stage not in stages:
+        names = sorted(stages) if isinstance(stages, dict) else []
+        raise ConfigError(f"{source}: 'stages' has no entry {stage!r} (it has {names})")
+    unknown = sorted(set(raw) - {"model", "data", "init", "train", "output", "stages"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in a multi-stage config (stage options go in stages.<stage>)")
+    entry = stages[stage]
+    extra = sorted(set(entry) - {"data", "init", "train", stage})
+    if extra:
+        raise ConfigError(f"{source}: stages.{stage} may set data, init, train and '{stage}', not {extra}")
+    if "output" not in raw:
+        raise ConfigError(f"{source}: missing 'output' (the folder that holds one run per stage)")
+    merged = {key: copy.deepcopy(value) for key, value in raw.items() if key != "stages"}
+    for key in ("data", "init", "train"):
+        merged[key] = {**raw.get(key, {}), **entry.get(key, {})}
+    if stage in ("vaid", "ethd"):
+        merged["init"].setdefault("encoders", str(Path(raw["output"]) / "encoders" / "export" / "encoders.safetensors"))
+    merged["stage"] = stage
+    merged["output"] = str(Path(raw["output"]) / stage)
+    merged[stage] = copy.deepcopy(entry.get(stage, {}))
+    return merged
 
 
 def resolve_config(raw: dict, base_dir: str | Path = ".", source: str = "config") -> dict:
@@ -101,9 +143,15 @@ def resolve_config(raw: dict, base_dir: str | Path = ".", source: str = "config"
     return config
 
 
-def apply_overrides(config: dict, *, data=None, out=None, steps=None, seed=None) -> dict:
-    """Command-line overrides on a resolved config; paths are taken relative to the working directory."""
+def apply_overrides(config: dict, *, data=None, out=None, steps=None, seed=None, init=()) -> dict:
+    """Command-line overrides on a resolved config; paths are taken relative to the working
+    directory; ``init`` is a list of ``KEY=PATH``."""
     config = copy.deepcopy(config)
+    for item in init:
+        key, _, value = item.partition("=")
+        if key not in INIT_KEYS or not value:
+            raise ConfigError(f"--init {item!r}: expected KEY=PATH with KEY one of {list(INIT_KEYS)}")
+        config["init"][key] = str(Path(value).resolve())
     if data is not None:
         config["data"]["shards"] = str(Path(data).resolve())
     if out is not None:

@@ -164,16 +164,25 @@ def make_accelerator(config: dict):
     )
 
 
-def check_launch(accelerator) -> None:
-    """Refuse processes that a launcher started together but accelerate runs apart.
+def check_accelerator(accelerator, config: dict) -> None:
+    """Refuse launches whose accelerate settings contradict the training config.
 
-    ``accelerate launch --multi_gpu`` on a machine without GPUs starts several processes that
-    each train alone on the same run folder. On CPU, ``ACCELERATE_USE_CPU=true`` makes them one
-    gloo run (and ``--cpu`` alone starts a single process)."""
+    - ``accelerate launch --multi_gpu`` on a machine without GPUs starts several processes that
+      each train alone on the same run folder; on CPU, ``ACCELERATE_USE_CPU=true`` makes them one
+      gloo run (``--cpu`` alone starts a single process unless mpirun is set up).
+    - An accelerate config's ``gradient_accumulation_steps`` overrides the Accelerator's; the
+      data order follows ``train.grad_accum``, so the two must agree.
+    - DeepSpeed ZeRO-3 leaves no parameters for the EMA (see :func:`_params_sharded`).
+    """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         raise TrainingError(f"{launched} processes were launched but accelerate runs {accelerator.num_processes} "
                             "as one job (no GPU?): on CPU set ACCELERATE_USE_CPU=true for a gloo run")
+    if accelerator.gradient_accumulation_steps != config["train"]["grad_accum"]:
+        raise TrainingError(f"accelerate is set to {accelerator.gradient_accumulation_steps} gradient accumulation "
+                            f"steps, the config to train.grad_accum = {config['train']['grad_accum']}: remove "
+                            "gradient_accumulation_steps from the accelerate config (train.grad_accum decides)")
+    _params_sharded(accelerator)
 
 
 def _weight_dtype(accelerator) -> torch.dtype | None:
@@ -182,8 +191,14 @@ def _weight_dtype(accelerator) -> torch.dtype | None:
 
 
 def _params_sharded(accelerator) -> bool:
+    """True under FSDP, where each process holds a shard of the parameters (and so of the EMA);
+    DDP and DeepSpeed ZeRO-1/2 keep a full replica on every process."""
     from accelerate.utils import DistributedType
 
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        # ZeRO-3 leaves empty placeholders where the parameters were: no EMA, no export.
+        raise TrainingError("DeepSpeed ZeRO-3 is not supported (the EMA needs the parameters): "
+                            "use train/accelerate/deepspeed_zero2.yaml or fsdp.yaml")
     return accelerator.distributed_type == DistributedType.FSDP
 
 
@@ -310,7 +325,7 @@ def train(config: dict, resume: str | None = None) -> Path:
     from accelerate.utils import set_seed
 
     accelerator = make_accelerator(config)
-    check_launch(accelerator)
+    check_accelerator(accelerator, config)
     run, train_cfg = Path(config["output"]), config["train"]
     resume_dir = resolve_resume(run, resume) if resume else None
     if resume_dir is None and complete_checkpoints(run):
@@ -323,6 +338,7 @@ def train(config: dict, resume: str | None = None) -> Path:
     optimizer = _optimizer(model, train_cfg)
     _tell_deepspeed_the_batch(accelerator, train_cfg["batch_size"])
     model, optimizer = accelerator.prepare(model, optimizer)
+    check_accelerator(accelerator, config)  # DeepSpeed's own config may have changed the accumulation
     ema = EMA(_trained_parameters(accelerator.unwrap_model(model)), train_cfg["ema_decay"], train_cfg["ema_warmup"])
     state = load_checkpoint(accelerator, resume_dir, ema, config) if resume_dir else {"step": 0, "samples": 0}
     clips = ClipDataset(config["data"]["shards"], config["data"]["window"], config["data"]["labels"])
@@ -473,7 +489,7 @@ class _Loop:
     def finish(self, state: dict) -> None:
         """Check the replicas agree, write the export, close the trackers."""
         self.check_replicas(state["step"])
-        export_run(self.accelerator, self.stage, self.unwrapped, self.ema, self.config, state)
+        export_run(self.accelerator, self.stage, self.model, self.ema, self.config, state)
         self.accelerator.end_training()
 
     def check_replicas(self, step: int) -> None:
@@ -530,23 +546,39 @@ def export_path(run: Path, stage: str) -> Path:
     return Path(run) / "export" / f"{stage}.safetensors"
 
 
-def export_run(accelerator, stage: Stage, unwrapped: StageModel, ema: EMA, config: dict, state: dict) -> Path:
-    """Write ``RUN/export/<stage>.safetensors`` with the EMA weights (main process)."""
-    from ..checkpoints import save_model_file
-
+def export_run(accelerator, stage: Stage, model: nn.Module, ema: EMA, config: dict, state: dict) -> Path:
+    """Write ``RUN/export/<stage>.safetensors`` with the EMA weights (main process writes; every
+    process must call it, the FSDP gather is collective)."""
     path = export_path(config["output"], config["stage"])
+    unwrapped = accelerator.unwrap_model(model)
     if _params_sharded(accelerator):
-        raise TrainingError("export under FSDP needs the gathered weights: run "
-                            "'python -m emotivetalk_core.train export --runs RUN/checkpoints/step-N' after training")
-    if accelerator.is_main_process:
-        modules = unwrapped.modules_view()
-        with ema.applied(), torch.no_grad():
-            components = stage.export(modules, config)
-            info = stage.export_info(modules, config)
-        save_model_file(path, components, {**export_facts(config, state), **info})
-        log.info("wrote %s", path)
+        with ema.applied():
+            full = accelerator.get_state_dict(model)  # gathered onto the main process
+        if accelerator.is_main_process:
+            _write_export(path, stage, _rebuilt(stage, config, list(unwrapped.trainable), full), config, state)
+    elif accelerator.is_main_process:
+        with ema.applied():
+            _write_export(path, stage, unwrapped.modules_view(), config, state)
     accelerator.wait_for_everyone()
     return path
+
+
+def _rebuilt(stage: Stage, config: dict, trainable: list[str], weights: dict) -> nn.ModuleDict:
+    """The stage's modules built afresh on the CPU with ``weights`` (a full container state dict)
+    in the trainable ones: the export path when the live parameters are sharded."""
+    modules = stage.build(config)
+    StageModel(stage, modules, trainable).load_state_dict(weights)
+    return modules
+
+
+def _write_export(path: Path, stage: Stage, modules: nn.ModuleDict, config: dict, state: dict) -> None:
+    from ..checkpoints import save_model_file
+
+    with torch.no_grad():
+        components = stage.export(modules, config)
+        info = stage.export_info(modules, config)
+    save_model_file(path, components, {**export_facts(config, state), **info})
+    log.info("wrote %s", path)
 
 
 def export_facts(config: dict, state: dict) -> dict:
