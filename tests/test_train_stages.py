@@ -192,6 +192,21 @@ def test_vaid_per_clip_terms_do_not_depend_on_the_batch(shards):
         torch.testing.assert_close(pair[name], (alone[0][name] + alone[1][name]) / 2, rtol=0, atol=1e-6)
 
 
+def test_vaid_gradient_checkpointing_gives_the_same_gradients(shards):
+    batch, noise = _batch(shards, [0, 3]), SampleNoise(0, 2)
+    gradients = []
+    for checkpointing in (False, True):
+        stage, modules = _build(VAIDStage, _config(shards, "vaid", train={"gradient_checkpointing": checkpointing}))
+        for layer in modules["dicte"].layers:  # gates open, so every layer's weights get gradients
+            torch.nn.init.normal_(layer.modulation[-1].weight, std=0.2, generator=torch.Generator().manual_seed(1))
+        stage.loss(modules, batch, noise)["loss"].backward()
+        gradients.append({name: p.grad for name, p in modules["dicte"].named_parameters()})
+    assert gradients[0].keys() == gradients[1].keys()
+    assert all(gradient is not None for gradient in gradients[1].values())
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=0, atol=1e-6, msg=name)
+
+
 def test_emotion_sources_mix_every_route_on_labelled_clips_and_images_otherwise(shards):
     stage, _ = _build(VAIDStage, _config(shards, "vaid"))
     count = 300

@@ -50,6 +50,9 @@ in float32 exactly as inference does (the log-mel encoder does not even run in b
 fingerprint, recorded in the export, must hash the untouched weights; a frozen module in the
 dict would be cast to the mixed-precision dtype. It moves to the batch's device on first use.
 
+With ``train.gradient_checkpointing`` each Di-CTE transformer layer is checkpointed (the
+frozen encoders run without gradients and the projector is small).
+
 Options (``config["vaid"]``), defaults in :data:`VAID_DEFAULTS`:
 
 - ``pull_weight`` 1.0, ``dicte_weight`` 1.0, ``push_weight`` 0.1, ``lip_scale_weight`` 0.1,
@@ -64,6 +67,7 @@ Options (``config["vaid"]``), defaults in :data:`VAID_DEFAULTS`:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -224,6 +228,8 @@ class VAIDStage:
         if init_path(config, "vaid"):
             _load_trainable(trainable, init_path(config, "vaid"))
         _check_labels(config, trainable["mapping"])
+        if (config.get("train") or {}).get("gradient_checkpointing"):
+            checkpoint_layers(trainable["dicte"].layers)
         self.speech = SpeechHolder(load_speech_encoder(model["speech"], init_path(config, "speech_encoder")))
         return nn.ModuleDict({**trainable, **load_encoders(config)})
 
@@ -339,6 +345,20 @@ class VAIDStage:
         if self.speech is None:
             raise RuntimeError("VAIDStage.build(config) must run before loss, export or sample")
         return self.speech
+
+
+def checkpoint_layers(layers: nn.ModuleList) -> None:
+    """Gradient checkpointing of each layer (Di-CTE's transformer layers over long windows hold
+    most of this stage's activations). The layer's forward is wrapped on the instance, so
+    parameter names, and with them the export, are unchanged."""
+    for layer in layers:
+        layer.forward = functools.partial(_checkpointed, layer.forward)
+
+
+def _checkpointed(forward, *args):
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False)
+    return forward(*args)
 
 
 def _load_trainable(modules: dict[str, nn.Module], path: str) -> None:
