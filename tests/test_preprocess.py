@@ -216,7 +216,7 @@ def test_lip_target_follows_the_mouth_and_expression_target_hardly(dataset):
     assert abs(np.corrcoef(main_motion, opening)[0, 1]) > 0.8  # the lip target's main change is the mouth
     assert explained(lip) > 0.5 * lip.var(axis=0).sum()
     assert explained(expression) / expression.shape[1] < 0.1 * explained(lip) / lip.shape[1]
-    assert explained(expression[:, :48]) < 0.01  # brows and eyes: untouched by speech
+    assert explained(expression[:, :48]) < 0.01 * explained(lip)  # brows and eyes: all but untouched by speech
 
 
 def test_parallel_workers_write_the_same_shards(dataset, tmp_path):

@@ -1,10 +1,12 @@
 """Face tracking for training videos: one stable, face-centred square crop box per frame.
 
-Training crops must look like what the pack crops at inference (the face crop node): a square
-:data:`CROP_SCALE` (2.2) times the side of the Haar detector's face box (``face_detect``), centred
-:data:`CROP_LIFT` (0.1) box sides above the box's centre. The Haar box spans mid-forehead to just
-under the lower lip, so the square holds the whole head with hair, neck and a little background,
-the eyes near 0.48 and the mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
+Training crops must look like what the pack crops at inference, so the face is found and framed
+as the face crop node does it (``face_crop``): its detector (``face_crop.detect_face``: the Haar
+cascade on a locally contrast-equalised image, the most-supported detection), and a square
+:data:`CROP_SCALE` (2.2) times the face box's side, centred :data:`CROP_LIFT` (0.1) box sides
+above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
+square holds the whole head with hair, neck and a little background, the eyes near 0.48 and the
+mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
 
 One video goes through these steps, all on per-frame numbers (frames are never kept):
 
@@ -36,13 +38,12 @@ import math
 
 import numpy as np
 
-from ..face_detect import Box, detect_faces
+from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE, detect_face
+from ..face_detect import Box
 
-# Crop side / detector box side, and how far (in box sides) the crop's centre sits above the box's
-# centre: the face crop node's defaults (face_crop.DEFAULT_SCALE, DEFAULT_LIFT), so training crops
-# frame the face as inference crops do.
-CROP_SCALE = 2.2
-CROP_LIFT = 0.1
+# Crop side / face box side, and how far (in box sides) the crop's centre sits above the box's centre.
+CROP_SCALE = DEFAULT_SCALE
+CROP_LIFT = DEFAULT_LIFT
 # Region searched around the last face, in face sides; resized to about ROI_PIXELS wide.
 ROI_SCALE = 2.5
 ROI_PIXELS = 200
@@ -108,8 +109,8 @@ class FaceTracker:
 
     def _search_frame(self, frame: np.ndarray) -> np.ndarray | None:
         zoom = min(1.0, FULL_FRAME_MAX_SIDE / min(frame.shape[:2]))
-        faces = detect_faces(_resized(frame, zoom), self.min_face)
-        return _centre_side(faces[0], zoom, 0.0, 0.0) if faces else None
+        face = detect_face(_resized(frame, zoom), self.min_face)
+        return None if face is None else _centre_side(face, zoom, 0.0, 0.0)
 
     def _search_near(self, frame: np.ndarray, last: np.ndarray) -> np.ndarray | None:
         height, width = frame.shape[:2]
@@ -119,8 +120,8 @@ class FaceTracker:
         if x1 - x0 < 24 or y1 - y0 < 24:  # Haar's smallest window; the face left the frame
             return None
         zoom = min(1.0, ROI_PIXELS / max(x1 - x0, y1 - y0))
-        faces = detect_faces(_resized(frame[y0:y1, x0:x1], zoom), ROI_MIN_FACE)
-        return _centre_side(faces[0], zoom, x0, y0) if faces else None
+        face = detect_face(_resized(frame[y0:y1, x0:x1], zoom), ROI_MIN_FACE)
+        return None if face is None else _centre_side(face, zoom, x0, y0)
 
 
 def _resized(image: np.ndarray, zoom: float) -> np.ndarray:

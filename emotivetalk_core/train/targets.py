@@ -33,8 +33,8 @@ shard's ``targets`` info, so training knows what it distils toward.
       at each mouth corner (:data:`CORNER_REGIONS`): raised or knitted brows, eye opening, the
       corners of a smile. The mouth's middle is left out (it moves with speech); the corner patches
       still see some lip motion.
-    - mask: the face crop node's ellipse around the face box (:data:`FACE_ELLIPSE`), forehead to
-      chin, cheek to cheek.
+    - mask: the face crop node's ellipse around the face box (``face_crop.FACE_ELLIPSE``),
+      forehead to chin, cheek to cheek.
 
     These patches carry identity too (a beard, glasses); they exist so that the whole path runs
     and trains without the landmark tool, not to reach the landmark targets' quality.
@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..face_crop import FACE_ELLIPSE
 from .face_track import CROP_LIFT, CROP_SCALE
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ INSTALL_HINT = (
 LIP_REGION = (0.70, 1.10, 0.20, 0.80)
 EYES_REGION = (0.10, 0.50, 0.05, 0.95)
 CORNER_REGIONS = ((0.66, 0.90, 0.13, 0.37), (0.66, 0.90, 0.63, 0.87))
-# Face ellipse around the box's centre: semi-axes (x, y) in box sides (face_crop.FACE_ELLIPSE).
-FACE_ELLIPSE = (0.55, 0.7)
 _LIP_GRID, _EYES_GRID, _CORNER_GRID = (8, 8), (4, 12), (4, 4)
 # Standardising a flat patch would blow noise up to unit size; this floor (on 0..1 grey) stops it.
 _MIN_SPREAD = 0.02
@@ -239,7 +238,7 @@ def landmark_targets(points: np.ndarray, size: int) -> FrameTargets:
 
 
 def ellipse_outline(size: int, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT, points: int = 64) -> np.ndarray:
-    """:data:`FACE_ELLIPSE` around the face box, as a polygon ``[points, 2]`` in pixels of a ``size`` crop."""
+    """The face crop node's ellipse around the face box, as a polygon ``[points, 2]`` in pixels of a ``size`` crop."""
     angle = np.linspace(0, 2 * np.pi, points, endpoint=False)
     x = 0.5 + FACE_ELLIPSE[0] / crop_scale * np.cos(angle)
     y = 0.5 + crop_lift / crop_scale + FACE_ELLIPSE[1] / crop_scale * np.sin(angle)
