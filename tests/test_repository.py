@@ -17,8 +17,22 @@ def test_runtime_requirements_leave_comfyuis_torch_and_numpy_alone():
     for requirement in _requirements("requirements.txt"):
         name = re.split(r"[<>=!~\[; ]", requirement)[0].lower()
         assert name not in {"torch", "torchvision", "torchaudio"}, requirement
-        assert "<" not in requirement and "==" not in requirement, f"lower bounds only: {requirement}"
+        # Lower bounds; an upper cap only where a newer major lacks what we use (OpenCV 5: no Haar cascades).
+        assert "==" not in requirement and "<=" not in requirement, f"no pins: {requirement}"
+        assert "<" not in requirement or name == "opencv-python-headless", f"lower bounds only: {requirement}"
         assert name not in {"mediapipe"}, f"{requirement} pins numpy<2 and breaks ComfyUI installs"
+        assert not (name == "numpy" and "<" in requirement), requirement
+
+
+def test_registry_metadata_lists_the_runtime_requirements():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["dependencies"] == _requirements("requirements.txt")
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert project["project"]["urls"]["Repository"].startswith("https://github.com/")
+    assert all((ROOT / path).exists() for path in comfy["includes"])
 
 
 def test_dev_requirements_are_pinned():
