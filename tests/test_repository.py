@@ -65,3 +65,9 @@ def test_library_imports_itself_relatively():
                  for line in path.read_text().splitlines()
                  if re.match(r"\s*(from|import)\s+emotivetalk_core\b", line)]
     assert not offenders, offenders
+
+
+def test_node_reference_is_up_to_date():
+    result = subprocess.run([sys.executable, "scripts/node_reference.py", "--check"], check=False, cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
