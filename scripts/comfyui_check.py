@@ -1,0 +1,430 @@
+"""Prove the pack inside a real ComfyUI: import, node list, every shipped workflow, Cancel.
+
+    <ComfyUI's python> scripts/comfyui_check.py --comfy-home DIR [--ui-convert PATH] [--out DIR]
+
+``DIR`` holds ``ComfyUI/`` (a checkout with this pack in ``custom_nodes/``) and ``venv/`` (its
+Python). The script starts ComfyUI headless on the CPU (or uses one already answering at
+``--url``), then checks, and reports each check as PASS / FAIL:
+
+1. the pack imported (no ``IMPORT FAILED`` in the server log) and ``/object_info`` lists every node;
+2. every API workflow in ``workflows/api/`` runs to completion, and each video it writes lasts as
+   long as its audio, within one frame, and as long as the uploaded speech asks for;
+3. every UI workflow in ``workflows/`` converts to API format with ComfyUI's own frontend
+   (``--ui-convert``: a converter driving the frontend in headless Chromium, such as the
+   workplace's ``ui_convert.py``) and runs too;
+4. ``/interrupt`` during sampling stops the run within seconds, and the next run succeeds.
+
+Inputs are made here and uploaded through ComfyUI's HTTP API (the pack never writes into
+ComfyUI's input folder): the shipped portrait and speech (cut to ``--seconds``), a long speech
+for the streaming workflow, a 1280x720 frame with the face off-centre for crop + paste-back,
+and, for the upscale chain, a small random RealESRGAN-Compact model written to
+``models/upscale_models`` of the given ComfyUI (random weights: it proves the wiring, not
+quality). Without a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
+
+Run it with ComfyUI's Python: it needs aiohttp (ComfyUI's own dependency) and av.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emotivetalk_core.audio import frame_count, load_audio
+from emotivetalk_core.video_io import probe
+
+UPSCALE_MODEL = "upscale_x2.safetensors"
+UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+    videos: list = field(default_factory=list)
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+def make_inputs(folder: Path, seconds: float, long_seconds: float) -> dict[str, Path]:
+    """The files the shipped workflows load, made from the pack's own demo assets."""
+    from PIL import Image
+
+    assets = ROOT / "emotivetalk_core" / "assets"
+    speech = load_audio(assets / "speech.wav")  # 16 kHz mono float32
+    portrait = Image.open(assets / "portrait.png").convert("RGB")
+    files = {name: folder / name for name in UPLOADS}
+    portrait.save(files["portrait.png"])
+    # A different expression source than the portrait itself: the portrait mirrored.
+    portrait.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(files["emotion.png"])
+    write_wav(files["speech.wav"], speech[: round(seconds * 16000)])
+    repeats = math.ceil(long_seconds * 16000 / len(speech))
+    write_wav(files["long_speech.wav"], np.tile(speech, repeats)[: round(long_seconds * 16000)])
+    wide = Image.new("RGB", (1280, 720), (70, 80, 90))
+    wide.paste(portrait.resize((384, 384)), (780, 250))  # face right of centre and low
+    wide.save(files["wide_portrait.png"])
+    return files
+
+
+def write_wav(path: Path, mono: np.ndarray, rate: int = 16000) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((np.clip(mono, -1, 1) * 32767).round().astype("<i2").tobytes())
+
+
+def write_upscale_model(comfy_home: Path) -> Path:
+    """A tiny RealESRGAN-Compact x2 (SRVGGNetCompact) with random weights, safetensors.
+
+    Compact adds the nearest-upscaled input to its output, so small weights give an image close
+    to a plain 2x upscale: the chain's frames stay recognisable.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    features, convs, scale = 8, 2, 2
+    shapes = [(features, 3)] + [(features, features)] * convs + [(3 * scale * scale, features)]
+    state, index = {}, 0
+    for number, (out_channels, in_channels) in enumerate(shapes):
+        state[f"body.{index}.weight"] = 0.01 * torch.randn(out_channels, in_channels, 3, 3, generator=generator)
+        state[f"body.{index}.bias"] = torch.zeros(out_channels)
+        index += 1
+        if number < len(shapes) - 1:  # a PReLU after every conv but the last
+            state[f"body.{index}.weight"] = torch.full((out_channels,), 0.25)
+            index += 1
+    path = comfy_home / "ComfyUI" / "models" / "upscale_models" / UPSCALE_MODEL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+def start_server(comfy_home: Path, port: int, log_path: Path) -> subprocess.Popen:
+    python = comfy_home / "venv" / "bin" / "python"
+    main = comfy_home / "ComfyUI" / "main.py"
+    for needed in (python, main):
+        if not needed.exists():
+            raise SystemExit(f"not a ComfyUI home: {needed} is missing (expected ComfyUI/ and venv/ under {comfy_home})")
+    log = log_path.open("w")
+    return subprocess.Popen([str(python), str(main), "--cpu", "--listen", "127.0.0.1", "--port", str(port)],
+                            cwd=main.parent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class Client:
+    """ComfyUI's HTTP + websocket API (what its own frontend uses)."""
+
+    def __init__(self, url: str):
+        import aiohttp
+
+        self.url = url.rstrip("/")
+        self.client_id = uuid.uuid4().hex
+        self.session = aiohttp.ClientSession()
+        self.ws = None
+
+    async def close(self):
+        if self.ws is not None:
+            await self.ws.close()
+        await self.session.close()
+
+    async def get(self, path: str):
+        async with self.session.get(self.url + path) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def wait_until_up(self, timeout: float) -> None:
+        import aiohttp
+
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                await self.get("/system_stats")
+                return
+            except (aiohttp.ClientError, OSError):
+                if time.monotonic() > end:
+                    raise SystemExit(f"no ComfyUI answered at {self.url} within {timeout:.0f} s")
+                await asyncio.sleep(0.5)
+
+    async def connect(self) -> None:
+        self.ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", max_msg_size=0)
+
+    async def upload(self, path: Path) -> None:
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("image", path.read_bytes(), filename=path.name)
+        form.add_field("type", "input")
+        form.add_field("overwrite", "true")
+        async with self.session.post(self.url + "/upload/image", data=form) as response:
+            if response.status != 200:
+                raise RuntimeError(f"upload of {path.name} failed: {response.status} {await response.text()}")
+
+    async def submit(self, workflow: dict) -> str:
+        body = {"prompt": workflow, "client_id": self.client_id}
+        async with self.session.post(self.url + "/prompt", json=body) as response:
+            answer = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"rejected by /prompt: {json.dumps(answer)[:2000]}")
+            return answer["prompt_id"]
+
+    async def events(self, prompt_id: str):
+        """This prompt's websocket messages, until it finishes one way or another."""
+        async for message in self.ws:
+            if message.type.name != "TEXT":
+                continue  # binary previews
+            event = json.loads(message.data)
+            data = event.get("data", {})
+            if data.get("prompt_id") != prompt_id:
+                continue
+            yield event
+            if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                return
+
+    async def fresh(self) -> None:
+        """Drop ComfyUI's node cache and models, so the next run executes every node for real
+        (an identical earlier prompt would otherwise be answered from the cache)."""
+        async with self.session.post(self.url + "/free", json={"unload_models": True, "free_memory": True}) as response:
+            response.raise_for_status()
+        await asyncio.sleep(1.0)  # the worker applies the flags between prompts
+
+    async def interrupt(self) -> None:
+        async with self.session.post(self.url + "/interrupt") as response:
+            response.raise_for_status()
+
+    async def outputs(self, prompt_id: str) -> list[dict]:
+        history = (await self.get(f"/history/{prompt_id}"))[prompt_id]
+        files = []
+        for node_output in history.get("outputs", {}).values():
+            for entries in node_output.values():
+                if isinstance(entries, list):
+                    files += [e for e in entries if isinstance(e, dict) and str(e.get("filename", "")).endswith(".mp4")]
+        return files
+
+    async def download(self, entry: dict, folder: Path) -> Path:
+        from urllib.parse import urlencode
+
+        query = urlencode({k: entry.get(k, "") for k in ("filename", "subfolder", "type")})
+        async with self.session.get(f"{self.url}/view?{query}") as response:
+            response.raise_for_status()
+            path = folder / entry["filename"]
+            path.write_bytes(await response.read())
+            return path
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def pack_node_ids() -> list[str]:
+    import nodes
+
+    return sorted(nodes.NODE_CLASS_MAPPINGS)
+
+
+async def check_import(client: Client, log_path: Path | None) -> Check:
+    info = await client.get("/object_info")
+    missing = [node for node in pack_node_ids() if node not in info]
+    problems = [f"/object_info lacks {missing}"] if missing else []
+    if log_path is not None:
+        log = log_path.read_text(errors="replace")
+        if "IMPORT FAILED" in log:
+            problems.append("the server log says IMPORT FAILED: " + " | ".join(line for line in log.splitlines() if "IMPORT FAILED" in line))
+        if "ComfyUI-EmotiveTalk" not in log:
+            problems.append("the server log never mentions custom_nodes/ComfyUI-EmotiveTalk: is the pack installed?")
+    listed = sum(node in info for node in pack_node_ids())
+    return Check("import + /object_info", not problems, "; ".join(problems) or f"all {listed} EmotiveTalk nodes listed")
+
+
+def expected_frames(audio_path: Path, fps: float) -> int:
+    return frame_count(len(load_audio(audio_path)), Fraction(str(fps)))
+
+
+def check_video(path: Path, audio_path: Path) -> tuple[bool, str, dict]:
+    facts = probe(path)
+    fps = float(facts["fps"])
+    wanted = expected_frames(audio_path, fps)
+    gap = abs(facts["duration"] - (facts["audio_duration"] or 0.0))
+    ok = facts["audio_duration"] is not None and gap <= 1 / fps + 1e-6 and facts["frames"] == wanted
+    detail = (f"{path.name}: {facts['frames']} frames ({wanted} expected) {facts['width']}x{facts['height']}, "
+              f"video {facts['duration']:.3f} s, audio {facts['audio_duration']} s")
+    return ok, detail, {**facts, "fps": fps, "file": path.name}
+
+
+async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Path, out: Path,
+                       timeout: float) -> Check:
+    await client.fresh()
+    start = time.monotonic()
+    try:
+        prompt_id = await client.submit(workflow)
+        finished = await asyncio.wait_for(_last_event(client, prompt_id), timeout)
+    except (RuntimeError, asyncio.TimeoutError) as error:
+        return Check(name, False, f"{type(error).__name__}: {error}", time.monotonic() - start)
+    seconds = time.monotonic() - start
+    if finished["type"] != "execution_success":
+        data = finished["data"]
+        return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
+    videos = [await client.download(entry, out) for entry in await client.outputs(prompt_id)]
+    if not videos:
+        return Check(name, False, "finished without writing an mp4", seconds)
+    results = [check_video(video, audio_path) for video in videos]
+    return Check(name, all(ok for ok, _, _ in results), "; ".join(d for _, d, _ in results), seconds,
+                 [facts for _, _, facts in results])
+
+
+async def _last_event(client: Client, prompt_id: str) -> dict:
+    last = None
+    async for event in client.events(prompt_id):
+        last = event
+    return last
+
+
+def audio_of(workflow: dict, inputs: dict[str, Path]) -> Path:
+    names = [node["inputs"]["audio"] for node in workflow.values() if node["class_type"] == "LoadAudio"]
+    if len(names) != 1:
+        raise ValueError(f"expected one LoadAudio node, found {len(names)}")
+    return inputs[names[0]]
+
+
+def convert_ui(converter: Path, python: Path, ui_path: Path, url: str, folder: Path) -> dict:
+    api_path = folder / f"{ui_path.stem}.from_ui.json"
+    subprocess.run([str(python), str(converter), "ui2api", str(ui_path), str(api_path), "--server", url],
+                   check=True, capture_output=True, text=True, timeout=180)
+    return json.loads(api_path.read_text())
+
+
+async def check_interrupt(client: Client, workflow: dict, audio_path: Path, out: Path, timeout: float) -> Check:
+    """Cancel while the ETHD sampler reports progress; then the same workflow must succeed."""
+    await client.fresh()
+    start = time.monotonic()
+    prompt_id = await client.submit(workflow)
+    sampler_ids = {nid for nid, node in workflow.items() if node["class_type"] in ("EmotiveTalkGenerate", "EmotiveTalkETHDSampler")}
+    interrupted_at, finished = None, None
+    async for event in client.events(prompt_id):
+        data = event["data"]
+        if event["type"] == "progress" and data.get("node") in sampler_ids and data["value"] >= 2 and interrupted_at is None:
+            await client.interrupt()
+            interrupted_at = time.monotonic()
+        finished = event
+    if interrupted_at is None:
+        return Check("interrupt", False, f"the run ended ({finished['type']}) before sampling progress was seen", time.monotonic() - start)
+    stop_seconds = time.monotonic() - interrupted_at
+    if finished["type"] != "execution_interrupted":
+        return Check("interrupt", False, f"after /interrupt the run ended with {finished['type']}", time.monotonic() - start)
+    rerun = await run_workflow(client, "rerun after interrupt", workflow, audio_path, out, timeout)
+    return Check("interrupt", rerun.ok, f"stopped {stop_seconds:.1f} s after /interrupt; next run: {rerun.detail}",
+                 time.monotonic() - start, rerun.videos)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfy-home", type=Path, default=os.environ.get("COMFY_HOME"),
+                        help="folder holding ComfyUI/ and venv/ (default: $COMFY_HOME)")
+    parser.add_argument("--url", help="use a ComfyUI already running here instead of starting one")
+    parser.add_argument("--port", type=int, default=8199, help="port for the server this script starts")
+    parser.add_argument("--ui-convert", type=Path, help="UI->API converter using ComfyUI's frontend (ui_convert.py)")
+    parser.add_argument("--out", type=Path, help="folder for videos, logs and summary.json (default: a temp folder)")
+    parser.add_argument("--only", help="comma-separated workflow names (default: all)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of the uploaded speech.wav")
+    parser.add_argument("--long-seconds", type=float, default=20.0, help="length of long_speech.wav")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
+    parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt check")
+    return parser.parse_args(argv)
+
+
+def selected(folder: Path, only: str | None) -> list[Path]:
+    paths = sorted(folder.glob("*.json"))
+    if only:
+        names = set(only.split(","))
+        paths = [p for p in paths if p.stem in names]
+    return paths
+
+
+async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> list[Check]:
+    await client.wait_until_up(300)
+    await client.connect()
+    checks = [await check_import(client, log_path)]
+    inputs = make_inputs(out, args.seconds, args.long_seconds)
+    for path in inputs.values():
+        await client.upload(path)
+    if args.comfy_home:
+        write_upscale_model(Path(args.comfy_home))
+    for path in selected(ROOT / "workflows" / "api", args.only):
+        workflow = json.loads(path.read_text())
+        checks.append(await run_workflow(client, f"api/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
+        print(_line(checks[-1]), flush=True)
+    if args.ui_convert:
+        python = Path(args.comfy_home) / "venv" / "bin" / "python" if args.comfy_home else Path(sys.executable)
+        for path in selected(ROOT / "workflows", args.only):
+            try:
+                workflow = convert_ui(args.ui_convert, python, path, client.url, out)
+            except subprocess.CalledProcessError as error:
+                checks.append(Check(f"ui/{path.stem}", False, f"conversion failed: {error.stderr[-1000:]}"))
+                continue
+            checks.append(await run_workflow(client, f"ui/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
+            print(_line(checks[-1]), flush=True)
+    if not args.no_interrupt:
+        workflow = json.loads((ROOT / "workflows" / "api" / "basic.json").read_text())
+        checks.append(await check_interrupt(client, workflow, audio_of(workflow, inputs), out, args.timeout))
+        print(_line(checks[-1]), flush=True)
+    return checks
+
+
+def _line(check: Check) -> str:
+    return f"{'PASS' if check.ok else 'FAIL'}  {check.name} ({check.seconds:.0f} s): {check.detail}"
+
+
+async def _main(args) -> int:
+    out = args.out or Path(tempfile.mkdtemp(prefix="emotivetalk-comfyui-"))
+    out.mkdir(parents=True, exist_ok=True)
+    server, log_path = None, None
+    if args.url is None:
+        log_path = out / "server.log"
+        server = start_server(Path(args.comfy_home), args.port, log_path)
+    client = Client(args.url or f"http://127.0.0.1:{args.port}")
+    try:
+        checks = await run_checks(args, client, log_path, out)
+        version = (await client.get("/system_stats"))["system"].get("comfyui_version", "unknown")
+    finally:
+        await client.close()
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    summary = {"comfyui_version": version, "passed": sum(c.ok for c in checks), "failed": sum(not c.ok for c in checks),
+               "checks": [asdict(c) for c in checks]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"ComfyUI {version}: {summary['passed']} passed, {summary['failed']} failed (details: {out / 'summary.json'})")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.comfy_home is None and args.url is None:
+        print("No ComfyUI to check against: pass --comfy-home DIR (or set COMFY_HOME) or --url. Nothing was checked.",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
