@@ -152,6 +152,14 @@ def test_stopping_and_resuming_gives_bitwise_the_uninterrupted_run(tmp_path):
     assert any(not torch.equal(first[key], last[key]) for key in first)
 
 
+def test_data_loader_workers_do_not_change_the_run(tmp_path):
+    shards = write_synthetic_shards(tmp_path / "shards", videos=1, clips=2, frames=4)
+    runs = [train(resolve_config(encoders_config(shards, tmp_path / f"w{workers}", steps=2, num_workers=workers)))
+            for workers in (0, 2)]
+    left, right = (load_file(run / "checkpoints" / "step-000002" / "model.safetensors") for run in runs)
+    assert all(torch.equal(left[key], right[key]) for key in left)
+
+
 def test_a_run_folder_with_checkpoints_is_not_overwritten(tmp_path):
     shards = write_synthetic_shards(tmp_path / "shards", videos=1, clips=1, frames=4)
     config = resolve_config(encoders_config(shards, tmp_path / "run", steps=2))

@@ -161,7 +161,7 @@ class ClipDataset(torch.utils.data.Dataset):
         info = self.infos[where.shard]
         emotion = info.get("emotion")
         return {
-            "frames": torch.from_numpy(arrays["frames"]).permute(0, 3, 1, 2).float() / 255.0,
+            "frames": _channels_first(arrays["frames"]),
             "mask": torch.from_numpy(arrays["mask"]).unsqueeze(1).float() / 255.0,
             "audio": torch.from_numpy(arrays["audio"]),
             "box": torch.from_numpy(arrays["box"]),
@@ -177,8 +177,7 @@ class ClipDataset(torch.utils.data.Dataset):
         where = self.windows[index]
         outside = [f for f in range(where.clip_frames) if not where.start <= f < where.start + self.window]
         frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else where.start
-        image = self._read(where, frame, frame + 1, keys=("frames",))["frames"][0]
-        return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        return _channels_first(self._read(where, frame, frame + 1, keys=("frames",))["frames"])[0]
 
     def _read(self, where: Window, start: int, stop: int, keys=FIELDS) -> dict[str, np.ndarray]:
         from safetensors import safe_open
@@ -190,6 +189,16 @@ class ClipDataset(torch.utils.data.Dataset):
                 tensor = handle.get_slice(f"{where.clip}.{key}")
                 result[key] = tensor[start * per_frame : stop * per_frame] if key == "audio" else tensor[start:stop]
         return result
+
+
+def _channels_first(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, S, S, 3]`` -> float ``[T, 3, S, S]`` in 0..1, contiguous.
+
+    Contiguous, not a permuted view: CPU convolutions take another code path (and round
+    differently) for a channels-last layout, and collating in DataLoader workers makes batches
+    contiguous while collating in the main process keeps the layout, so a view would make the
+    results depend on ``num_workers``."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous().float() / 255.0
 
 
 def target_statistics(root: str | Path, fields: tuple[str, ...] = ("lip_target", "exp_target")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
