@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silence-db", type=float, default=-50.0, help="audio quieter than this RMS (dB full scale) counts as silent (default: %(default)s)")
     parser.add_argument("--targets", choices=targets.CHOICES, default="auto", help="Lip/Exp encoder targets: landmarks (mediapipe, requirements-train.txt), fallback (image patches) or auto (default)")
     parser.add_argument("--include", action="append", default=[], metavar="GLOB", help="only videos whose path under --videos matches, e.g. '*/front/*' (repeatable)")
-    parser.add_argument("--limit", type=int, default=0, help="process at most this many videos (0 = all)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N videos found, in path order (0 = all)")
     parser.add_argument("--workers", type=int, default=1, help="videos processed in parallel processes (default: %(default)s)")
     parser.add_argument("--retry-skipped", action="store_true", help="try again the files an earlier run skipped")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (read by the command-line dispatcher)")
@@ -150,11 +150,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             info = _shard_info(relative, settings, tool)
             jobs.append(Job(source, relative, shard, out / WORK_DIR / shard.stem, settings, info))
-    shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # leftovers of an interrupted run
+    _remove_tree(out / WORK_DIR)  # leftovers of an interrupted run
     for result in _execute(jobs, args.workers):
         results.append(result)
         _remember(out / SKIPPED_FILE, skipped, result, videos)
-    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    _remove_tree(out / WORK_DIR)
     summary = _summarise(results, len(sources), time.perf_counter() - started, settings, tool)
     _write_json(out / SUMMARY_FILE, summary)
     _log_summary(summary, out)
@@ -312,7 +312,7 @@ def process(job: Job) -> dict:
     except Skip as skip:
         return {"source": job.relative, "status": "skipped", "reason": skip.reason, "detail": skip.detail}
     finally:
-        shutil.rmtree(job.work, ignore_errors=True)
+        _remove_tree(job.work)
     seconds = time.perf_counter() - started
     logger.info("%s: %d clips, %d frames in %.1f s", job.relative, clips, frames, seconds)
     return {"source": job.relative, "status": "written", "clips": clips, "frames": frames, "seconds": seconds}
@@ -504,6 +504,11 @@ def _log_summary(summary: dict, out: Path) -> None:
         summary["frames_per_second"], summary["already_done"], summary["skipped"], summary["skipped_before"],
         reasons, out / SUMMARY_FILE,
     )
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
 
 
 def _read_json(path: Path) -> dict:
