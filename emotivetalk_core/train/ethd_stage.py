@@ -132,18 +132,15 @@ ETHD_DEFAULTS = {
 }
 CONDITION_SOURCES = ("encoders", "vaid")
 MASK_SOURCES = ("shard", "face_processor")
-# Guidance passes from the fewest conditions to all of them (sampling.Guidance's names).
-PASSES = ("none", "reference", "lip", "expression")
 
 
-def check_window(config: dict) -> int:
-    """The clip length, after checking the data window equals it."""
+def check_window(config: dict) -> None:
+    """The data window must be the clip length (see the module docstring)."""
     clip_frames = config["model"]["ethd"]["clip_frames"]
     window = config["data"].get("window", clip_frames)
     if window != clip_frames:
         raise ValueError(f"data.window ({window}) must equal model.ethd.clip_frames ({clip_frames}): SVD's "
                          "conditioning is per clip, so ETHD trains on clips of the inference window's length")
-    return clip_frames
 
 
 def _check_options(opts: dict) -> None:
@@ -162,15 +159,15 @@ def checkpointing_function(ethd: ETHD):
     context = ethd._context
 
     def checkpointed(module, *args):
-        recompute = contextlib.nullcontext
-        if context.active:
-            bound = (context.lip, context.driven, context.reference, context.face_mask, context.latent_hw)
+        # Captured now, during the forward; entered during backward, when ETHD.forward has
+        # returned and cleared the context. Outside ETHD.forward the UNet is plain SVD.
+        bound = (context.lip, context.driven, context.reference, context.face_mask, context.latent_hw)
+        active = context.active
 
-            def recompute():
-                return context.bound(*bound)
+        def contexts():
+            return contextlib.nullcontext(), (context.bound(*bound) if active else contextlib.nullcontext())
 
-        return torch.utils.checkpoint.checkpoint(
-            module.__call__, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recompute()))
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
 
     return checkpointed
 
