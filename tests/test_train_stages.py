@@ -213,14 +213,27 @@ def test_emotion_sources_mix_every_route_on_labelled_clips_and_images_otherwise(
     batch = {"index": torch.arange(2 * count),
              "emotion": torch.tensor([LABELS.index("happy")] * count + [-1] * count)}
     sources = stage.emotion_sources(batch, WINDOW, SampleNoise(0, 0))
-    shares = Counter(kind for kind, _ in sources[:count])
+    labelled, unlabelled = sources[:count], sources[count:]
+    shares = Counter(source["kind"] for source in labelled)
     assert abs(shares["label"] / count - 0.4) < 0.08 and abs(shares["text"] / count - 0.3) < 0.08
     assert abs(shares["image"] / count - 0.3) < 0.08
-    assert {value for kind, value in sources[:count] if kind == "label"} == {"happy"}
-    texts = {value for kind, value in sources[:count] if kind == "text"}
+    assert {source["label"] for source in labelled} == {"happy"}
+    texts = {source["text"] for source in labelled}
     assert len(texts) == 5 and all("happ" in text for text in texts)
-    assert {kind for kind, _ in sources[count:]} == {"image"}
-    assert {value for _, value in sources[count:]} == set(range(WINDOW))
+    assert {source["kind"] for source in unlabelled} == {"image"}
+    assert {source["label"] for source in unlabelled} == {source["text"] for source in unlabelled} == {None}
+    assert {source["image"] for source in sources} == set(range(WINDOW))
+
+
+@pytest.mark.parametrize("index", [0, 6], ids=["labelled", "unlabelled"])
+def test_every_trainable_vaid_parameter_takes_part_in_every_batch(shards, index):
+    # DDP stops when one process leaves a parameter out of its graph: a route no clip drew, or
+    # the label and text routes in a batch without a labelled clip.
+    stage, modules = _build(VAIDStage, _config(shards, "vaid"))
+    stage.loss(modules, _batch(shards, [index]), SampleNoise(0, 0))["loss"].backward()
+    missing = [f"{name}.{parameter}" for name in stage.trainable(modules)
+               for parameter, value in modules[name].named_parameters() if value.grad is None]
+    assert not missing
 
 
 def test_vaid_errors_name_what_is_wrong(shards):

@@ -19,19 +19,22 @@ One batch, fed the way the inference pipeline feeds these networks:
   Mapping, replaced with probability ``condition_dropout`` by Exp Encoder(reference frame) (the
   portrait's own expression, the "unconditional" that intensity and guidance interpolate from);
 - **push** = ``vaid.push_loss(l_a, e_a)`` with e_a Di-CTE's prediction;
-- **mapping**: the mapped condition regressed onto the clip's mean ``e_v``. The Mapping's
-  docstring promises that every source lands where a face showing that emotion would land, and
-  the emotion timeline mixes conditions linearly around Exp Encoder(portrait); Di-CTE's gradient
-  alone would let the conditions drift anywhere it can read them. It is also what gives
-  Mapping("neutral"), the baseline of the neutralise option, a meaning: the mean code of the
-  clips labelled neutral (a label no shard carries keeps its random embedding; ``build`` warns).
+- **mapping**: every route a clip has (the image route always, label and text when it is
+  labelled) regressed onto the clip's mean ``e_v``. The Mapping's docstring promises that every
+  source lands where a face showing that emotion would land, and the emotion timeline mixes
+  conditions linearly around Exp Encoder(portrait); Di-CTE's gradient alone would let the
+  conditions drift anywhere it can read them. It is also what gives Mapping("neutral"), the
+  baseline of the neutralise option, a meaning: the mean code of the clips labelled neutral (a
+  label no shard carries keeps its random embedding; ``build`` warns).
 
 Emotion sources per clip (drawn per clip): a labelled clip takes its label with probability
 ``label_prob``, a label-derived prompt (:data:`TEXT_TEMPLATES`) with ``text_prob``, else an
 emotion image; an unlabelled clip always takes an emotion image. The emotion image is a frame
 of the clip (Exp Encoder, then ``Mapping.from_image``), a random one, never the reference,
 whose own code is the unconditional condition. Mixing all three routes on labelled clips trains
-every route the nodes offer and pulls them to the same place for the same emotion.
+every route the nodes offer and pulls them to the same place for the same emotion. A batch
+without a labelled clip passes the label and text routes with weight zero, so every parameter
+takes part in every step (DDP stops on a parameter one process did not use).
 
 Randomness: every draw comes from ``noise`` keyed by the clip's ``batch["index"]``. The Di-CTE
 term draws each clip's timestep, noise and dropout from ``noise.generator("vaid.dicte", index)``
@@ -41,9 +44,9 @@ of per-clip terms; **pull and push are batch-wide** (InfoNCE negatives, correlat
 batch's frames), so they change with the per-process batch split; the stage says so here, as
 the contract asks.
 
-The loop must put the reference frame in the batch: ``batch["reference"]`` ``[B, 3, S, S]``, a
-frame of the clip from outside the window (``ClipDataset.outside_frame`` with a generator from
-``noise``); the stage raises when it is missing.
+The portrait x_ref is ``batch["reference"]`` ``[B, 3, S, S]``, the frame of the clip from
+outside the window that the loop adds (seeded stream ``"data.reference"``); a batch without it
+is an error naming what is missing.
 
 The speech encoder is held by the stage, not in the module dict: its features must be computed
 in float32 exactly as inference does (the log-mel encoder does not even run in bf16), and its
@@ -248,7 +251,7 @@ class VAIDStage:
         with torch.no_grad():
             own = modules["exp_encoder"](reference).float()
         identity = modules["identity_encoder"](reference)
-        condition = self._conditions(modules, batch, e_v, frames, noise)
+        condition, mapping_terms, idle = self._conditions(modules, batch, e_v, frames, noise)
         dicte_terms, e_a = dicte_loss(modules["dicte"], e_v, speech, identity, condition, own,
                                       opts["condition_dropout"], noise, index)
         terms = {
@@ -256,44 +259,57 @@ class VAIDStage:
             "lip_scale": lip_scale_loss(l_a, l_v).mean(),
             "dicte": dicte_terms.mean(),
             "push": push_loss(l_a, e_a),
-            "mapping": (condition - e_v.mean(dim=1)).square().mean(dim=1).mean(),
+            "mapping": mapping_terms.mean(),
         }
-        total = sum(opts[f"{name}_weight"] * value for name, value in terms.items())
+        total = sum(opts[f"{name}_weight"] * value for name, value in terms.items()) + idle
         logged = {name: value.detach() for name, value in terms.items()}
         return {"loss": total, **logged, "pull_top1": top1_accuracy(l_a.detach(), l_v)}
 
-    def _conditions(self, modules, batch, e_v, frames, noise) -> torch.Tensor:
-        """The mapped emotion condition ``[B, exp_dim]`` of each clip (see the module docstring)."""
-        sources = self.emotion_sources(batch, frames.shape[1], noise)
+    def _conditions(self, modules, batch, e_v, frames, noise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(condition [B, exp_dim], mapping term [B], idle)``: each clip's Di-CTE condition is
+        the code of its drawn route; its mapping term averages every route it has (the image
+        route always; label and text when labelled) against its mean ``e_v``, so each route
+        learns whenever it can. ``idle`` is a zero-weighted pass through the label and text
+        routes when no clip is labelled: every parameter then takes part in every step, which
+        DDP needs (a route unused on one process would stop it)."""
         mapping = modules["mapping"]
-        rows: list[torch.Tensor | None] = [None] * len(sources)
-        routes = {
-            "label": lambda chosen: mapping.from_label([label for _, label in chosen]),
-            "text": lambda chosen: mapping.from_text([prompt for _, prompt in chosen]),
-            "image": lambda chosen: mapping.from_image(torch.stack([e_v[row, frame] for row, frame in chosen])),
-        }
-        for kind, route in routes.items():
-            chosen = [(row, value) for row, (k, value) in enumerate(sources) if k == kind]
-            if not chosen:
-                continue
-            codes = route(chosen)
-            for (row, _), code in zip(chosen, codes, strict=True):
-                rows[row] = code
-        return torch.stack(rows).float()
+        sources = self.emotion_sources(batch, frames.shape[1], noise)
+        target = e_v.mean(dim=1)
+        rows = range(len(sources))
+        codes = {"image": list(mapping.from_image(torch.stack([e_v[row, sources[row]["image"]] for row in rows])).float())}
+        labelled = [row for row in rows if sources[row]["label"] is not None]
+        idle = target.new_zeros(())
+        if labelled:
+            for kind, route in (("label", mapping.from_label), ("text", mapping.from_text)):
+                codes[kind] = dict(zip(labelled, route([sources[row][kind] for row in labelled]).float(), strict=True))
+        else:
+            anchor = mapping.labels[0]
+            idle = 0 * (mapping.from_label([anchor]).sum() + mapping.from_text([text_prompt(anchor, 0.0)]).sum())
+        condition = torch.stack([codes[sources[row]["kind"]][row] for row in rows])
+        terms = torch.stack([
+            torch.stack([(codes[kind][row] - target[row]).square().mean() for kind in ("image", "label", "text")
+                         if kind == "image" or row in labelled]).mean()
+            for row in rows
+        ])
+        return condition, terms, idle
 
-    def emotion_sources(self, batch: dict, frames: int, noise: SampleNoise) -> list[tuple[str, object]]:
-        """Per clip ``("label", name)``, ``("text", prompt)`` or ``("image", frame index)``."""
+    def emotion_sources(self, batch: dict, frames: int, noise: SampleNoise) -> list[dict]:
+        """Per clip: ``kind`` (the route of its Di-CTE condition: ``"label"``, ``"text"`` or
+        ``"image"``), ``label`` and ``text`` (``None`` for an unlabelled clip), ``image`` (the
+        index of the emotion-image frame)."""
         opts = self.options
         draws = noise.uniform("vaid.condition", batch["index"], (2,)).tolist()
         sources = []
-        for emotion, (source, pick) in zip(batch["emotion"].tolist(), draws, strict=True):
+        for emotion, (route, pick) in zip(batch["emotion"].tolist(), draws, strict=True):
             label = self.data_labels[emotion] if emotion >= 0 else None
-            if label is not None and source < opts["label_prob"]:
-                sources.append(("label", label))
-            elif label is not None and source < opts["label_prob"] + opts["text_prob"]:
-                sources.append(("text", text_prompt(label, pick)))
+            if label is not None and route < opts["label_prob"]:
+                kind = "label"
+            elif label is not None and route < opts["label_prob"] + opts["text_prob"]:
+                kind = "text"
             else:
-                sources.append(("image", min(int(pick * frames), frames - 1)))
+                kind = "image"
+            sources.append({"kind": kind, "label": label, "text": None if label is None else text_prompt(label, pick),
+                            "image": min(int(pick * frames), frames - 1)})
         return sources
 
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
