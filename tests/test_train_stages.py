@@ -434,6 +434,27 @@ def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(sh
         assert set(stage.export(modules, config)) == {"unet", "adapter", "vae", "image_encoder"}
 
 
+def test_whole_unet_trained_on_a_diffusers_folder_exports_a_self_contained_file(shards, tmp_path):
+    from emotivetalk_core.models import build_emotivetalk_model
+
+    torch.manual_seed(12)
+    base = build_emotivetalk_model(get_config("tiny"))
+    folder = tmp_path / "svd_tiny"
+    base.ethd.unet.save_pretrained(folder / "unet")
+    base.vae.save_pretrained(folder / "vae")
+    base.image_encoder.save_pretrained(folder / "image_encoder")
+    config = _config(shards, "ethd", {"train_unet": True}, init={"base_svd": str(folder)})
+    stage, modules = _build(ETHDStage, config)
+    assert all(p.requires_grad for p in modules["ethd"].unet.parameters())
+    _randomise_adapters(modules)
+    model = load_emotivetalk_model(_save(stage, modules, config, tmp_path / "ethd.safetensors"))  # no base needed
+    for name, tensor in modules["ethd"].state_dict().items():
+        assert torch.equal(model.ethd.state_dict()[name], tensor), name
+    for name, tensor in base.image_encoder.state_dict().items():
+        assert torch.equal(model.image_encoder.state_dict()[name], tensor), name
+    assert model.info["base_svd"]["name"] == "svd_tiny" and len(model.info["base_svd"]["files"]) == 3
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(shards):
     batch, noise = _batch(shards, [5]), SampleNoise(0, 4)
     gradients = []
