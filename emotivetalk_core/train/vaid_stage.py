@@ -169,11 +169,11 @@ def _encoders_from_file(path: str, key: str, encoders_config: dict) -> dict[str,
 # --- per-batch inputs shared with the ethd stage ---------------------------------------------
 
 def reference_frames(batch: dict) -> torch.Tensor:
-    """``batch["reference"]`` ``[B, 3, S, S]``, or a clear error naming who must provide it."""
+    """``batch["reference"]`` ``[B, 3, S, S]``, or a clear error naming who provides it."""
     if "reference" not in batch:
-        raise KeyError("the batch has no 'reference' frame: the training loop must add batch['reference'] "
+        raise KeyError("the batch has no 'reference' frame: the training loop adds batch['reference'] "
                        "[B, 3, S, S], a frame of each clip from outside its window (ClipDataset.outside_frame "
-                       "with a generator from SampleNoise keyed by the clip's index)")
+                       "with the seeded stream 'data.reference'); a batch made elsewhere must add it too")
     return batch["reference"]
 
 
