@@ -213,7 +213,14 @@ class Client:
             response.raise_for_status()
 
     async def outputs(self, prompt_id: str) -> list[dict]:
-        history = (await self.get(f"/history/{prompt_id}"))[prompt_id]
+        # The success message goes out before the worker files the history entry: wait for it.
+        for _ in range(120):
+            history = (await self.get(f"/history/{prompt_id}")).get(prompt_id)
+            if history is not None:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError(f"prompt {prompt_id} finished but never appeared in /history")
         files = []
         for node_output in history.get("outputs", {}).values():
             for entries in node_output.values():
@@ -282,7 +289,10 @@ async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Pa
     if finished["type"] != "execution_success":
         data = finished["data"]
         return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
-    videos = [await client.download(entry, out) for entry in await client.outputs(prompt_id)]
+    try:
+        videos = [await client.download(entry, out) for entry in await client.outputs(prompt_id)]
+    except RuntimeError as error:
+        return Check(name, False, str(error), seconds)
     if not videos:
         return Check(name, False, "finished without writing an mp4", seconds)
     results = [check_video(video, audio_path) for video in videos]
@@ -345,8 +355,8 @@ def parse_args(argv=None):
     parser.add_argument("--ui-convert", type=Path, help="UI->API converter using ComfyUI's frontend (ui_convert.py)")
     parser.add_argument("--out", type=Path, help="folder for videos, logs and summary.json (default: a temp folder)")
     parser.add_argument("--only", help="comma-separated workflow names (default: all)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of the uploaded speech.wav")
-    parser.add_argument("--long-seconds", type=float, default=20.0, help="length of long_speech.wav")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of the uploaded speech.wav")
+    parser.add_argument("--long-seconds", type=float, default=8.0, help="length of long_speech.wav")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
     parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt check")
     return parser.parse_args(argv)
