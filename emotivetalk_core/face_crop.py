@@ -6,7 +6,7 @@ paper's 512x512 results. A real portrait is often a 1280x720 frame with the face
 This is the practical step before and after the method:
 
 1. find the face: a user face mask wins, then a user box, then OpenCV's Haar detector
-   (:func:`detect_face`, on :mod:`.face_detect`'s cascade);
+   (:func:`.face_detect.detect_face`);
 2. cut a face-centred square around it (:func:`crop_region_from_box`, :func:`crop`), padding by
    edge replication where the square leaves the image, so a face at the border still works;
 3. animate the square;
@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import face_detect
-from .face_detect import Box, FaceDetectionUnavailable
+from .face_detect import Box, FaceDetectionUnavailable, detect_face
 
 log = logging.getLogger(__name__)
 
@@ -104,41 +103,6 @@ def box_from_mask(mask) -> Box | None:
     if rows.size == 0:
         return None
     return Box(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
-
-
-def detect_face(image: np.ndarray, min_size_fraction: float = 0.08) -> Box | None:
-    """The best-supported frontal face of an RGB image ``[H, W, 3]`` (uint8 or float 0..1), or None.
-
-    :mod:`.face_detect`'s Haar cascade, used differently in two ways, because its own
-    ``largest_face`` failed on the very case this module is for. Measured on the astronaut photo pasted at 8 places
-    (some cut by the frame edge) into 1280x720 frames of 7 grey levels, 56 frames:
-    ``face_detect.largest_face`` found the face in 48, missed 6 and picked a false positive in 2;
-    this finds it in all 56.
-
-    - Local contrast (CLAHE) instead of one histogram equalisation of the whole frame: a large
-      plain background takes over the global histogram and flattens the face (the 6 misses).
-      With CLAHE no false positive turned up in these frames (the face gathered 23-48 windows).
-    - The detection most raw cascade windows agree on, not the largest: a false positive can
-      be larger than the face (under the global equalisation, a 415-px box around the suit on
-      mid-grey: 6 windows, the face 13). CLAHE made none here; the ranking guards the rest.
-    """
-    # face_detect's loader keeps the cascade file and its install errors in one place.
-    cascade = face_detect._cascade()
-    import cv2
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(
-        cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
-    side = max(1, int(min(gray.shape) * min_size_fraction))
-    found, support = cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
-    if len(found) == 0:
-        return None
-    x, y, w, h = (float(v) for v in np.reshape(found, (-1, 4))[int(np.argmax(support))])
-    return Box(x, y, x + w, y + h)
 
 
 def locate_face(image: torch.Tensor, mask: torch.Tensor | None = None, box: Box | None = None) -> tuple[Box, str]:

@@ -67,8 +67,23 @@ def _cascade():
     return cascade
 
 
-def _gray_uint8(image: np.ndarray) -> np.ndarray:
-    """RGB ``[H, W, 3]`` (uint8, or float 0..1) -> contrast-equalised gray uint8."""
+def detect_face(image: np.ndarray, min_size_fraction: float = 0.08) -> Box | None:
+    """The best-supported frontal face of an RGB image ``[H, W, 3]`` (uint8 or float 0..1), or None.
+
+    Two choices around the plain cascade, measured on the astronaut photo pasted at 8 places (some
+    cut by the frame edge) into 1280x720 frames of 7 grey levels, 56 frames: global histogram
+    equalisation + the largest detection found the face in 48, missed 6 and picked a false
+    positive in 2; this finds it in all 56.
+
+    - Local contrast (CLAHE), not one equalisation of the whole frame: a large plain background
+      takes over the global histogram and flattens the face (the 6 misses).
+    - The detection most raw cascade windows agree on, not the largest: a false positive can be
+      larger than the face (a 415-px box around the suit: 6 windows; the face: 13).
+
+    ``min_size_fraction`` of the shorter side is the smallest face reported: smaller detections
+    in a portrait are almost always false positives (buttons, patterns).
+    """
+    cascade = _cascade()
     import cv2
 
     image = np.asarray(image)
@@ -76,24 +91,11 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    # Equalised, so a dim or low-contrast portrait still triggers the cascade.
-    return cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
-
-
-def detect_faces(image: np.ndarray, min_size_fraction: float = 0.08) -> list[Box]:
-    """Every frontal face in an RGB image, largest first.
-
-    ``min_size_fraction`` of the shorter side is the smallest face reported: smaller detections
-    in a portrait are almost always false positives (buttons, patterns).
-    """
-    gray = _gray_uint8(image)
+    gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(
+        cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
     side = max(1, int(min(gray.shape) * min_size_fraction))
-    found = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
-    boxes = [Box(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in np.reshape(found, (-1, 4))]
-    return sorted(boxes, key=lambda box: box.area, reverse=True)
-
-
-def largest_face(image: np.ndarray, min_size_fraction: float = 0.08) -> Box | None:
-    """The largest face of an RGB image, or None when there is none."""
-    faces = detect_faces(image, min_size_fraction)
-    return faces[0] if faces else None
+    found, support = cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+    if len(found) == 0:
+        return None
+    x, y, w, h = (float(v) for v in np.reshape(found, (-1, 4))[int(np.argmax(support))])
+    return Box(x, y, x + w, y + h)

@@ -69,7 +69,7 @@ def test_crop_finds_the_off_centre_face_and_centres_it(cropped):
     found = crop.face_box
     assert abs(found.centre[0] - FACE.centre[0]) < 10 and abs(found.centre[1] - FACE.centre[1]) < 10
     # The crop shows that face, centred (lifted by DEFAULT_LIFT / scale of the side) and at 1/scale of the side.
-    again = face_crop.detect_face(portrait[0].numpy())
+    again = face_detect.detect_face(portrait[0].numpy())
     assert again is not None
     cx, cy = (c / SIZE for c in again.centre)
     assert abs(cx - 0.5) < 0.04 and abs(cy - (0.5 + face_crop.DEFAULT_LIFT / 2.2)) < 0.04
@@ -207,7 +207,7 @@ def test_detection_prefers_the_box_most_windows_agree_on_over_a_larger_one(monke
             return np.array([[10, 10, 400, 400], [100, 120, 90, 90]]), np.array([6, 13])
 
     monkeypatch.setattr(face_detect, "_cascade", Cascade)
-    assert face_crop.detect_face(np.zeros((480, 640, 3), np.uint8)) == face_detect.Box(100, 120, 190, 210)
+    assert face_detect.detect_face(np.zeros((480, 640, 3), np.uint8)) == face_detect.Box(100, 120, 190, 210)
 
 
 def test_no_face_says_to_give_a_mask_or_box():
@@ -255,4 +255,4 @@ def test_importing_the_nodes_keeps_opencv_lazy():
 
 def test_detection_needs_a_colour_image():
     with pytest.raises(ValueError, match="RGB image"):
-        face_crop.detect_face(np.zeros((64, 64), np.uint8))
+        face_detect.detect_face(np.zeros((64, 64), np.uint8))

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from emotivetalk_core.configs import EMOTION_LABELS
-from emotivetalk_core.face_detect import largest_face
+from emotivetalk_core.face_detect import detect_face
 from emotivetalk_core.train import face_track, preprocess, targets
 from emotivetalk_core.train.shards import ClipDataset, read_shard_info
 from emotivetalk_core.video_io import iter_video_frames
@@ -126,7 +126,7 @@ def test_crops_are_centred_on_the_moving_face(dataset):
     # And in the crops themselves the detector finds the face where the framing puts it, at 1 / 2.2 of the side.
     expected = (SIZE / 2, SIZE * (0.5 + face_track.CROP_LIFT / face_track.CROP_SCALE))
     for frame in clip["frames"][::10]:
-        face = largest_face(frame)
+        face = detect_face(frame)
         assert face is not None
         assert np.hypot(face.centre[0] - expected[0], face.centre[1] - expected[1]) < 0.06 * SIZE
         assert face.width == pytest.approx(SIZE / face_track.CROP_SCALE, rel=0.2)

@@ -1,7 +1,7 @@
 """Face tracking for training videos: one stable, face-centred square crop box per frame.
 
 Training crops must look like what the pack crops at inference, so the face is found and framed
-as the face crop node does it (``face_crop``): its detector (``face_crop.detect_face``: the Haar
+as the face crop node does it (``face_crop``): its detector (``face_detect.detect_face``: the Haar
 cascade on a locally contrast-equalised image, the most-supported detection), and a square
 :data:`CROP_SCALE` (2.2) times the face box's side, centred :data:`CROP_LIFT` (0.1) box sides
 above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
@@ -38,8 +38,8 @@ import math
 
 import numpy as np
 
-from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE, detect_face
-from ..face_detect import Box
+from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE
+from ..face_detect import Box, detect_face
 
 # Crop side / face box side, and how far (in box sides) the crop's centre sits above the box's centre.
 CROP_SCALE = DEFAULT_SCALE
