@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -155,9 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def run() -> int:
         _run(build_parser().parse_args(argv))
-    except (UsageError, ValueError, OSError) as error:  # bad input: files, values, model files
+        return 0
+
+    # Bad input: files, values, model files.
+    return run_reporting_errors(run, (UsageError, ValueError, OSError), debug)
+
+
+def run_reporting_errors(run: Callable[[], int], user_errors: tuple[type[Exception], ...], debug: bool) -> int:
+    """``run()``'s status; a user error -> 2 and one line on stderr, anything else -> 1 (with the
+    traceback only when ``debug``). Shared by this command line and the training one."""
+    try:
+        return run()
+    except user_errors as error:
         if debug:
             raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
@@ -167,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: unexpected {type(error).__name__}: {_one_line(error)} (run with --debug for details)", file=sys.stderr)
         return 1
-    return 0
 
 
 def _one_line(error: Exception) -> str:

@@ -28,15 +28,10 @@ from emotivetalk_core.train.loop import train
 from emotivetalk_core.train.stage import get_stage
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = {"steps": 3, "grad_accum": 2, "lr": 3e-3, "checkpoint_every": 3, "log_every": 1, "sample_every": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(shards: Path, output: Path, batch_size: int) -> dict:

@@ -25,14 +25,9 @@ from emotivetalk_core.video_io import probe
 
 SIZE = 64
 STEPS = 3
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(shards, runs) -> dict:

@@ -25,16 +25,9 @@ from emotivetalk_core.train.export import merge_exports
 from emotivetalk_core.train.loop import GlobalBatchSampler, train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared 2-core machine two intra-op threads can be 100x slower than one (spinning
-    # threads fight other processes); training tests run single-threaded and put it back.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- EMA -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cli import run_reporting_errors
 from .config import STAGES, TrainingError
 
 
@@ -100,21 +101,5 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("emotivetalk_core").setLevel(logging.DEBUG if debug else logging.INFO)
-    try:
-        return _run(argv)
-    except (UsageError, TrainingError, ValueError, OSError) as error:  # bad input: files, values, configs
-        if debug:
-            raise
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if debug:
-            raise
-        print(f"error: unexpected {type(error).__name__}: {_one_line(error)} (run with --debug for details)", file=sys.stderr)
-        return 1
-
-
-def _one_line(error: Exception) -> str:
-    if isinstance(error, FileNotFoundError) and error.filename:
-        return f"file not found: {error.filename}"
-    return " ".join(str(error).split()) or type(error).__name__
+    # Bad input: files, values, configs.
+    return run_reporting_errors(lambda: _run(argv), (UsageError, TrainingError, ValueError, OSError), debug)
