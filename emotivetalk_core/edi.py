@@ -35,7 +35,7 @@ class TokenCrossAttention(nn.Module):
     output projection between its driven and reference passes.
     """
 
-    def __init__(self, dim: int, token_dim: int, head_dim: int):
+    def __init__(self, dim: int, token_dim: int, head_dim: int, out_bias: bool = True):
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"adapter width {dim} is not a multiple of head_dim {head_dim}")
@@ -44,9 +44,10 @@ class TokenCrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(token_dim, dim, bias=False)
         self.to_v = nn.Linear(token_dim, dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim, bias=out_bias)
         nn.init.zeros_(self.to_out.weight)
-        nn.init.zeros_(self.to_out.bias)
+        if out_bias:
+            nn.init.zeros_(self.to_out.bias)
 
     def query(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._split(self.to_q(self.norm(hidden)))
@@ -72,14 +73,15 @@ class ExpressionDecoupleInjector(nn.Module):
 
     def __init__(self, dim: int, token_dim: int, head_dim: int):
         super().__init__()
-        self.attn = TokenCrossAttention(dim, token_dim, head_dim)
+        # No output bias: it would cancel in the difference (and, never used, stall DDP training).
+        # Projecting the difference keeps "driven == reference" an exact zero instead of
+        # (W a + b) - (W a + b) rounding.
+        self.attn = TokenCrossAttention(dim, token_dim, head_dim, out_bias=False)
 
     def forward(self, hidden, driven_tokens, reference_tokens, mask) -> torch.Tensor:
         query = self.attn.query(hidden)
         difference = self.attn.attend(query, driven_tokens) - self.attn.attend(query, reference_tokens)
-        # The output bias cancels in the difference; applying the weight alone keeps
-        # "driven == reference" an exact zero instead of (W a + b) - (W a + b) rounding.
-        return mask * F.linear(difference, self.attn.to_out.weight)
+        return mask * self.attn.project(difference)
 
 
 class SpatialAdapter(nn.Module):

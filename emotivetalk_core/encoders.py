@@ -71,11 +71,11 @@ def check_images(images: torch.Tensor) -> None:
 
 def prepare(images: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Resize to ``size`` x ``size`` and map 0..1 to -1..1, in the network's dtype."""
-    images = images.to(dtype)
     if images.shape[-2:] != (size, size):
-        # Antialiased, so a large portrait does not alias into the small network input.
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return images * 2 - 1
+        # Antialiased, so a large portrait does not alias into the small network input; in
+        # float32, since antialiased resizing has no half-precision CPU kernel.
+        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return images.to(dtype) * 2 - 1
 
 
 def crop_fraction(images: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:

@@ -51,6 +51,15 @@ def test_lip_encoder_looks_at_the_mouth_only():
         assert not torch.allclose(model(mouth_changed), reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_encoders_run_in_half_precision_on_the_cpu(dtype):
+    # Mixed-precision training casts the frozen encoders; resizing must still work on a CPU.
+    config = get_config("tiny")["encoders"]
+    encoder = ExpEncoder(config).to(dtype)
+    codes = encoder(torch.rand(2, 3, 50, 50))
+    assert codes.dtype == dtype and codes.shape == (2, config["exp_dim"]) and torch.isfinite(codes).all()
+
+
 def test_encoders_refuse_channels_last_images():
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         _build(ExpEncoder)(torch.rand(1, 32, 32, 3))

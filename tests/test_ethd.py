@@ -17,7 +17,8 @@ def _ethd(randomise_outputs: bool) -> ETHD:
         for module in model.modules():
             if isinstance(module, TokenCrossAttention):
                 torch.nn.init.normal_(module.to_out.weight, std=0.5)
-                torch.nn.init.normal_(module.to_out.bias, std=0.5)
+                if module.to_out.bias is not None:  # EDI's has none
+                    torch.nn.init.normal_(module.to_out.bias, std=0.5)
     return model
 
 

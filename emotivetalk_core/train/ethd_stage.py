@@ -82,7 +82,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..edi import ExpressionDecoupleInjector
 from ..ethd import ETHD, lip_windows
 from ..models import (
     ETHD_COMPONENTS,
@@ -172,15 +171,6 @@ def checkpointing_function(ethd: ETHD):
     return checkpointed
 
 
-def freeze_unused(ethd: ETHD) -> None:
-    """Freeze the parameters no forward uses: EDI's output bias cancels in ``CA(driven) -
-    CA(reference)``, so EDI applies its output weight alone. A trainable parameter without a
-    gradient breaks DDP (without ``find_unused_parameters``) and would only decay under AdamW."""
-    for module in ethd.modules():
-        if isinstance(module, ExpressionDecoupleInjector):
-            module.attn.to_out.bias.requires_grad_(False)
-
-
 def nested_passes(draws: torch.Tensor, opts: dict) -> list[str]:
     """The guidance pass each clip trains, from its three uniform draws (see the module docstring)."""
     passes = []
@@ -254,7 +244,6 @@ class ETHDStage:
         unet, vae, image_encoder = self._base(config)
         ethd = ETHD(unet, model["adapter"])
         unet.requires_grad_(bool(opts["train_unet"]))
-        freeze_unused(ethd)
         if config.get("train", {}).get("gradient_checkpointing"):
             unet.enable_gradient_checkpointing(checkpointing_function(ethd))
         modules = {"ethd": ethd, "vae": frozen(vae), "image_encoder": frozen(image_encoder),
