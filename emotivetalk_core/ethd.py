@@ -12,9 +12,11 @@ diffusers' SVD forward has no ``cross_attention_kwargs``, so the per-frame token
 reach the adapters through one explicit mechanism: :meth:`ETHD.forward` binds them to a
 :class:`ConditionContext` for the duration of one UNet call, and forward hooks on the diffusers
 blocks read it. Hooks leave the diffusers modules and their state-dict names untouched (base SVD
-weights load as they are), run inside diffusers' gradient checkpointing, and are stateless per
-block (the level is found from the token count), so a checkpoint recomputation finds the same
-mask. Calling ``ethd.unet`` directly, outside :meth:`ETHD.forward`, is plain SVD.
+weights load as they are) and are stateless per block (the level is found from the token count).
+Gradient checkpointing recomputes blocks during backward, after :meth:`ETHD.forward` has
+returned and cleared the context: :meth:`ETHD.enable_gradient_checkpointing` makes each
+recomputation re-enter the context of the forward it recomputes. Calling ``ethd.unet``
+directly, outside :meth:`ETHD.forward`, is plain SVD.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ class ConditionContext:
         self.lip = self.driven = self.reference = self.face_mask = None
         self.latent_hw = (0, 0)
         self._masks: dict[int, torch.Tensor] = {}
+
+    def snapshot(self) -> contextlib.AbstractContextManager:
+        """A context manager that re-binds what is bound now (nothing, outside a UNet call)."""
+        if not self.active:
+            return contextlib.nullcontext()
+        bound = (self.lip, self.driven, self.reference, self.face_mask, self.latent_hw)
+        return self.bound(*bound)
 
     @contextlib.contextmanager
     def bound(self, lip, driven, reference, face_mask, latent_hw):
@@ -173,6 +182,18 @@ class ETHD(nn.Module):
 
     def adapter_parameter_count(self) -> int:
         return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("unet."))
+
+    def enable_gradient_checkpointing(self) -> None:
+        """diffusers' gradient checkpointing of the UNet, non-reentrant, with every recomputation
+        run under the condition context of the forward it recomputes."""
+        context = self._context
+
+        def checkpointed(module, *args):
+            rebind = context.snapshot()  # taken during the forward, entered during backward
+            return torch.utils.checkpoint.checkpoint(
+                module.__call__, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), rebind))
+
+        self.unet.enable_gradient_checkpointing(checkpointed)
 
     # --- conditions ----------------------------------------------------------------------
     def lip_tokens(self, lip_windows: torch.Tensor) -> torch.Tensor:

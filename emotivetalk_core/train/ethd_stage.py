@@ -49,12 +49,8 @@ the huge weights at small sigma. Every term is a per-clip mean; all draws are pe
 ``noise``: ``ethd.sigma``, ``ethd.noise``, ``ethd.dropout``, ``ethd.reference`` (the reference
 latent's noise augmentation).
 
-Gradient checkpointing: diffusers checkpoints each spatial transformer block through
-``module.__call__``, and the adapters run in forward hooks on those blocks reading the
-condition context that ``ETHD.forward`` binds only while it runs; the recomputation during
-backward would run without them. :func:`checkpointing_function` re-binds the context of the
-forward for the recomputation (a fix that belongs in ``ethd.py``; it reads ETHD's
-``_context``).
+Gradient checkpointing: :meth:`ETHD.enable_gradient_checkpointing` (each recomputation runs
+under the condition context of the forward it recomputes).
 
 Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
 
@@ -75,7 +71,6 @@ shards' crop size, the size the model was trained at.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -152,25 +147,6 @@ def _check_options(opts: dict) -> None:
             raise ValueError(f"ethd.{key} is a probability, got {opts[key]}")
 
 
-def checkpointing_function(ethd: ETHD):
-    """diffusers' ``gradient_checkpointing_func`` for ETHD's UNet: non-reentrant checkpointing
-    whose recomputation runs with the condition context of the forward it recomputes."""
-    context = ethd._context
-
-    def checkpointed(module, *args):
-        # Captured now, during the forward; entered during backward, when ETHD.forward has
-        # returned and cleared the context. Outside ETHD.forward the UNet is plain SVD.
-        bound = (context.lip, context.driven, context.reference, context.face_mask, context.latent_hw)
-        active = context.active
-
-        def contexts():
-            return contextlib.nullcontext(), (context.bound(*bound) if active else contextlib.nullcontext())
-
-        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
-
-    return checkpointed
-
-
 def nested_passes(draws: torch.Tensor, opts: dict) -> list[str]:
     """The guidance pass each clip trains, from its three uniform draws (see the module docstring)."""
     passes = []
@@ -245,7 +221,7 @@ class ETHDStage:
         ethd = ETHD(unet, model["adapter"])
         unet.requires_grad_(bool(opts["train_unet"]))
         if config.get("train", {}).get("gradient_checkpointing"):
-            unet.enable_gradient_checkpointing(checkpointing_function(ethd))
+            ethd.enable_gradient_checkpointing()
         modules = {"ethd": ethd, "vae": frozen(vae), "image_encoder": frozen(image_encoder),
                    **load_encoders(config, fallbacks=("vaid",))}
         if opts["condition_source"] == "vaid":
