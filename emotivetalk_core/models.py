@@ -133,7 +133,7 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
     wanted = ["adapter"] + [name for name in _BASE_PARTS if name in configs and name not in parts]
     states, configs, info = load_model_file(path, wanted)
     for name in wanted[1:]:
-        parts[name] = _built(_BUILDERS[name](configs[name]), states[name], name, path)
+        parts[name] = load_built(_BUILDERS[name](configs[name]), states[name], name, path)
     missing = tuple(name for name in _BASE_PARTS if name not in parts)
     if missing and base is None:
         raise CheckpointError(
@@ -155,7 +155,9 @@ _BASE_PARTS = ("unet", "vae", "image_encoder")
 _BUILDERS = {"unet": build_unet, "vae": build_vae, "image_encoder": build_image_encoder}
 
 
-def _built(module: nn.Module, state_dict: dict, name: str, path: Path) -> nn.Module:
+def load_built(module: nn.Module, state_dict: dict, name: str, path: Path) -> nn.Module:
+    """``module`` with a component's weights from ``path``; a mismatch with its config is an error
+    naming the component (loading and training both use it)."""
     result = module.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -183,7 +185,8 @@ class VAIDModel:
     info: dict = field(default_factory=dict)
 
 
-def _vaid_classes() -> dict:
+def vaid_classes() -> dict:
+    """``{component: (class, config section)}`` of the V-AID side, as files name them."""
     from .dicte import DiCTE
     from .encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
     from .mapping import Mapping
@@ -204,14 +207,14 @@ def build_vaid_model(config: dict, speech_source: str | Path | None = None, info
     """A randomly initialised V-AID bundle of a named config's shape."""
     from .speech_encoder import load_speech_encoder
 
-    modules = {name: cls(config[section]) for name, (cls, section) in _vaid_classes().items()}
+    modules = {name: cls(config[section]) for name, (cls, section) in vaid_classes().items()}
     speech = load_speech_encoder(config["speech"], speech_source)
     return VAIDModel(speech_encoder=speech, speech_config=dict(config["speech"]), info=dict(info or {}), **modules)
 
 
 def vaid_components(model: VAIDModel, config: dict) -> dict:
     """``{component: (state_dict, config)}`` of the V-AID side, for :func:`save_model_file`."""
-    return {name: (getattr(model, name).state_dict(), config[section]) for name, (_, section) in _vaid_classes().items()}
+    return {name: (getattr(model, name).state_dict(), config[section]) for name, (_, section) in vaid_classes().items()}
 
 
 def vaid_info(model: VAIDModel) -> dict:
@@ -236,8 +239,8 @@ def load_vaid_model(source: str | Path = "default", speech_source: str | Path | 
     speech = load_speech_encoder(recorded["config"], speech_source)
     check_speech_encoder(expected, speech.fingerprint(), needed_file_hint=needed)
     modules = {}
-    for name, (cls, _) in _vaid_classes().items():
-        modules[name] = _built(cls(configs[name]), states[name], name, path).eval()
+    for name, (cls, _) in vaid_classes().items():
+        modules[name] = load_built(cls(configs[name]), states[name], name, path).eval()
     log.info("EmotiveTalk V-AID %s: %s", path.name, describe(info))
     return VAIDModel(speech_encoder=speech.eval(), speech_config=dict(recorded["config"]), info=info, **modules)
 

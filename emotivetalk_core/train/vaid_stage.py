@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import load_model_file
-from ..models import VAIDModel, _built, _vaid_classes, vaid_components, vaid_info
+from ..models import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
 from ..speech_encoder import SAMPLE_RATE, load_speech_encoder
 from ..vaid import pull_loss, push_loss
 from .noise import SampleNoise
@@ -144,7 +144,7 @@ def frozen(module: nn.Module) -> nn.Module:
 def load_encoders(config: dict, fallbacks: tuple[str, ...] = ()) -> dict[str, nn.Module]:
     """Lip Encoder, Exp Encoder and Face Processor, frozen: from ``init.encoders``, else from the
     first ``init.<fallback>`` file given (a V-AID export holds them too), else random (warned)."""
-    classes = _vaid_classes()
+    classes = vaid_classes()
     encoders_config = config["model"]["encoders"]
     for key in ("encoders", *fallbacks):
         path = init_path(config, key)
@@ -162,7 +162,7 @@ def _encoders_from_file(path: str, key: str, encoders_config: dict) -> dict[str,
         if configs[name] != encoders_config:
             raise ValueError(f"init.{key} {path}: its {name} was built with encoders config {configs[name]}, "
                              f"but model.encoders is {encoders_config}; use the model config it was trained with")
-        modules[name] = _built(_vaid_classes()[name][0](configs[name]), states[name], name, Path(path))
+        modules[name] = load_built(vaid_classes()[name][0](configs[name]), states[name], name, Path(path))
     return modules
 
 
@@ -226,7 +226,7 @@ class VAIDStage:
         model = config["model"]
         self.options = options(config, "vaid", VAID_DEFAULTS)
         self.data_labels = [label.strip().lower() for label in config["data"]["labels"]]
-        classes = _vaid_classes()
+        classes = vaid_classes()
         trainable = {name: classes[name][0](model[classes[name][1]]) for name in TRAINABLE}
         if init_path(config, "vaid"):
             _load_trainable(trainable, init_path(config, "vaid"))
@@ -382,7 +382,7 @@ def _load_trainable(modules: dict[str, nn.Module], path: str) -> None:
     for name, module in modules.items():
         if configs[name] != module.config:
             raise ValueError(f"init.vaid {path}: {name} has config {configs[name]}, the model config says {module.config}")
-        _built(module, states[name], name, Path(path))
+        load_built(module, states[name], name, Path(path))
 
 
 def _check_labels(config: dict, mapping) -> None:
