@@ -53,7 +53,17 @@ def save_model_file(path: str | Path, components: dict[str, tuple[dict, dict]], 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+    readable_by_all(path)
     return path
+
+
+def readable_by_all(path: str | Path) -> None:
+    """rw-r--r-- for a written file: safetensors creates files 0600, which a ComfyUI or training
+    job running as another user could not read. (Reading the umask would briefly change it for
+    every thread of the process, so the usual mode for data files is set instead.)"""
+    import os
+
+    os.chmod(path, 0o644)
 
 
 def read_metadata(path: str | Path) -> tuple[dict, dict]:

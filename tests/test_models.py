@@ -145,3 +145,9 @@ def test_adapter_file_plus_base_svd_in_stability_layout(tmp_path):
                   reference_exp=torch.randn(1, 16, generator=g))
     with torch.no_grad():
         torch.testing.assert_close(loaded.ethd(**inputs), model.ethd.eval()(**inputs), rtol=0, atol=0)
+
+
+def test_model_files_are_readable_by_other_users(tmp_path):
+    # A ComfyUI service running as another user must be able to read what training exported.
+    path = save_model_file(tmp_path / "m.safetensors", {"dicte": ({"w": torch.zeros(2)}, {})})
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import readable_by_all
+
 FORMAT_VERSION = "1"
 METADATA_KEY = "emotivetalk.shard"
 FIELDS = ("frames", "audio", "mask", "box", "lip_target", "exp_target")
@@ -72,6 +74,7 @@ def write_shard(path: str | Path, clips: list[dict[str, np.ndarray]], info: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)
+    readable_by_all(partial)
     partial.replace(path)
     return path
 
