@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from emotivetalk_core.configs import EMOTION_LABELS
+from emotivetalk_core.face_crop import DEFAULT_LIFT, DEFAULT_SCALE
 from emotivetalk_core.face_detect import detect_face
 from emotivetalk_core.train import face_track, preprocess, targets
 from emotivetalk_core.train.shards import ClipDataset, read_shard_info
@@ -118,18 +119,18 @@ def test_crops_are_centred_on_the_moving_face(dataset):
     # Output frame k shows the 30 fps source frame on screen at (k + 1/2) / 25 s.
     shown = np.floor((np.arange(clip["box"].shape[0]) + 0.5) / 25 * 30).astype(int)
     sides = clip["box"][:, 2] - clip["box"][:, 0]
-    assert np.allclose(sides, face_track.CROP_SCALE * truth["side"], rtol=0.15)
-    # The crop's centre sits CROP_LIFT face sides above the face's centre.
+    assert np.allclose(sides, DEFAULT_SCALE * truth["side"], rtol=0.15)
+    # The crop's centre sits DEFAULT_LIFT face sides above the face's centre.
     face_centres = (clip["box"][:, :2] + clip["box"][:, 2:]) / 2
-    face_centres[:, 1] += face_track.CROP_LIFT * sides / face_track.CROP_SCALE
+    face_centres[:, 1] += DEFAULT_LIFT * sides / DEFAULT_SCALE
     assert np.abs(face_centres - truth["centres"][shown]).max() < 0.1 * truth["side"]
     # And in the crops themselves the detector finds the face where the framing puts it, at 1 / 2.2 of the side.
-    expected = (SIZE / 2, SIZE * (0.5 + face_track.CROP_LIFT / face_track.CROP_SCALE))
+    expected = (SIZE / 2, SIZE * (0.5 + DEFAULT_LIFT / DEFAULT_SCALE))
     for frame in clip["frames"][::10]:
         face = detect_face(frame)
         assert face is not None
         assert np.hypot(face.centre[0] - expected[0], face.centre[1] - expected[1]) < 0.06 * SIZE
-        assert face.width == pytest.approx(SIZE / face_track.CROP_SCALE, rel=0.2)
+        assert face.width == pytest.approx(SIZE / DEFAULT_SCALE, rel=0.2)
 
 
 def test_masks_cover_the_middle_of_the_face(dataset):

@@ -3,7 +3,7 @@
 Training crops must look like what the pack crops at inference, so the face is found and framed
 as the face crop node does it (``face_crop``): its detector (``face_detect.detect_face``: the Haar
 cascade on a locally contrast-equalised image, the most-supported detection), and a square
-:data:`CROP_SCALE` (2.2) times the face box's side, centred :data:`CROP_LIFT` (0.1) box sides
+:data:`face_crop.DEFAULT_SCALE` (2.2) times the face box's side, centred :data:`face_crop.DEFAULT_LIFT` (0.1) box sides
 above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
 square holds the whole head with hair, neck and a little background, the eyes near 0.48 and the
 mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
@@ -41,9 +41,6 @@ import numpy as np
 from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE
 from ..face_detect import Box, detect_face
 
-# Crop side / face box side, and how far (in box sides) the crop's centre sits above the box's centre.
-CROP_SCALE = DEFAULT_SCALE
-CROP_LIFT = DEFAULT_LIFT
 # Region searched around the last face, in face sides; resized to about ROI_PIXELS wide.
 ROI_SCALE = 2.5
 ROI_PIXELS = 200
@@ -213,7 +210,7 @@ def stabilise(raw: np.ndarray, sigma: float, max_gap: int, outlier_window: int) 
     return smooth(fill_gaps(reject_outliers(raw, outlier_window), max_gap), sigma)
 
 
-def crop_boxes(track: np.ndarray, scale: float = CROP_SCALE, lift: float = CROP_LIFT) -> np.ndarray:
+def crop_boxes(track: np.ndarray, scale: float = DEFAULT_SCALE, lift: float = DEFAULT_LIFT) -> np.ndarray:
     """Square crop boxes ``[N, 4]`` ``(x0, y0, x1, y1)`` in source pixels around a track ``[N, 3]``."""
     half = scale * track[:, 2] / 2
     cx, cy = track[:, 0], track[:, 1] - lift * track[:, 2]

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, frame_count, load_audio
 from ..configs import EMOTION_LABELS
+from ..face_crop import DEFAULT_SCALE
 from ..video_io import iter_video_frames
 from . import face_track, targets
 from .shards import ShardError, read_shard_info, samples_per_frame, write_shard
@@ -102,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-seconds", type=float, default=10.0, help="clip length (default: %(default)s)")
     parser.add_argument("--min-clip-seconds", type=float, default=2.0, help="shortest clip kept, e.g. a video's last piece (default: %(default)s)")
     parser.add_argument("--min-face", type=float, default=0.08, help="smallest face, as a fraction of the frame's shorter side (default: %(default)s)")
-    parser.add_argument("--crop-scale", type=float, default=face_track.CROP_SCALE, help="crop side / face detector box side (default: %(default)s)")
+    parser.add_argument("--crop-scale", type=float, default=DEFAULT_SCALE, help="crop side / face detector box side (default: %(default)s)")
     parser.add_argument("--smooth", type=float, default=0.2, help="crop-box smoothing: Gaussian sigma in seconds, 0 = none (default: %(default)s)")
     parser.add_argument("--detect-every", type=int, default=2, help="run the face detector every N frames while tracking, interpolate between (default: %(default)s)")
     parser.add_argument("--max-gap", type=float, default=0.5, help="longest face loss bridged by interpolation, seconds; longer ends a clip (default: %(default)s)")

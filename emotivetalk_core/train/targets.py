@@ -22,7 +22,7 @@ shard's ``targets`` info, so training knows what it distils toward.
     Grey image patches at fixed places of the face. The places are given in units of the Haar
     face box (``(0, 0)`` its top-left, ``(1, 1)`` its bottom-right: eyes near v = 0.38, mouth
     corners near v = 0.78, chin near v = 1.2) and mapped into the crop through its framing
-    (``face_track.CROP_SCALE``, ``CROP_LIFT``). Each patch is area-averaged to a small grid and
+    (``face_crop.DEFAULT_SCALE``, ``DEFAULT_LIFT``). Each patch is area-averaged to a small grid and
     standardised per frame (zero mean, unit spread), so lighting and skin tone matter less than
     the pattern of dark and light:
 
@@ -52,8 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..face_crop import FACE_ELLIPSE
-from .face_track import CROP_LIFT, CROP_SCALE
+from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE, FACE_ELLIPSE
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class FallbackTargets:
     lip_dim = _LIP_GRID[0] * _LIP_GRID[1]
     exp_dim = _EYES_GRID[0] * _EYES_GRID[1] + 2 * _CORNER_GRID[0] * _CORNER_GRID[1]
 
-    def __init__(self, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT):
+    def __init__(self, crop_scale: float = DEFAULT_SCALE, crop_lift: float = DEFAULT_LIFT):
         self.crop_scale, self.crop_lift = crop_scale, crop_lift
         self.regions = [self._in_crop(region) for region in (LIP_REGION, EYES_REGION, *CORNER_REGIONS)]
 
@@ -196,7 +195,7 @@ class LandmarkTargets:
             mesh.close()
 
 
-def resolve_tool(choice: str, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT) -> FallbackTargets | LandmarkTargets:
+def resolve_tool(choice: str, crop_scale: float = DEFAULT_SCALE, crop_lift: float = DEFAULT_LIFT) -> FallbackTargets | LandmarkTargets:
     """The tool for ``--targets``: ``auto`` takes the landmarks when mediapipe is usable, else the fallback."""
     if choice not in CHOICES:
         raise ValueError(f"--targets must be one of {', '.join(CHOICES)}, got {choice!r}")
@@ -211,7 +210,7 @@ def resolve_tool(choice: str, crop_scale: float = CROP_SCALE, crop_lift: float =
         return FallbackTargets(crop_scale, crop_lift)
 
 
-def tool_named(name: str, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT) -> FallbackTargets | LandmarkTargets:
+def tool_named(name: str, crop_scale: float = DEFAULT_SCALE, crop_lift: float = DEFAULT_LIFT) -> FallbackTargets | LandmarkTargets:
     """The tool whose ``name`` a shard records (worker processes rebuild their tool from it)."""
     if name == FallbackTargets.name:
         return FallbackTargets(crop_scale, crop_lift)
@@ -237,7 +236,7 @@ def landmark_targets(points: np.ndarray, size: int) -> FrameTargets:
     )
 
 
-def ellipse_outline(size: int, crop_scale: float = CROP_SCALE, crop_lift: float = CROP_LIFT, points: int = 64) -> np.ndarray:
+def ellipse_outline(size: int, crop_scale: float = DEFAULT_SCALE, crop_lift: float = DEFAULT_LIFT, points: int = 64) -> np.ndarray:
     """The face crop node's ellipse around the face box, as a polygon ``[points, 2]`` in pixels of a ``size`` crop."""
     angle = np.linspace(0, 2 * np.pi, points, endpoint=False)
     x = 0.5 + FACE_ELLIPSE[0] / crop_scale * np.cos(angle)
