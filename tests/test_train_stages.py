@@ -428,6 +428,8 @@ def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(sh
     for name, tensor in modules["ethd"].state_dict().items():
         assert torch.equal(model.ethd.state_dict()[name], tensor), name
     assert model.info["base_svd"]["name"] == base_path.name and "sha256" in model.info["base_svd"]
+    # The export records the base's architecture, so loading needs no base_config.
+    assert set(load_emotivetalk_model(path, base=base_path).ethd.adapter_state_dict()) == set(modules["ethd"].adapter_state_dict())
     with torch.no_grad():
         assert set(stage.export(modules, config)) == {"adapter"}
         stage.options["train_unet"] = True

@@ -321,13 +321,18 @@ class ETHDStage:
 
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
         base = init_path(config, "base_svd")
-        return {
+        facts = {
             "ethd": self.trained_settings(config),
             "condition_source": self.options["condition_source"],
             "mask_source": self.options["mask_source"],
             "train_unet": bool(self.options["train_unet"]),
             "base_svd": file_digest(base) if base else None,
         }
+        if base:
+            # The base's architecture, which models.load_emotivetalk_model builds for an adapter-only file.
+            architecture = _architecture(config, modules)
+            facts["base_config"] = {name: architecture[name] for name in ("unet", "vae", "image_encoder")}
+        return facts
 
     def trained_settings(self, config: dict) -> dict:
         """``model.ethd`` with the resolution the shards hold (the size the model trained at)."""

@@ -157,7 +157,9 @@ def merged_info(exports: list[StageExport], chosen: dict, self_contained: bool) 
         }
     summary = ", ".join(f"{stage} {facts['steps']} steps on {facts['data']}" for stage, facts in stages.items())
     kind = "self-contained" if self_contained else "adapter-only (needs base SVD weights)"
+    base_config = chosen["adapter"].info.get("base_config")
     return {
+        **({"base_config": base_config} if base_config else {}),
         "trained": True,
         "note": f"EmotiveTalk trained by emotivetalk_core.train ({kind}): {summary}",
         "speech_encoder": vaid.info["speech_encoder"],
