@@ -94,7 +94,7 @@ class EmotiveTalkVAIDDecouple:
 
     def decouple(self, vaid, speech):
         bridge.use(vaid, "vaid")
-        features = pipeline.encode_speech(vaid, speech, getattr(speech, "av_offset", 0))
+        features = pipeline.encode_speech(vaid, speech, speech.av_offset)
         lip = pipeline.lip_stream(vaid, features)
         return lip, SpeechFeatures(features.float().cpu(), speech.fps)
 
