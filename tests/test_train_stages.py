@@ -121,6 +121,15 @@ def _save(stage, modules, config, path):
 
 # --- vaid ------------------------------------------------------------------------------------
 
+
+def _train(stage, modules, batch, optimizer, steps: int) -> None:
+    """A plain Adam loop over one batch, fresh noise each step (steps 1..steps)."""
+    for step in range(1, steps + 1):
+        loss = stage.loss(modules, batch, SampleNoise(0, step))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
 def test_vaid_losses_fall_on_a_learnable_toy_and_the_export_loads(shards, tmp_path):
     from emotivetalk_core.pipeline import PreparedAudio, encode_speech, lip_stream
 
@@ -134,11 +143,7 @@ def test_vaid_losses_fall_on_a_learnable_toy_and_the_export_loads(shards, tmp_pa
             return stage.loss(modules, batch, SampleNoise(0, 0))
 
     before = losses()
-    for step in range(1, 121):
-        loss = stage.loss(modules, batch, SampleNoise(0, step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _train(stage, modules, batch, optimizer, steps=120)
     after = losses()
     assert after["pull"] < 0.5 * before["pull"], (before, after)
     assert after["pull_top1"] > 0.5
@@ -287,11 +292,7 @@ def test_ethd_loss_falls_when_the_adapters_overfit_one_clip(shards):
             return sum(stage.loss(modules, batch, SampleNoise(0, 1000 + k))["loss"] for k in range(4)) / 4
 
     before = loss_at_fixed_noise()
-    for step in range(1, 11):
-        loss = stage.loss(modules, batch, SampleNoise(0, step))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _train(stage, modules, batch, optimizer, steps=10)
     assert loss_at_fixed_noise() < 0.9 * before
     assert all(not p.requires_grad for p in modules["ethd"].unet.parameters())
 
