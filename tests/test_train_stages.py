@@ -35,13 +35,7 @@ ETHD_INPUTS = ("sample", "timestep", "image_embeds", "added_time_ids", "lip_wind
                "face_mask")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and the suite shares two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- a learnable toy: the mouth opens with the audio's loudness ----------------------------
