@@ -23,6 +23,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 FPS = 25
+# Pixels: the world's frames and the demo model's native resolution. 32, as in the feasibility run
+# that learned lips and expression: SVD's VAE (three levels at 64 px, two at 32) is the part that
+# costs most to train from scratch, and at 64 px it needs four times the budget to learn colour.
+SIZE = 32
 FRAME_PARAMETERS = ("mouth_open", "mouth_width", "smile", "brow_raise", "brow_tilt", "eye_open", "blink", "blush",
                     "head_x", "head_y", "head_tilt")
 LIP_PARAMETERS = ("mouth_open", "mouth_width")
@@ -138,7 +142,9 @@ _SKINS = ((0.98, 0.84, 0.74), (0.93, 0.76, 0.62), (0.85, 0.64, 0.49), (0.72, 0.5
 _HAIRS = ((0.08, 0.06, 0.05), (0.3, 0.18, 0.1), (0.55, 0.35, 0.18), (0.85, 0.7, 0.45), (0.6, 0.6, 0.62),
           (0.62, 0.2, 0.1), (0.2, 0.22, 0.4))
 _HAIR_STYLES = ("short", "short", "fringe", "long", "long", "bald")
-_PATTERNS = ("flat", "flat", "gradient", "stripes", "blobs")
+# Backgrounds vary in colour and in smooth, large-scale shading only: fine textures would cost the
+# small VAE most of its capacity and teach the face nothing.
+_PATTERNS = ("flat", "flat", "gradient", "blobs")
 LANGUAGES = ("en", "en-us", "de", "fr", "es", "it")
 _VARIANTS = ("", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "f4")
 
@@ -148,7 +154,8 @@ def identity(seed: int) -> Identity:
     rng = np.random.default_rng([seed, 0x1D])
     skin = _jitter(rng, _SKINS[rng.integers(len(_SKINS))], 0.04)
     hair = _jitter(rng, _HAIRS[rng.integers(len(_HAIRS))], 0.05)
-    brow = hair if rng.random() < 0.8 else _jitter(rng, (0.15, 0.1, 0.08), 0.05)
+    # Brows a shade darker than the hair, so raised brows stay visible against a fringe.
+    brow = tuple(c * 0.6 for c in hair) if rng.random() < 0.8 else _jitter(rng, (0.15, 0.1, 0.08), 0.05)
     # Keep dark brows visible on dark skin and light brows on light skin: at least this contrast.
     if abs(np.mean(brow) - np.mean(skin)) < 0.25:
         brow = tuple(c * 0.35 for c in skin)
@@ -161,11 +168,11 @@ def identity(seed: int) -> Identity:
         skin_colour=skin,
         hair_colour=hair,
         hair_style=str(rng.choice(_HAIR_STYLES)),
-        hairline=float(rng.uniform(0.55, 0.75)),
-        fringe=float(rng.uniform(-0.2, 0.6)),
+        hairline=float(rng.uniform(0.8, 0.95)),
+        fringe=float(rng.uniform(-0.2, 0.35)),
         parting=float(rng.uniform(-1.5, 1.5)),
         brow_colour=brow,
-        brow_thickness=float(rng.uniform(0.06, 0.09)),
+        brow_thickness=float(rng.uniform(0.08, 0.11)),
         eye_width=float(rng.uniform(0.085, 0.11)),
         eye_height=float(rng.uniform(0.055, 0.07)),
         eye_spacing=float(rng.uniform(0.9, 1.1)),
@@ -177,7 +184,7 @@ def identity(seed: int) -> Identity:
         clothes_colour=tuple(float(c) for c in rng.uniform(0.1, 0.9, 3)),
         background_colour=background,
         background_pattern=str(rng.choice(_PATTERNS)),
-        background_frequency=float(rng.uniform(6.0, 14.0)),
+        background_frequency=float(rng.uniform(1.5, 3.5)),
         voice=VoiceStyle(language=str(rng.choice(LANGUAGES)), variant=str(rng.choice(_VARIANTS)),
                          pitch=int(rng.integers(30, 66)), pitch_range=int(rng.integers(35, 66)), rate=int(rng.integers(135, 185))),
         articulation=float(rng.uniform(0.85, 1.15)),
@@ -319,6 +326,16 @@ def perform(phonemes, num_frames: int, who: Identity, emotion: Emotion, seed: in
                       head_tilt=np.zeros(num_frames))
     params = {name: np.asarray(values, dtype=np.float32) for name, values in params.items()}
     return Performance(params, emotion, speaking.astype(np.float32))
+
+
+def with_intensity(performance: Performance, intensity: float) -> Performance:
+    """The same performance with its emotion at another intensity (drift, blinks and mouth kept)."""
+    emotion = performance.emotion
+    preset = EMOTIONS[emotion.label]["face"]
+    change = intensity - emotion.intensity
+    params = {name: values + np.float32(change * preset[name]) if name in preset else values
+              for name, values in performance.params.items()}
+    return replace(performance, params=params, emotion=Emotion(emotion.label, intensity))
 
 
 def still(who: Identity, emotion: Emotion, num_frames: int = 1) -> Performance:
