@@ -480,15 +480,17 @@ class EmotiveTalkPipeline:
         return bool(self.model.info.get("trained")) and bool(self.vaid.info.get("trained"))
 
     def latents(self, image: torch.Tensor, audio: PreparedAudio, settings: GenerationSettings, timeline,
-                mask: torch.Tensor | None = None, progress=None):
-        """Every stage up to ETHD: ``(latents [N, 4, h, w], reference)``."""
+                mask: torch.Tensor | None = None, progress=None, resolver=None):
+        """Every stage up to ETHD: ``(latents [N, 4, h, w], reference)``; ``resolver`` as in
+        :func:`expand_expression`."""
         settings.validate()
         settings = settings.sized_for(self.model)
         speech = encode_speech(self.vaid, audio, settings.av_offset)
         lip = lip_stream(self.vaid, speech)
         reference = encode_reference(self.model, self.vaid, image, settings.width, settings.height, mask,
                                      settings.noise_aug, settings.seed)
-        driven = expand_expression(self.vaid, speech, reference, timeline, audio.fps, settings.seed, settings.dicte_steps)
+        driven = expand_expression(self.vaid, speech, reference, timeline, audio.fps, settings.seed, settings.dicte_steps,
+                                   resolver)
         return sample_latents(self.model, reference, lip, driven, settings, progress), reference
 
     def generate_to_file(self, image: torch.Tensor, audio, out_path, settings: GenerationSettings, timeline,

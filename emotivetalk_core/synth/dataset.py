@@ -24,7 +24,7 @@ from .render import Frames, render
 
 log = logging.getLogger(__name__)
 
-SIZE = 64
+SIZE = world.SIZE
 TARGETS = {"tool": "synthtalk-world", "lip_dim": len(world.LIP_PARAMETERS), "exp_dim": len(world.EXPRESSION_PARAMETERS)}
 # Room noise under the speech (about -66 dBFS): real recordings are never digitally silent, and a
 # log-mel of exact zeros would sit far below anything speech gives.
@@ -74,10 +74,13 @@ def speak(who: world.Identity, emotion: world.Emotion, text: str, seed: int, lea
 
 
 def make_clip(who: world.Identity, emotion: world.Emotion, text: str, seed: int, lead: float = 0.3,
-              tail: float = 0.4, size: int = SIZE, fps: int = world.FPS, life: bool = True) -> Clip:
+              tail: float = 0.4, size: int = SIZE, fps: int = world.FPS, life: bool = True,
+              voice: world.Emotion | None = None) -> Clip:
     """One rendered clip; its length is the audio's, rounded up to whole frames (the audio is
-    padded with room noise to match, as ``pipeline.prepare_audio`` pads with silence)."""
-    waveform, phonemes = speak(who, emotion, text, seed, lead, tail)
+    padded with room noise to match, as ``pipeline.prepare_audio`` pads with silence). The voice
+    carries ``emotion`` too unless ``voice`` names another (evaluation asks a face for an emotion
+    its voice does not have)."""
+    waveform, phonemes = speak(who, voice or emotion, text, seed, lead, tail)
     num_frames = audio_lib.frame_count(len(waveform), fps)
     padded = audio_lib.pad_to_frames(waveform, num_frames, fps)
     padded[len(waveform):] = ROOM_NOISE * np.random.default_rng([seed, 0xA1]).standard_normal(len(padded) - len(waveform))

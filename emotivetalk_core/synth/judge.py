@@ -1,7 +1,8 @@
 """SynthTalk's judge: a small frozen CNN that reads a SynthTalk face's parameters from a frame.
 
 Generated videos have no parameters to compare with the world's truth; the judge estimates them
-from the pixels (any 64x64 frame: a render, a decoded mp4, a model's output), so lip sync and
+from the pixels (any frame: a render, a decoded mp4, a model's output; read at the world's
+:data:`world.SIZE`, other sizes resized to it), so lip sync and
 expression can be measured in world units. It is trained on renders of random identities and
 parameters by ``scripts/make_synth_judge.py``, which stores its accuracy in the file's metadata.
 
@@ -29,12 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .world import EMOTIONS
+from .world import EMOTIONS, SIZE
 
 JUDGED = ("mouth_open", "mouth_width", "smile", "brow_raise", "brow_tilt", "eye_open", "blink", "blush")
 DEFAULT_JUDGE_PATH = Path(__file__).resolve().parent / "judge.safetensors"
 MAKER_SCRIPT = "scripts/make_synth_judge.py"
-SIZE = 64
 CONFIG_KEY = "synthtalk.judge.config"
 INFO_KEY = "synthtalk.judge.info"
 # Frames per forward pass: memory stays small for any clip length.
@@ -54,12 +54,14 @@ NEUTRAL_BELOW = 0.25
 class Judge(nn.Module):
     """Frames ``[N, 3, H, W]`` (floats in 0..1) -> parameters ``[N, len(JUDGED)]`` in world units.
 
-    Stride-2 conv stages (GroupNorm, SiLU; ``repeats`` extra stride-1 convs per stage) to a 4x4
-    map, which is flattened rather than pooled: where a brow sits relative to the eyes is the
-    reading, and a global pool would throw position away.
+    Stride-2 conv stages (GroupNorm, SiLU; ``repeats`` extra stride-1 convs per stage) from
+    :data:`SIZE` to a 4x4 map, which is flattened rather than pooled: where a brow sits relative to
+    the eyes is the reading, and a global pool would throw position away. The first conv reads
+    the full-resolution frame (its 3x3 kernel overlaps at stride 2), so one-pixel lids and brows
+    reach it.
     """
 
-    def __init__(self, widths=(24, 48, 96, 128), repeats=(0, 1, 1, 0), reduce: int = 32, hidden: int = 128):
+    def __init__(self, widths=(48, 96, 128), repeats=(1, 1, 0), reduce: int = 32, hidden: int = 128):
         super().__init__()
         self.config = {"widths": list(widths), "repeats": list(repeats), "reduce": reduce, "hidden": hidden,
                        "judged": list(JUDGED), "size": SIZE}
@@ -125,6 +127,9 @@ def load_judge(path: str | Path = DEFAULT_JUDGE_PATH) -> Judge:
     config = json.loads(metadata[CONFIG_KEY])
     if tuple(config["judged"]) != JUDGED:
         raise ValueError(f"{path} judges {config['judged']}, this code expects {list(JUDGED)}; remake it with `python {MAKER_SCRIPT}`")
+    if config["size"] != SIZE:
+        raise ValueError(f"{path} reads {config['size']} px frames, the SynthTalk world renders {SIZE} px; "
+                         f"remake it with `python {MAKER_SCRIPT}`")
     judge = Judge.from_config(config)
     judge.load_state_dict(state)
     return judge.eval().requires_grad_(False)
@@ -149,7 +154,7 @@ def _judge_batch(judge: Judge, frames: np.ndarray) -> np.ndarray:
 
 
 def judge_video(path: str | Path, judge: Judge | None = None) -> dict[str, np.ndarray]:
-    """Per-frame parameters of a video file (decoded by the repository's reader, resized to 64 px)."""
+    """Per-frame parameters of a video file (decoded by the repository's reader, resized to :data:`SIZE`)."""
     from ..video_io import iter_video_frames
 
     judge = load_judge() if judge is None else judge

@@ -1,4 +1,4 @@
-"""Command line: ``python -m emotivetalk_core.train {preprocess,encoders,vaid,ethd,export}``.
+"""Command line: ``python -m emotivetalk_core.train {preprocess,base,encoders,vaid,ethd,export}``.
 
 Training commands run the same under ``accelerate launch`` (one process per device)::
 
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Train EmotiveTalk: preprocess videos, train each stage, export the inference file.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("preprocess", help="talking-head videos -> training shards (see 'preprocess --help')", add_help=False)
-    helps = {"encoders": "Lip Encoder, Exp Encoder, Face Processor from the preprocessing targets",
+    helps = {"base": "SVD's VAE and image encoder from scratch (for a model with no pretrained SVD base)",
+             "encoders": "Lip Encoder, Exp Encoder, Face Processor from the preprocessing targets",
              "vaid": "Audio-lip Projector, Di-CTE with Identity Encoder, Mapping",
              "ethd": "ETHD adapters (optionally the whole UNet) on base SVD"}
     for stage in STAGES:
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--steps", type=int, help="override train.steps (total, counting resumed steps)")
         command.add_argument("--seed", type=int, help="override train.seed")
         command.add_argument("--init", action="append", default=[], metavar="KEY=PATH",
-                             help="override init.KEY (encoders, vaid, base_svd, speech_encoder); repeatable")
+                             help="override init.KEY (encoders, vaid, base, base_svd, speech_encoder); repeatable")
         command.add_argument("--resume", help="a checkpoint folder, or 'latest' for the run's newest checkpoint")
         command.add_argument("--debug", action="store_true", help="show tracebacks")
     export = commands.add_parser("export", help="merge stage exports into one inference file the nodes load")

@@ -5,11 +5,11 @@ config file's folder; ``--data``/``--out`` given on the command line are relativ
 working directory)::
 
     {
-      "stage":  "encoders" | "vaid" | "ethd",
+      "stage":  "base" | "encoders" | "vaid" | "ethd",
       "model":  "tiny" | "svd-xt" | {full model config dict, as configs.py},
-      "data":   {"shards": DIR, "window": FRAMES, "labels": [emotion labels]},
-      "init":   {"encoders": FILE, "vaid": FILE, "base_svd": FILE_OR_DIR, "speech_encoder": FILE_OR_DIR},
-      "train":  {"seed", "steps", "batch_size", "grad_accum", "lr", "lr_warmup", "weight_decay",
+      "data":   {"shards": DIR, "window": FRAMES, "labels": [emotion labels], "reference": "clip" | "video"},
+      "init":   {"encoders": FILE, "vaid": FILE, "base": FILE, "base_svd": FILE_OR_DIR, "speech_encoder": FILE_OR_DIR},
+      "train":  {"seed", "steps", "batch_size", "grad_accum", "lr", "lr_warmup", "lr_schedule", "lr_min", "weight_decay",
                  "ema_decay", "ema_warmup", "mixed_precision", "gradient_checkpointing",
                  "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",
                  "max_grad_norm", "num_workers", "find_unused_parameters"},
@@ -22,12 +22,15 @@ and ``configs/full.json`` do): no ``stage`` key, the shared keys above, and
 ``"stages": {"encoders": {...}, "vaid": {...}, "ethd": {...}}`` whose entries may set ``data``,
 ``init``, ``train`` (merged key by key over the shared ones) and the stage's own section. The
 command (``train vaid --config FILE``) picks the entry; the run folder is ``output/<stage>``,
-and ``init.encoders`` of ``vaid`` and ``ethd`` defaults to the encoders run's export
-(``output/encoders/export/encoders.safetensors``), so the stages chain without edits.
+``init.encoders`` of ``vaid`` and ``ethd`` defaults to the encoders run's export
+(``output/encoders/export/encoders.safetensors``) and, when the file has a ``base`` stage,
+``init.base`` of ``ethd`` to its export, so the stages chain without edits.
 
 ``data.window`` defaults to ``model.ethd.clip_frames`` for ETHD (and must equal it: SVD's
 conditioning is per clip, so the training clip length is the inference window);
 ``data.labels`` defaults to the Mapping's labels, so a shard's emotion index is the Mapping's.
+``data.reference`` (default ``"clip"``) is where the portrait frame x_ref comes from: the item's
+own clip, or (``"video"``) any clip of its shard (see ``shards.ClipDataset``).
 ``batch_size`` is per process: the global batch is ``batch_size x processes x grad_accum``.
 """
 
@@ -38,9 +41,11 @@ import json
 import numbers
 from pathlib import Path
 
-STAGES = ("encoders", "vaid", "ethd")
+STAGES = ("base", "encoders", "vaid", "ethd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-INIT_KEYS = ("encoders", "vaid", "base_svd", "speech_encoder")
+LR_SCHEDULES = ("constant", "cosine")
+INIT_KEYS = ("encoders", "vaid", "base", "base_svd", "speech_encoder")
+REFERENCES = ("clip", "video")
 
 # Every train key with its default (None = required).
 TRAIN_DEFAULTS = {
@@ -50,6 +55,8 @@ TRAIN_DEFAULTS = {
     "grad_accum": 1,
     "lr": None,
     "lr_warmup": 0,
+    "lr_schedule": "constant",
+    "lr_min": 0.0,
     "weight_decay": 0.0,
     "ema_decay": 0.999,
     "ema_warmup": True,
@@ -118,6 +125,8 @@ def select_stage(raw: dict, stage: str | None, source: str = "config") -> dict:
         merged[key] = {**raw.get(key, {}), **entry.get(key, {})}
     if stage in ("vaid", "ethd"):
         merged["init"].setdefault("encoders", str(Path(raw["output"]) / "encoders" / "export" / "encoders.safetensors"))
+    if stage == "ethd" and "base" in stages:
+        merged["init"].setdefault("base", str(Path(raw["output"]) / "base" / "export" / "base.safetensors"))
     merged["stage"] = stage
     merged["output"] = str(Path(raw["output"]) / stage)
     merged[stage] = copy.deepcopy(entry.get(stage, {}))
@@ -210,7 +219,9 @@ def _train(train, source: str) -> dict:
     for key in _BOOLS:
         if not isinstance(merged[key], bool):
             raise ConfigError(f"{source}: train.{key} must be true or false, got {merged[key]!r}")
-    for key in ("lr", "weight_decay", "max_grad_norm"):
+    if merged["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"{source}: train.lr_schedule must be one of {list(LR_SCHEDULES)}, got {merged['lr_schedule']!r}")
+    for key in ("lr", "lr_min", "weight_decay", "max_grad_norm"):
         if not _is_number(merged[key]) or merged[key] < 0 or (key == "lr" and merged[key] == 0):
             raise ConfigError(f"{source}: train.{key} must be a {'positive' if key == 'lr' else 'non-negative'} number, got {merged[key]!r}")
     if not _is_number(merged["ema_decay"]) or not 0 <= merged["ema_decay"] < 1:
@@ -236,9 +247,9 @@ def _init(init, base_dir: Path, source: str) -> dict:
 def _data(data, config: dict, base_dir: Path, source: str) -> dict:
     if not isinstance(data, dict) or "shards" not in data:
         raise ConfigError(f"{source}: 'data' must be an object with 'shards' (the folder preprocessing wrote)")
-    unknown = sorted(set(data) - {"shards", "window", "labels"})
+    unknown = sorted(set(data) - {"shards", "window", "labels", "reference"})
     if unknown:
-        raise ConfigError(f"{source}: unknown data key(s) {unknown}; allowed: ['labels', 'shards', 'window']")
+        raise ConfigError(f"{source}: unknown data key(s) {unknown}; allowed: ['labels', 'reference', 'shards', 'window']")
     data = dict(data)
     data["shards"] = str(_path(data["shards"], base_dir, "data.shards", source))
     clip_frames = config["model"]["ethd"]["clip_frames"]
@@ -250,6 +261,8 @@ def _data(data, config: dict, base_dir: Path, source: str) -> dict:
     window = data.get("window")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"{source}: data.window must be a whole number of frames >= 1, got {window!r}")
+    if data.setdefault("reference", "clip") not in REFERENCES:
+        raise ConfigError(f"{source}: data.reference must be one of {list(REFERENCES)}, got {data['reference']!r}")
     labels = data.setdefault("labels", list(config["model"].get("mapping", {}).get("labels", [])))
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ConfigError(f"{source}: data.labels must be a list of emotion label strings")

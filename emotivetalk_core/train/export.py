@@ -6,8 +6,9 @@ needs the V-AID side (``lip_projector``, ``dicte``, ``identity_encoder``, ``mapp
 speech encoder's fingerprint in ``info``) and the ETHD side (``adapter`` from ``ethd``, plus
 ``unet``/``vae``/``image_encoder`` when the file is to be self-contained; without them it is an
 adapter file that loads with the user's base SVD). A component is taken from the stage that
-makes it; a later stage's export may carry a copy (the frozen encoders), which is used only when
-the maker's export is not given, and a copy that differs from the maker's is reported.
+makes it for the inference file (the ETHD stage's export carries the VAE and image encoder it was
+trained with, which a ``base`` run made); a stage's export may carry a copy (the frozen encoders),
+which is used only when the maker's export is not given, and a copy that differs is reported.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..checkpoints import (
     save_model_file,
 )
 from ..models import VAID_COMPONENTS
+from .config import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class StageExport:
         self.path = path
         self.configs, self.info = read_metadata(path)
         self.stage = self.info.get("stage")
-        if self.stage not in ("encoders", "vaid", "ethd"):
+        if self.stage not in STAGES:
             raise CheckpointError(f"{path} is not a training stage export (its info has no stage); "
                                   "give RUN folders or RUN/export/<stage>.safetensors files")
 
@@ -108,8 +110,9 @@ def check_dimensions(configs: dict[str, dict]) -> None:
                                   "train every stage with the same model config")
 
 
-def merge_exports(sources: list[str | Path], out: str | Path) -> Path:
-    """Write one inference file from stage exports (run folders or files); returns its path."""
+def merge_exports(sources: list[str | Path], out: str | Path, info: dict | None = None) -> Path:
+    """Write one inference file from stage exports (run folders or files); returns its path.
+    ``info`` adds facts to the file's info (e.g. how a SynthTalk run made it)."""
     exports = [StageExport(path) for path in stage_files(sources)]
     chosen = choose_components(exports)
     states, configs = {}, {}
@@ -121,7 +124,7 @@ def merge_exports(sources: list[str | Path], out: str | Path) -> Path:
             configs.update(loaded_configs)
     check_dimensions(configs)
     _report_differing_copies(exports, chosen, states)
-    info = merged_info(exports, chosen, self_contained=all(name in chosen for name in BASE))
+    info = {**merged_info(exports, chosen, self_contained=all(name in chosen for name in BASE)), **(info or {})}
     path = save_model_file(out, {name: (states[name], configs[name]) for name in chosen}, info)
     log.info("wrote %s (%s)", path, info["note"])
     return path
@@ -147,7 +150,7 @@ def merged_info(exports: list[StageExport], chosen: dict, self_contained: bool) 
     if "speech_encoder" not in vaid.info:
         raise CheckpointError(f"{vaid.path} does not record the speech encoder V-AID was trained with")
     stages = {}
-    for export in sorted(exports, key=lambda e: ("encoders", "vaid", "ethd").index(e.stage)):
+    for export in sorted(exports, key=lambda e: STAGES.index(e.stage)):
         stages[export.stage] = {
             "file": export.path.name,
             "steps": export.info.get("steps"),

@@ -275,7 +275,8 @@ def _check_same_run(saved: dict, config: dict, folder: Path) -> None:
     for key in ("stage", "model", config["stage"]):
         if saved.get(key) != config.get(key):
             raise TrainingError(f"{folder} was written by a run with a different '{key}'; resume with the config it was trained with")
-    fixed = ("seed", "batch_size", "grad_accum", "lr", "lr_warmup", "weight_decay", "ema_decay", "ema_warmup", "max_grad_norm")
+    fixed = ("seed", "batch_size", "grad_accum", "lr", "lr_warmup", "lr_schedule", "lr_min", "weight_decay", "ema_decay",
+             "ema_warmup", "max_grad_norm")
     changed = [key for key in fixed if saved["train"].get(key) != config["train"].get(key)]
     if changed:
         log.warning("resuming %s with changed train settings %s: the run is no longer the uninterrupted one", folder, changed)
@@ -341,7 +342,8 @@ def train(config: dict, resume: str | None = None) -> Path:
     check_accelerator(accelerator, config)  # DeepSpeed's own config may have changed the accumulation
     ema = EMA(_trained_parameters(accelerator.unwrap_model(model)), train_cfg["ema_decay"], train_cfg["ema_warmup"])
     state = load_checkpoint(accelerator, resume_dir, ema, config) if resume_dir else {"step": 0, "samples": 0}
-    clips = ClipDataset(config["data"]["shards"], config["data"]["window"], config["data"]["labels"])
+    data = config["data"]
+    clips = ClipDataset(data["shards"], data["window"], data["labels"], data["reference"])
     sampler = GlobalBatchSampler(len(clips), train_cfg["seed"], train_cfg["batch_size"], accelerator.num_processes,
                                  accelerator.process_index, train_cfg["grad_accum"], state["step"], state["samples"])
     _warn_small_dataset(len(clips), sampler.global_batch)
@@ -351,6 +353,22 @@ def train(config: dict, resume: str | None = None) -> Path:
     loop = _Loop(accelerator, stage, model, optimizer, ema, config, clips, sampler)
     loop.run(state)
     return run
+
+
+def learning_rate(train_cfg: dict, step: int) -> float:
+    """Linear warmup over ``lr_warmup`` steps, then constant, or (``lr_schedule = "cosine"``) a
+    cosine from ``lr`` down to ``lr_min`` at ``steps``. A function of the step alone: there is no
+    scheduler state to save. With a constant rate a run stopped early is exactly the start of a
+    longer one; a cosine depends on ``steps``, so change it on resume only knowingly."""
+    import math
+
+    lr, warmup = train_cfg["lr"], train_cfg["lr_warmup"]
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if train_cfg["lr_schedule"] == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, train_cfg["steps"] - warmup))
+        return train_cfg["lr_min"] + (lr - train_cfg["lr_min"]) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
 
 
 def _optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.Optimizer:
@@ -440,12 +458,8 @@ class _Loop:
         return totals
 
     def _set_lr(self, step: int) -> None:
-        # Linear warmup, then constant: a function of the step alone, so there is no scheduler
-        # state to save and a run stopped early is exactly the start of a longer one.
-        warmup = self.train_cfg["lr_warmup"]
-        lr = self.train_cfg["lr"] * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(self.train_cfg, step)
 
     def _checkpoint_due(self, step: int) -> bool:
         return step % self.train_cfg["checkpoint_every"] == 0

@@ -13,7 +13,9 @@ One safetensors file per source video (a *shard*), holding that video's clips. T
 The metadata key ``emotivetalk.shard`` holds JSON: ``format``, ``source`` (the video, relative
 to the input folder), ``identity``, ``emotion`` (a label or null), ``level`` (int or null),
 ``fps``, ``sample_rate``, ``size``, ``targets`` (``{"tool", "lip_dim", "exp_dim"}``) and
-``clips`` (``[{"name", "start_frame", "frames"}]``).
+``clips`` (``[{"name", "start_frame", "frames"}]``). A clip entry may carry its own ``emotion``
+and ``intensity`` (a video whose person changes emotion between clips, as SynthTalk's do); a
+clip's own label wins over the shard's.
 
 Readers open shards lazily (``safe_open`` + ``get_slice``), so a window of a long clip reads
 only its own frames.
@@ -30,10 +32,12 @@ import numpy as np
 import torch
 
 from ..checkpoints import readable_by_all
+from .config import REFERENCES
 
 FORMAT_VERSION = "1"
 METADATA_KEY = "emotivetalk.shard"
 FIELDS = ("frames", "audio", "mask", "box", "lip_target", "exp_target")
+CLIP_LABELS = ("emotion", "intensity")
 
 
 class ShardError(ValueError):
@@ -55,7 +59,8 @@ def write_shard(path: str | Path, clips: list[dict[str, np.ndarray]], info: dict
     """Write one video's clips (each a dict of :data:`FIELDS` arrays) and its info to ``path``.
 
     ``info`` holds every metadata entry of the module docstring except ``format`` and ``clips``;
-    each clip dict may carry ``start_frame`` (its first frame in the source). The file is written
+    each clip dict may carry ``start_frame`` (its first frame in the source) and the
+    :data:`CLIP_LABELS` of that clip. The file is written
     to a temporary name and renamed, so an interrupted run never leaves a half shard behind.
     """
     from safetensors.numpy import save_file
@@ -68,7 +73,8 @@ def write_shard(path: str | Path, clips: list[dict[str, np.ndarray]], info: dict
         _check_clip(name, clip, frames, per_frame, info)
         for key in FIELDS:
             tensors[f"{name}.{key}"] = np.ascontiguousarray(clip[key])
-        entries.append({"name": name, "start_frame": int(clip.get("start_frame", 0)), "frames": int(frames)})
+        labels = {key: clip[key] for key in CLIP_LABELS if key in clip}
+        entries.append({"name": name, "start_frame": int(clip.get("start_frame", 0)), "frames": int(frames), **labels})
     metadata = {METADATA_KEY: json.dumps({**info, "format": FORMAT_VERSION, "clips": entries}, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,12 @@ class Window:
     clip: str
     start: int
     clip_frames: int
+    emotion: str | None = None
+
+
+def clip_emotion(clip: dict, info: dict) -> str | None:
+    """A clip's emotion label: its own, else its video's (``None`` when neither is known)."""
+    return clip.get("emotion", info.get("emotion"))
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -135,17 +147,25 @@ class ClipDataset(torch.utils.data.Dataset):
     ``exp_target`` ``[T, E]``, ``emotion`` (the label's index in ``labels``, -1 when unknown)
     and ``index`` (the item's own index, for seeded per-sample noise). Windows tile each clip
     without overlap; a clip shorter than ``window`` gives none.
+
+    ``reference`` says where :meth:`outside_frame` draws the portrait from: ``"clip"``, the
+    item's own clip (the same expression as the window, for real videos of one emotion), or
+    ``"video"``, any clip of the same shard (the same person, often with another expression:
+    what teaches ETHD to change the portrait's expression into the driven one).
     """
 
-    def __init__(self, root: str | Path, window: int, labels: tuple[str, ...] | list[str] = ()):
+    def __init__(self, root: str | Path, window: int, labels: tuple[str, ...] | list[str] = (), reference: str = "clip"):
         if window < 1:
             raise ValueError(f"window must be at least 1 frame, got {window}")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         self.paths = shard_paths(root)
         self.infos = [read_shard_info(path) for path in self.paths]
         self.window = window
         self.labels = list(labels)
+        self.reference = reference
         self.windows = [
-            Window(shard, clip["name"], start, clip["frames"])
+            Window(shard, clip["name"], start, clip["frames"], clip_emotion(clip, info))
             for shard, info in enumerate(self.infos)
             for clip in info["clips"]
             for start in range(0, clip["frames"] - window + 1, window)
@@ -160,9 +180,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         where = self.windows[index]
         stop = where.start + self.window
-        arrays = self._read(where, where.start, stop)
-        info = self.infos[where.shard]
-        emotion = info.get("emotion")
+        arrays = self._read(where.shard, where.clip, where.start, stop)
+        emotion = where.emotion
         return {
             "frames": _channels_first(arrays["frames"]),
             "mask": torch.from_numpy(arrays["mask"]).unsqueeze(1).float() / 255.0,
@@ -175,21 +194,24 @@ class ClipDataset(torch.utils.data.Dataset):
         }
 
     def outside_frame(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        """A frame ``[3, S, S]`` of the same clip outside the item's window (ETHD's reference frame),
-        or, when the window is the whole clip, its first frame."""
+        """A frame ``[3, S, S]`` outside the item's window (the portrait x_ref), uniformly from the
+        item's clip or, with ``reference="video"``, from every clip of its shard; when nothing lies
+        outside the window, the window's first frame."""
         where = self.windows[index]
-        outside = [f for f in range(where.clip_frames) if not where.start <= f < where.start + self.window]
-        frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else where.start
-        return _channels_first(self._read(where, frame, frame + 1, keys=("frames",))["frames"])[0]
+        clips = self.infos[where.shard]["clips"] if self.reference == "video" else [{"name": where.clip, "frames": where.clip_frames}]
+        outside = [(clip["name"], f) for clip in clips for f in range(clip["frames"])
+                   if not (clip["name"] == where.clip and where.start <= f < where.start + self.window)]
+        name, frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else (where.clip, where.start)
+        return _channels_first(self._read(where.shard, name, frame, frame + 1, keys=("frames",))["frames"])[0]
 
-    def _read(self, where: Window, start: int, stop: int, keys=FIELDS) -> dict[str, np.ndarray]:
+    def _read(self, shard: int, clip: str, start: int, stop: int, keys=FIELDS) -> dict[str, np.ndarray]:
         from safetensors import safe_open
 
         per_frame = self.samples_per_frame
         result = {}
-        with safe_open(str(self.paths[where.shard]), framework="np") as handle:
+        with safe_open(str(self.paths[shard]), framework="np") as handle:
             for key in keys:
-                tensor = handle.get_slice(f"{where.clip}.{key}")
+                tensor = handle.get_slice(f"{clip}.{key}")
                 result[key] = tensor[start * per_frame : stop * per_frame] if key == "audio" else tensor[start:stop]
         return result
 

@@ -2,7 +2,8 @@
 
 The loop (accelerate, EMA, checkpoints, logging) is the same for every stage; a stage says
 which modules exist, which of them train, what the loss of a batch is, and what the export
-writes. Stages: ``encoders`` (Lip/Exp Encoders and Face Processor distilled from the
+writes. Stages: ``base`` (SVD's VAE and image encoder from scratch, for a base nobody ships),
+``encoders`` (Lip/Exp Encoders and Face Processor distilled from the
 preprocessing targets), ``vaid`` (Audio-lip Projector, Di-CTE + Identity Encoder, Mapping),
 ``ethd`` (ETHD adapters, optionally the whole UNet).
 
@@ -44,7 +45,7 @@ from torch import nn
 
 from .noise import SampleNoise
 
-STAGE_CLASSES = {"encoders": "EncodersStage", "vaid": "VAIDStage", "ethd": "ETHDStage"}
+STAGE_CLASSES = {"base": "BaseStage", "encoders": "EncodersStage", "vaid": "VAIDStage", "ethd": "ETHDStage"}
 
 
 def get_stage(name: str) -> Stage:

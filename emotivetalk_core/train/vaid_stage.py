@@ -65,7 +65,14 @@ Options (``config["vaid"]``), defaults in :data:`VAID_DEFAULTS`:
 - ``label_prob`` 0.4, ``text_prob`` 0.3: emotion-source mix on labelled clips (image: the rest);
 - ``sample_steps`` 10: DDIM steps of the Di-CTE samples written by :meth:`VAIDStage.sample`;
 - ``sample_labels`` ``["neutral", "happy", "angry"]``: emotions sampled there (those the
-  Mapping knows).
+  Mapping knows);
+- ``uncond_source`` ``"reference"``: the unconditional condition is Exp Encoder(x_ref), the
+  portrait's own expression, right when x_ref comes from the clip itself (``data.reference =
+  "clip"``). With portraits from other clips of the person (``"video"``: an Identity Encoder that
+  never sees the target clip's expression, so it cannot leak the emotion that the condition
+  should bring), ``"clip"`` takes the code of a random frame of the window instead: the
+  unconditional prediction still means "keep the expression given", which is what intensity 0
+  asks of the portrait's own code at inference, not "guess the emotion from the voice".
 """
 
 from __future__ import annotations
@@ -84,7 +91,7 @@ from ..models import VAIDModel, load_built, vaid_classes, vaid_components, vaid_
 from ..speech_encoder import SAMPLE_RATE, load_speech_encoder
 from ..vaid import pull_loss, push_loss
 from .noise import SampleNoise
-from .shards import read_shard_info, shard_paths
+from .shards import clip_emotion, read_shard_info, shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +107,9 @@ VAID_DEFAULTS = {
     "text_prob": 0.3,
     "sample_steps": 10,
     "sample_labels": ["neutral", "happy", "angry"],
+    "uncond_source": "reference",
 }
+UNCOND_SOURCES = ("reference", "clip")
 
 TRAINABLE = ("lip_projector", "dicte", "identity_encoder", "mapping")
 ENCODERS = ("lip_encoder", "exp_encoder", "face_processor")
@@ -225,6 +234,8 @@ class VAIDStage:
     def build(self, config: dict) -> nn.ModuleDict:
         model = config["model"]
         self.options = options(config, "vaid", VAID_DEFAULTS)
+        if self.options["uncond_source"] not in UNCOND_SOURCES:
+            raise ValueError(f"vaid.uncond_source must be one of {UNCOND_SOURCES}, got {self.options['uncond_source']!r}")
         self.data_labels = [label.strip().lower() for label in config["data"]["labels"]]
         classes = vaid_classes()
         trainable = {name: classes[name][0](model[classes[name][1]]) for name in TRAINABLE}
@@ -248,8 +259,7 @@ class VAIDStage:
         l_v = per_frame(modules["lip_encoder"], frames)
         e_v = per_frame(modules["exp_encoder"], frames)
         l_a = modules["lip_projector"](speech).float()
-        with torch.no_grad():
-            own = modules["exp_encoder"](reference).float()
+        own = self.own_expression(modules, reference, e_v, noise, index)
         identity = modules["identity_encoder"](reference)
         condition, mapping_terms, idle = self._conditions(modules, batch, e_v, frames, noise)
         dicte_terms, e_a = dicte_loss(modules["dicte"], e_v, speech, identity, condition, own,
@@ -264,6 +274,16 @@ class VAIDStage:
         total = sum(opts[f"{name}_weight"] * value for name, value in terms.items()) + idle
         logged = {name: value.detach() for name, value in terms.items()}
         return {"loss": total, **logged, "pull_top1": top1_accuracy(l_a.detach(), l_v)}
+
+    def own_expression(self, modules, reference, e_v, noise, index) -> torch.Tensor:
+        """Di-CTE's unconditional condition ``[B, exp_dim]``: the portrait's expression code, or
+        with ``uncond_source = "clip"`` the code of a random frame of the window (see the module
+        docstring)."""
+        if self.options["uncond_source"] == "clip":
+            pick = noise.uniform("vaid.own", index).mul(e_v.shape[1]).long().clamp(max=e_v.shape[1] - 1)
+            return e_v[torch.arange(len(e_v)), pick.to(e_v.device)]
+        with torch.no_grad():
+            return modules["exp_encoder"](reference).float()
 
     def _conditions(self, modules, batch, e_v, frames, noise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(condition [B, exp_dim], mapping term [B], idle)``: each clip's Di-CTE condition is
@@ -390,10 +410,11 @@ def _check_labels(config: dict, mapping) -> None:
     unknown = [label for label in config["data"]["labels"] if label.strip().lower() not in mapping.labels]
     if unknown:
         raise ValueError(f"data.labels {unknown} are not labels of the Mapping ({mapping.labels})")
-    present = {str(info.get("emotion")).lower() for info in map(read_shard_info, shard_paths(config["data"]["shards"]))}
+    present = {str(clip_emotion(clip, info)).lower()
+               for info in map(read_shard_info, shard_paths(config["data"]["shards"])) for clip in info["clips"]}
     unseen = [label for label in mapping.labels if label not in present]
     if unseen:
-        log.warning("no shard is labelled %s: their Mapping label embeddings stay random%s", unseen,
+        log.warning("no clip is labelled %s: their Mapping label embeddings stay random%s", unseen,
                     " (including 'neutral', which the neutralise option uses)" if "neutral" in unseen else "")
 
 

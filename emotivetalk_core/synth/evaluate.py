@@ -1,0 +1,497 @@
+"""``synth evaluate``: held-out SynthTalk clips through the full pipeline, measured by the judge.
+
+A held-out world (a seed the model was not trained on: new people, new sentences) gives, per clip,
+a neutral portrait, speech, a requested emotion and the world's truth: what that person's face
+does saying that with that emotion. The speech's own emotional colouring is drawn independently
+of the requested emotion, so a face that follows the request follows the request, not the voice.
+Every clip is generated with the whole pipeline (V-AID lip stream, Di-CTE from the emotion,
+ETHD with EDI, the VAE), then read by the frozen judge. Figures, each beside its **ceiling**
+(the same measure on the true renders) and its **floor** (the portrait repeated):
+
+- ``lip_sync``: Pearson r of judged vs true mouth opening, pooled over all clips, at the best
+  common offset within +-2 frames; ``lip_sync_within_clip``: the mean of per-clip r (at that
+  offset), which pooled clips of different loudness cannot inflate;
+- ``lip_strength_zero_sync``: ``lip_sync`` with lip strength 0 (the mouth must then not follow);
+- ``emotion_accuracy``: share of clips whose judged emotion is the requested one, per route:
+  ``label``, ``text`` (the training prompts), ``image`` (a portrait of another held-out person
+  showing the emotion), ``video`` (another held-out person's clip with the emotion); chance 0.2;
+- ``intensity_monotone``: the judged strength of the requested emotion at intensity 0, 0.5, 1,
+  1.5 (mean over clips) strictly increases;
+- ``identity_error``: mean absolute colour difference (0..1) between generated frames and the
+  portrait;
+- ``seam_ratio``: ``metrics.seam_ratio`` of the generated frames over ETHD's windows;
+- ``drift_per_minute``: slope of the per-frame identity error over one long take;
+- ``grain``: speckle: the standard deviation of the high-frequency part (the residual minus its
+  5x5 mean) of generated minus true frames, over pixels where the true render is flat (its 5x5
+  neighbourhood constant); ``flat_error`` beside it is the mean absolute difference there
+  (colour error, not speckle);
+- ``silence_mouth``: mean judged mouth opening over frames where nobody speaks (the world's
+  mouth rests there at 0).
+
+Goals (the SynthTalk issue) are in :data:`GOALS`; the report says which are met.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import audio as audio_lib
+from . import world
+
+log = logging.getLogger(__name__)
+
+ROUTES = ("label", "text", "image", "video")
+INTENSITIES = (0.0, 0.5, 1.0, 1.5)
+MAX_OFFSET = 2
+GOALS = {
+    "lip_sync": (">=", 0.85),
+    "lip_sync_within_clip": (">=", 0.75),
+    "lip_strength_zero_sync": ("<=", 0.3),
+    "emotion_accuracy.label": (">=", 0.7),
+    "emotion_accuracy.text": (">=", 0.7),
+    "emotion_accuracy.image": (">=", 0.6),
+    "emotion_accuracy.video": (">=", 0.6),
+    "intensity_monotone": ("==", True),
+    "identity_error": ("<=", 0.08),
+    "seam_ratio": ("<=", 1.2),
+    "drift_per_minute": ("<", 0.01),
+    "grain": ("<=", 0.03),
+}
+
+
+@dataclass
+class HeldOutClip:
+    index: int
+    who: world.Identity
+    requested: str
+    speech_emotion: str
+    clip: object  # dataset.Clip: speech and the truth with the requested emotion
+    portrait: np.ndarray  # uint8 [S, S, 3], the person neutral and at rest
+
+
+def held_out_clips(seed: int, count: int, size: int) -> list[HeldOutClip]:
+    """Clip ``i``: person ``i`` of world ``seed``, asked for emotion ``i mod 5``, speaking with an
+    independently drawn emotion in the voice."""
+    from .dataset import identity_seed, make_clip
+    from .render import render
+    from .texts import sentence
+
+    clips = []
+    for index in range(count):
+        who = world.identity(identity_seed(seed, index))
+        rng = np.random.default_rng([seed, index, 0xE7])
+        requested = world.EMOTION_NAMES[index % len(world.EMOTION_NAMES)]
+        voice = str(rng.choice(world.EMOTION_NAMES))
+        text = sentence(rng, who.voice.language)
+        clip_seed = int(rng.integers(2**31))
+        truth = make_clip(who, world.Emotion(requested), text, clip_seed, size=size, voice=world.Emotion(voice))
+        portrait = render(who, world.still(who, world.Emotion("neutral")).params, size).rgb[0]
+        clips.append(HeldOutClip(index, who, requested, voice, truth, portrait))
+    return clips
+
+
+# --- generation ------------------------------------------------------------------------------
+
+def _nchw(frames_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames_uint8)).permute(0, 3, 1, 2).float() / 255.0
+
+
+class _HeldOutResolver:
+    """The pipeline's resolver for emotion images and videos held in memory (keyed by the value
+    of their EmotionSource) rather than in files."""
+
+    def __init__(self, vaid, images: dict, videos: dict):
+        from ..pipeline import VAIDEmotionResolver
+
+        self.files = VAIDEmotionResolver(vaid)
+        self.vaid, self.images, self.videos = vaid, images, videos
+
+    def label(self, name):
+        return self.files.label(name)
+
+    def text(self, prompt):
+        return self.files.text(prompt)
+
+    def image(self, key):
+        mapping = self.vaid.mapping
+        with torch.no_grad():
+            code = self.files.expressions(_nchw(self.images[key]))
+            return mapping.from_image(code.to(next(mapping.parameters()).device))[0].float().cpu()
+
+    def video(self, key, num_frames, fps):
+        return self.files.expressions(_nchw(self.videos[key][:num_frames]))
+
+
+class Generator:
+    """The full pipeline on one model, frames kept in memory (uint8, as a video file holds them)."""
+
+    def __init__(self, checkpoint: str, steps: int):
+        from ..pipeline import EmotiveTalkPipeline
+
+        self.pipeline = EmotiveTalkPipeline.from_files(checkpoint)
+        self.steps = steps
+
+    def __call__(self, portrait: np.ndarray, waveform: np.ndarray, timeline, seed: int, images=None, videos=None,
+                 lip_strength: float = 1.0) -> np.ndarray:
+        from ..pipeline import GenerationSettings, decode_frames, prepare_audio
+
+        pipe = self.pipeline
+        settings = GenerationSettings(steps=self.steps, seed=seed, lip_strength=lip_strength).sized_for(pipe.model)
+        audio = prepare_audio(waveform, audio_lib.SAMPLE_RATE, world.FPS)
+        latents, _ = pipe.latents(_nchw(portrait[None]), audio, settings, timeline,
+                                  resolver=_HeldOutResolver(pipe.vaid, images or {}, videos or {}))
+        frames = torch.cat(list(decode_frames(pipe.model, latents, settings)))
+        return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+    def spans(self, num_frames: int) -> list[tuple[int, int]]:
+        from ..sampling import default_overlap, window_spans
+
+        window = self.pipeline.model.settings["clip_frames"]
+        return window_spans(num_frames, window, default_overlap(window))
+
+    @property
+    def size(self) -> int:
+        from ..pipeline import native_size
+
+        return native_size(self.pipeline.model)[0]
+
+
+def route_source(route: str, clip: HeldOutClip):
+    """The emotion source a route uses for a clip (images and videos by in-memory key)."""
+    from ..emotion import EmotionSource
+    from ..train.vaid_stage import text_prompt
+
+    if route == "label":
+        return EmotionSource("label", clip.requested)
+    if route == "text":
+        return EmotionSource("text", text_prompt(clip.requested, (clip.index * 0.37) % 1.0))
+    return EmotionSource(route, f"held-out-{route}-{clip.index}")
+
+
+def example_of(route: str, clip: HeldOutClip, seed: int, size: int) -> dict:
+    """The emotion image or video of another held-out person for a clip's image/video route."""
+    from .dataset import identity_seed, make_clip
+    from .render import render
+    from .texts import sentence
+
+    other = world.identity(identity_seed(seed, 100_000 + clip.index))
+    emotion = world.Emotion(clip.requested)
+    key = f"held-out-{route}-{clip.index}"
+    if route == "image":
+        return {"images": {key: render(other, world.still(other, emotion).params, size).rgb}}
+    rng = np.random.default_rng([seed, clip.index, 0x71])
+    example = make_clip(other, emotion, sentence(rng, other.voice.language), int(rng.integers(2**31)), size=size)
+    return {"videos": {key: example.frames.rgb}}
+
+
+# --- measures --------------------------------------------------------------------------------
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r; 0 when either side is constant (a still mouth follows nothing)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 1e-12 else 0.0
+
+
+def shifted_pairs(judged: list[np.ndarray], truth: list[np.ndarray], offset: int):
+    """Per clip, judged frame k + offset against true frame k (frames in both clips only)."""
+    pairs = []
+    for j, t in zip(judged, truth, strict=True):
+        n = len(t)
+        lo, hi = max(0, -offset), min(n, n - offset)
+        pairs.append((j[lo + offset:hi + offset], t[lo:hi]))
+    return pairs
+
+
+def lip_sync(judged: list[np.ndarray], truth: list[np.ndarray]) -> dict:
+    """Pooled r at the best common offset within +-MAX_OFFSET, and the mean per-clip r there."""
+    best = None
+    for offset in range(-MAX_OFFSET, MAX_OFFSET + 1):
+        pairs = shifted_pairs(judged, truth, offset)
+        pooled = pearson(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+        if best is None or pooled > best[0]:
+            best = (pooled, offset, pairs)
+    pooled, offset, pairs = best
+    return {"pooled": pooled, "within_clip": float(np.mean([pearson(j, t) for j, t in pairs])), "offset": offset}
+
+
+def flat_mask(true_frames: np.ndarray, radius: int = 2) -> np.ndarray:
+    """``[F, H, W]`` True where the true render is constant over the (2r+1)^2 neighbourhood."""
+    frames = true_frames.astype(np.int16)
+    height, width = frames.shape[1:3]
+    padded = np.pad(frames, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    high = low = frames
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            window = padded[:, dy:dy + height, dx:dx + width]
+            high, low = np.maximum(high, window), np.minimum(low, window)
+    return (high - low).max(axis=-1) <= 1
+
+
+def _box_mean(values: np.ndarray, radius: int = 2) -> np.ndarray:
+    height, width = values.shape[1:3]
+    padded = np.pad(values, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    total = np.zeros_like(values)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            total += padded[:, dy:dy + height, dx:dx + width]
+    return total / (2 * radius + 1) ** 2
+
+
+def grain(generated: np.ndarray, true_frames: np.ndarray) -> dict:
+    """Speckle and colour error of generated vs true frames where the true render is flat."""
+    flat = flat_mask(true_frames)
+    residual = generated.astype(np.float64) / 255 - true_frames.astype(np.float64) / 255
+    speckle = residual - _box_mean(residual)
+    if not flat.any():
+        return {"grain": 0.0, "flat_error": 0.0}
+    return {"grain": float(np.sqrt((speckle[flat] ** 2).mean())), "flat_error": float(np.abs(residual[flat]).mean())}
+
+
+def identity_error(frames: np.ndarray, portrait: np.ndarray) -> np.ndarray:
+    """Per-frame mean absolute colour difference (0..1) to the portrait."""
+    return np.abs(frames.astype(np.float64) - portrait[None].astype(np.float64)).mean(axis=(1, 2, 3)) / 255
+
+
+def drift_slope(per_frame_error: np.ndarray) -> float:
+    """Least-squares slope of a per-frame series, per minute of video."""
+    minutes = np.arange(len(per_frame_error)) / (world.FPS * 60.0)
+    return float(np.polyfit(minutes, per_frame_error, 1)[0]) if len(per_frame_error) > 1 else 0.0
+
+
+# --- the evaluation --------------------------------------------------------------------------
+
+def trained_world_seed(checkpoint: str) -> int | None:
+    """The SynthTalk world a model file was trained in (its info records it), if any."""
+    from ..checkpoints import read_metadata
+    from ..models import resolve_model_file
+
+    _, info = read_metadata(resolve_model_file(checkpoint))
+    return (info.get("synthtalk") or {}).get("world_seed")
+
+
+def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int = 25, take_seconds: float = 60.0,
+             subset: int | None = None, progress=None) -> dict:
+    """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``.
+
+    ``subset`` clips (default: a quarter, at least 5) also measure intensity and lip strength 0.
+    """
+    from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
+
+    _check_arguments(checkpoint, seed, clips, steps, take_seconds)
+    generate = Generator(checkpoint, steps)
+    judge = load_judge()
+    size = generate.size
+    subset = min(clips, subset or max(5, clips // 4))
+    held_out = held_out_clips(seed, clips, size)
+    report_progress = progress or (lambda done, total: None)
+    total = clips * 2 + subset * (len(INTENSITIES) - 1) + subset + 1
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        report_progress(done, total)
+
+    rows = []
+    for clip in held_out:
+        truth = clip.clip
+        row = {"clip": clip, "routes": {}}
+        for route in ("label", ("text", "image", "video")[clip.index % 3]):
+            extras = example_of(route, clip, seed, size) if route in ("image", "video") else {}
+            frames = generate(clip.portrait, truth.waveform, _single(route_source(route, clip)), seed * 1000 + clip.index,
+                              **extras)
+            row["routes"][route] = {"frames": frames, "judged": judge_frames(judge, frames)}
+            tick()
+        rows.append(row)
+
+    measures = _route_measures(rows, judge_frames, judge, judged_emotion)
+    measures.update(_subset_measures(rows[:subset], generate, judge, judge_frames, emotion_strength, seed, tick))
+    measures.update(_take_measures(generate, seed, take_seconds, size, tick))
+    return _report(measures, checkpoint, seed, clips, steps, subset, take_seconds, generate)
+
+
+def _single(source):
+    from ..emotion import single
+
+    return single(source)
+
+
+def _check_arguments(checkpoint, seed, clips, steps, take_seconds) -> None:
+    if clips < 5:
+        raise ValueError(f"--clips must be at least 5 (one per emotion), got {clips}")
+    if not 1 <= steps <= 200:
+        raise ValueError(f"--steps must be between 1 and 200, got {steps}")
+    if not 2.0 <= take_seconds <= 600.0:
+        raise ValueError(f"--take-seconds must be between 2 and 600, got {take_seconds:g}")
+    trained_on = trained_world_seed(checkpoint)
+    if trained_on is not None and seed == trained_on:
+        raise ValueError(f"--seed {seed} is the world {checkpoint} was trained in: held-out figures need another seed")
+
+
+def _route_measures(rows, judge_frames, judge, judged_emotion) -> dict:
+    """Lip sync, emotion per route, identity, seams and grain, with their ceilings and floors."""
+    label_rows = [row for row in rows]
+    true_mouth = [row["clip"].clip.performance.params["mouth_open"] for row in label_rows]
+    generated = [row["routes"]["label"]["frames"] for row in label_rows]
+    judged_true = [judge_frames(judge, row["clip"].clip.frames.rgb) for row in label_rows]
+    portraits = [np.repeat(row["clip"].portrait[None], row["clip"].clip.num_frames, axis=0) for row in label_rows]
+    judged_portrait = [judge_frames(judge, frames) for frames in portraits]
+    sync = lip_sync([row["routes"]["label"]["judged"]["mouth_open"] for row in label_rows], true_mouth)
+    measures = {
+        "lip_sync": (sync["pooled"], lip_sync([j["mouth_open"] for j in judged_true], true_mouth)["pooled"],
+                     lip_sync([j["mouth_open"] for j in judged_portrait], true_mouth)["pooled"]),
+        "lip_sync_within_clip": (sync["within_clip"], lip_sync([j["mouth_open"] for j in judged_true], true_mouth)["within_clip"],
+                                 lip_sync([j["mouth_open"] for j in judged_portrait], true_mouth)["within_clip"]),
+        "lip_sync_offset": (sync["offset"], 0, 0),
+    }
+    for route in ROUTES:
+        chosen = [row for row in rows if route in row["routes"]]
+        hits = [judged_emotion(row["routes"][route]["judged"])[0] == row["clip"].requested for row in chosen]
+        true_hits = [judged_emotion(judge_frames(judge, row["clip"].clip.frames.rgb))[0] == row["clip"].requested for row in chosen]
+        floor_hits = [row["clip"].requested == "neutral" for row in chosen]
+        measures[f"emotion_accuracy.{route}"] = (float(np.mean(hits)), float(np.mean(true_hits)), float(np.mean(floor_hits)))
+    identity = [identity_error(frames, row["clip"].portrait).mean() for frames, row in zip(generated, label_rows)]
+    identity_true = [identity_error(row["clip"].clip.frames.rgb, row["clip"].portrait).mean() for row in label_rows]
+    measures["identity_error"] = (float(np.mean(identity)), float(np.mean(identity_true)), 0.0)
+    silent = [row["clip"].clip.performance.speaking < 0.01 for row in label_rows]
+    measures["silence_mouth"] = tuple(
+        float(np.mean(np.concatenate([j["mouth_open"][s] for j, s in zip(series, silent)])))
+        for series in ([row["routes"]["label"]["judged"] for row in label_rows], judged_true, judged_portrait))
+    grains = [grain(frames, row["clip"].clip.frames.rgb) for frames, row in zip(generated, label_rows)]
+    floor_grains = [grain(portrait, row["clip"].clip.frames.rgb) for portrait, row in zip(portraits, label_rows)]
+    measures["grain"] = (float(np.mean([g["grain"] for g in grains])), 0.0, float(np.mean([g["grain"] for g in floor_grains])))
+    measures["flat_error"] = (float(np.mean([g["flat_error"] for g in grains])), 0.0,
+                              float(np.mean([g["flat_error"] for g in floor_grains])))
+    return measures
+
+
+def _seams(frames_list, spans_of) -> float | None:
+    from ..metrics import seam_ratio
+
+    ratios = [seam_ratio(torch.from_numpy(frames), spans_of(len(frames))) for frames in frames_list
+              if len(spans_of(len(frames))) >= 2]
+    return float(np.mean(ratios)) if ratios else None
+
+
+def _subset_measures(rows, generate, judge, judge_frames, emotion_strength, seed, tick) -> dict:
+    """Intensity 0 / 0.5 / 1.5 (1 is the label route already made) and lip strength 0."""
+    from ..emotion import EmotionSource, single
+
+    emotional = [row for row in rows if row["clip"].requested != "neutral"]
+    strengths = {1.0: [emotion_strength(row["routes"]["label"]["judged"], row["clip"].requested) for row in emotional]}
+    true_strengths = {}
+    from .render import render
+
+    for intensity in INTENSITIES:
+        true_strengths[intensity] = []
+        for row in emotional:
+            clip = row["clip"]
+            scaled = world.with_intensity(clip.clip.performance, intensity)
+            true_strengths[intensity].append(emotion_strength(judge_frames(judge, render(clip.who, scaled.params, clip.portrait.shape[0]).rgb), clip.requested))
+        if intensity == 1.0:
+            continue
+        strengths[intensity] = []
+        for row in rows:
+            clip = row["clip"]
+            frames = generate(clip.portrait, clip.clip.waveform, single(EmotionSource("label", clip.requested), intensity),
+                              seed * 1000 + clip.index)
+            tick()
+            if clip.requested != "neutral":
+                strengths[intensity].append(emotion_strength(judge_frames(judge, frames), clip.requested))
+    means = [float(np.mean(strengths[i])) for i in INTENSITIES]
+    true_means = [float(np.mean(true_strengths[i])) for i in INTENSITIES]
+    zero_lip = []
+    for row in rows:
+        clip = row["clip"]
+        frames = generate(clip.portrait, clip.clip.waveform, single(EmotionSource("label", clip.requested)),
+                          seed * 1000 + clip.index, lip_strength=0.0)
+        tick()
+        zero_lip.append(judge_frames(judge, frames)["mouth_open"])
+    truth = [row["clip"].clip.performance.params["mouth_open"] for row in rows]
+    seams = _seams([row["routes"]["label"]["frames"] for row in rows], generate.spans)
+    true_seams = _seams([row["clip"].clip.frames.rgb for row in rows], generate.spans)
+    return {
+        "intensity_monotone": (bool(all(a < b for a, b in zip(means, means[1:]))),
+                               bool(all(a < b for a, b in zip(true_means, true_means[1:]))), False),
+        "intensity_strengths": (means, true_means, [0.0] * len(INTENSITIES)),
+        "lip_strength_zero_sync": (lip_sync(zero_lip, truth)["pooled"], None, None),
+        "seam_ratio": (seams, true_seams, None),
+    }
+
+
+def _take_measures(generate, seed, take_seconds, size, tick) -> dict:
+    """One long take of one held-out person: identity drift per minute, and seams over it."""
+    from ..emotion import EmotionSource, single
+    from .dataset import identity_seed, make_clip
+    from .texts import sentence
+
+    who = world.identity(identity_seed(seed, 200_000))
+    rng = np.random.default_rng([seed, 0x7A])
+    emotion = world.Emotion(str(rng.choice(world.EMOTION_NAMES[1:])))
+    text = " ".join(sentence(rng, who.voice.language) for _ in range(max(1, int(take_seconds / 2.2))))
+    take = make_clip(who, emotion, text, int(rng.integers(2**31)), size=size)
+    limit = int(take_seconds * world.FPS)
+    waveform = take.waveform[: limit * audio_lib.SAMPLE_RATE // world.FPS]
+    frames = generate(render_portrait(who, size), waveform, single(EmotionSource("label", emotion.label)), seed * 1000 + 999)
+    tick()
+    portrait = render_portrait(who, size)
+    return {
+        "drift_per_minute": (drift_slope(identity_error(frames, portrait)),
+                             drift_slope(identity_error(take.frames.rgb[:limit], portrait)), 0.0),
+        "take_seconds": (len(frames) / world.FPS, None, None),
+        "take_seam_ratio": (_seams([frames], generate.spans), _seams([take.frames.rgb[:limit]], generate.spans), None),
+    }
+
+
+def render_portrait(who: world.Identity, size: int) -> np.ndarray:
+    from .render import render
+
+    return render(who, world.still(who, world.Emotion("neutral")).params, size).rgb[0]
+
+
+def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate) -> dict:
+    report = {}
+    for name, (value, ceiling, floor) in measures.items():
+        entry = {"value": value, "ceiling": ceiling, "floor": floor}
+        if name in GOALS:
+            op, target = GOALS[name]
+            entry["goal"] = f"{op} {target}"
+            entry["met"] = value is not None and {"<=": value <= target if value is not None else False,
+                                                  ">=": value >= target if value is not None else False,
+                                                  "<": value < target if value is not None else False,
+                                                  "==": value == target}[op]
+        report[name] = entry
+    info = generate.pipeline.model.info
+    report["settings"] = {"checkpoint": str(checkpoint), "seed": seed, "clips": clips, "subset": subset, "steps": steps,
+                          "take_seconds": take_seconds, "trained": bool(info.get("trained")),
+                          "routes_per_clip": "label for every clip; text, image or video in turn"}
+    report["all_goals_met"] = all(entry.get("met", True) for entry in report.values() if isinstance(entry, dict) and "goal" in entry)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for name, entry in report.items():
+        if name in ("settings", "all_goals_met"):
+            continue
+        goal = f"  goal {entry['goal']}: {'met' if entry['met'] else 'NOT met'}" if "goal" in entry else ""
+        lines.append(f"{name:28s} {_fmt(entry['value']):>10s}  (ceiling {_fmt(entry['ceiling'])}, floor {_fmt(entry['floor'])}){goal}")
+    lines.append(f"all goals met: {report['all_goals_met']}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
