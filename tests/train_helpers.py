@@ -50,8 +50,11 @@ def _random_clip(rng: np.random.Generator, frames: int, size: int) -> dict:
 
 
 def write_synthetic_shards(root: Path, videos: int = 2, clips: int = 2, frames: int = 8, learnable: bool = False,
-                           seed: int = 0, size: int = SIZE) -> Path:
-    """``videos`` shards of ``clips`` clips each under ``root``; returns ``root``."""
+                           seed: int = 0, size: int = SIZE, emotion: str | None = "happy",
+                           clip_labels: list[dict] | None = None) -> Path:
+    """``videos`` shards of ``clips`` clips each under ``root``; returns ``root``. ``emotion`` is
+    every shard's label; ``clip_labels[k]`` (e.g. ``{"emotion": "sad", "intensity": 2}``) is
+    written into clip ``k`` of every shard (a clip's own labels)."""
     rng = np.random.default_rng(seed)
     make = _learnable_clip if learnable else _random_clip
     per_frame = SAMPLE_RATE // FPS
@@ -61,8 +64,10 @@ def write_synthetic_shards(root: Path, videos: int = 2, clips: int = 2, frames: 
             clip = make(rng, frames, size)
             clip["audio"] = (0.1 * rng.standard_normal(frames * per_frame)).astype(np.float32)
             clip["box"] = np.tile(np.array([0, 0, size, size], np.float32), (frames, 1))
+            if clip_labels:
+                clip.update(clip_labels[len(items)])
             items.append(clip)
-        info = {"source": f"video{video}.mp4", "identity": f"person{video}", "emotion": "happy", "level": None,
+        info = {"source": f"video{video}.mp4", "identity": f"person{video}", "emotion": emotion, "level": None,
                 "fps": FPS, "sample_rate": SAMPLE_RATE, "size": size,
                 "targets": {"tool": "synthetic", "lip_dim": LIP_DIM, "exp_dim": EXP_DIM}}
         write_shard(Path(root) / f"video{video}.safetensors", items, info)
