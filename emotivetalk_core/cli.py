@@ -1,4 +1,4 @@
-"""Command line: ``python -m emotivetalk_core {generate,demo}``.
+"""Command line: ``python -m emotivetalk_core {generate,demo,synth}``.
 
 Bad input exits with status 2 and one line on stderr saying what is wrong and what to do; a
 traceback only with ``--debug``.
@@ -37,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_emotion_arguments(generate)
     _add_common_arguments(generate)
 
-    demo = commands.add_parser("demo", help="the bundled portrait and speech on the default model")
+    demo = commands.add_parser("demo", help="the bundled SynthTalk portrait and speech on the default model")
     demo.add_argument("--out", type=Path, default=Path("emotivetalk_demo.mp4"), help="output .mp4 (default: %(default)s)")
+    demo.add_argument("--side-by-side", type=Path, default=None,
+                      help="also this mp4: the portrait, then one column per emotion (default: OUT_emotions.mp4)")
     _add_emotion_arguments(demo, default_label="happy")
     _add_common_arguments(demo, steps=12)
+
+    from .synth.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -117,6 +123,10 @@ def _settings(args):
 
 
 def _run(args) -> Path:
+    if args.command == "synth":
+        from .synth.cli import run
+
+        return run(args)
     from .pipeline import EmotiveTalkPipeline, load_image, load_prepared_audio
 
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
@@ -129,6 +139,12 @@ def _run(args) -> Path:
     progress = None if args.quiet else _progress_bar()
     result = pipeline.generate_to_file(portrait, audio, args.out, settings, timeline, progress=progress)
     print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")
+    if args.command == "demo":
+        from .demo import side_by_side
+
+        path = args.side_by_side or args.out.with_name(args.out.stem + "_emotions.mp4")
+        made = side_by_side(pipeline, portrait, audio, settings, path, progress=None if args.quiet else _progress_bar())
+        print(f"wrote {made['path']} (the portrait, then {', '.join(made['labels'])})")
     if not pipeline.trained:
         print("note: the model is UNTRAINED (random weights): the video shows noise, not a talking head", file=sys.stderr)
     return result.path

@@ -119,9 +119,12 @@ class Progress:
         return time.perf_counter() - self.started
 
     def remaining(self, phase: str) -> float:
-        done = [p for p in PHASES if p in self.spent]
-        planned_done = sum(self.plan.expected_seconds(p) for p in done)
-        speed = sum(self.spent.values()) / planned_done if planned_done else 1.0
+        """Planned seconds of ``phase`` and the phases after it, times how much slower (or faster)
+        than planned this machine ran the training stages so far (the world's rendering says
+        nothing about training speed)."""
+        trained = [p for p in ("base", "encoders", "vaid", "ethd") if p in self.spent]
+        planned = sum(self.plan.expected_seconds(p) for p in trained)
+        speed = sum(self.spent[p] for p in trained) / planned if planned else 1.0
         return speed * sum(self.plan.expected_seconds(p) for p in PHASES[PHASES.index(phase):])
 
     def _unit(self, phase: str) -> str:
