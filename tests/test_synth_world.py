@@ -473,3 +473,21 @@ def test_an_interrupted_run_resumes_with_the_same_shards(shards, tmp_path):
     assert kept.stat().st_mtime_ns == stamp and digest(kept) == digest(paths[0])
     # The missing person is written again, bit for bit as the first run wrote it.
     assert digest(resumed[1]) == digest(paths[1])
+
+
+def test_a_shard_of_another_world_or_size_is_refused_not_reused(shards, tmp_path):
+    import shutil
+
+    from emotivetalk_core.train.shards import ShardError
+
+    _, paths, _ = shards
+    shutil.copy2(paths[0], tmp_path / paths[0].name)
+    before = digest(tmp_path / paths[0].name)
+    for request in ({"world_seed": 4, "clips": 5}, {"world_seed": 3, "clips": 2}):
+        with pytest.raises(ShardError, match="world-3/person-00000.*give an empty folder"):
+            dataset.write_shards(tmp_path, people=1, **request)
+    (tmp_path / "person-00001.safetensors").write_bytes(b"not a shard")
+    with pytest.raises(ShardError, match="person-00001.safetensors exists and is not a SynthTalk shard"):
+        dataset.write_shards(tmp_path, world_seed=3, people=2, clips=5)
+    assert digest(tmp_path / paths[0].name) == before
+    assert (tmp_path / "person-00001.safetensors").read_bytes() == b"not a shard"

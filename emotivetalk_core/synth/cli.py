@@ -21,7 +21,7 @@ def add_commands(commands) -> None:
     portrait.add_argument("--seed", type=int, required=True, help="the person's seed")
     portrait.add_argument("--emotion", default="neutral", help="neutral, happy, sad, angry or surprised (default: neutral)")
     portrait.add_argument("--intensity", type=float, default=1.0, help="0..2 (default: 1)")
-    portrait.add_argument("--size", type=int, default=None, help="pixels (default: the world's 64)")
+    portrait.add_argument("--size", type=int, default=None, help="pixels (default: the world's 32, the demo model's native size)")
     portrait.add_argument("--out", type=Path, required=True, help="PNG to write (never over an existing file)")
 
     judge = sub.add_parser("judge", help="read a SynthTalk video's mouth, brows, eyes and emotion, frame by frame")

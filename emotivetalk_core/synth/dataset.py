@@ -119,7 +119,7 @@ def write_person(out: Path, world_seed: int, index: int, clips: int, size: int =
 
     made = person_clips(world_seed, index, clips, size)
     info = {
-        "source": f"synthtalk/world-{world_seed}/person-{index:05d}",
+        "source": _source(world_seed, index),
         "identity": f"synthtalk-{world_seed}-{index}",
         "emotion": None,
         "level": None,
@@ -128,16 +128,19 @@ def write_person(out: Path, world_seed: int, index: int, clips: int, size: int =
         "size": size,
         "targets": TARGETS,
     }
-    return write_shard(Path(out) / f"person-{index:05d}.safetensors", [clip.shard_entry() for clip in made], info)
+    return write_shard(_shard_path(Path(out), index), [clip.shard_entry() for clip in made], info)
 
 
 def write_shards(out: str | Path, world_seed: int, people: int, clips: int = 5, size: int = SIZE, workers: int = 1,
                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Write ``people`` shards of ``clips`` clips each into ``out`` (shards already there are kept,
-    so an interrupted run resumes); ``workers`` processes render in parallel."""
+    """Write ``people`` shards of ``clips`` clips each into ``out``; ``workers`` processes render in
+    parallel. Shards already there are kept when they are the ones asked for (same world, person,
+    clip count and size), so an interrupted run resumes; any other file of the same name is refused,
+    never written over. Returns the requested people's shards."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [index for index in range(people) if not (out / f"person-{index:05d}.safetensors").is_file()]
+    paths = [_shard_path(out, index) for index in range(people)]
+    todo = [index for index, path in enumerate(paths) if not _is_made(path, world_seed, index, clips, size)]
     done = people - len(todo)
     if progress:
         progress(done, people)
@@ -159,4 +162,29 @@ def write_shards(out: str | Path, world_seed: int, people: int, clips: int = 5, 
                 done += 1
                 if progress:
                     progress(done, people)
-    return sorted(out.glob("person-*.safetensors"))
+    return paths
+
+
+def _source(world_seed: int, index: int) -> str:
+    return f"synthtalk/world-{world_seed}/person-{index:05d}"
+
+
+def _shard_path(out: Path, index: int) -> Path:
+    return out / f"person-{index:05d}.safetensors"
+
+
+def _is_made(path: Path, world_seed: int, index: int, clips: int, size: int) -> bool:
+    """True when ``path`` is already this person's shard; False when absent; raises when another
+    file sits there (a resumed run must not mix worlds or sizes)."""
+    from ..train.shards import ShardError, read_shard_info
+
+    if not path.is_file():
+        return False
+    try:
+        info = read_shard_info(path)
+    except Exception as error:
+        raise ShardError(f"{path} exists and is not a SynthTalk shard ({error}): give an empty folder") from error
+    if (info.get("source"), len(info.get("clips", [])), info.get("size")) != (_source(world_seed, index), clips, size):
+        raise ShardError(f"{path} holds {info.get('source')} ({len(info.get('clips', []))} clips, {info.get('size')} px), "
+                         f"not {_source(world_seed, index)} ({clips} clips, {size} px): give an empty folder")
+    return True
