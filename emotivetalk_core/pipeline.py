@@ -66,9 +66,8 @@ class GenerationSettings:
     def validate(self) -> None:
         audio_lib.exact_rate(self.fps, "fps")
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if value < 0 or value % 64:
-                raise ValueError(f"{name} must be a multiple of 64 (or 0 for the model's native size), got {value}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (the model's native size) or a positive number of pixels, got {getattr(self, name)}")
         if self.steps < 1 or self.dicte_steps < 1:
             raise ValueError("steps must be at least 1")
         if self.sampler not in SAMPLERS:
@@ -78,8 +77,14 @@ class GenerationSettings:
         return asdict(self)
 
     def sized_for(self, model) -> "GenerationSettings":
-        """A copy with a 0 width or height replaced by the model's native size."""
+        """A copy with a 0 width or height replaced by the model's native size; refuses a size the
+        model cannot generate (not a multiple of its VAE's and UNet's downsampling)."""
         width, height = output_size(model, self.width, self.height)
+        multiple = size_multiple(model)
+        for name, value in (("width", width), ("height", height)):
+            if value % multiple:
+                raise ValueError(f"{name} must be a multiple of {multiple} for this model (or 0 for its native size "
+                                 f"{native_size(model)[0 if name == 'width' else 1]}), got {value}")
         return replace(self, width=width, height=height)
 
 
@@ -91,6 +96,13 @@ def native_size(model) -> tuple[int, int]:
     """``(width, height)`` the model was trained at, as its file records it."""
     width, height = model.settings.get("resolution", DEFAULT_RESOLUTION)
     return int(width), int(height)
+
+
+def size_multiple(model) -> int:
+    """Pixels a side must be a multiple of: the VAE's downsampling times the UNet's (64 for SVD)."""
+    vae_levels = len(model.vae.config.block_out_channels)
+    unet_levels = len(model.ethd.unet.config.block_out_channels)
+    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
 
 
 def output_size(model, width: int, height: int) -> tuple[int, int]:
