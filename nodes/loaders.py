@@ -55,7 +55,7 @@ def model_file_input(what: str) -> tuple:
     """The widget that picks an EmotiveTalk file from models/emotivetalk (or the shipped default)."""
     return (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
         "default": bridge.DEFAULT_MODEL,
-        "tooltip": f"{what}; 'default' is the tiny untrained model shipped with the pack.",
+        "tooltip": f"{what}; 'default' is the pack's own 32 px demo model, trained on SynthTalk's procedural faces (not for real faces).",
     })
 
 

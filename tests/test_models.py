@@ -20,35 +20,62 @@ from emotivetalk_core.models import (
 )
 
 
-def test_default_model_is_small_self_contained_and_says_it_is_untrained():
-    assert DEFAULT_MODEL_PATH.stat().st_size < 8e6
+def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
+    assert DEFAULT_MODEL_PATH.stat().st_size <= 20e6
     configs, info = read_metadata(DEFAULT_MODEL_PATH)
     assert set(configs) == set(ETHD_COMPONENTS) | set(VAID_COMPONENTS)
-    assert info["trained"] is False
-    assert "UNTRAINED" in describe(info)
+    assert info["trained"] is True and info["config"] == "synthtalk" and "UNTRAINED" not in describe(info)
+    run = info["synthtalk"]
+    assert run["command"].startswith("python -m emotivetalk_core synth train") and isinstance(run["seed"], int)
+    held_out = info["held_out"]
+    assert held_out["settings"]["seed"] != run["world_seed"] and held_out["settings"]["clips"] >= 64
+    for name in ("lip_sync", "lip_sync_within_clip", "emotion_accuracy.label", "identity_error", "grain"):
+        assert {"value", "ceiling", "floor", "goal", "met"} <= set(held_out[name]), name
     model = load_emotivetalk_model("default")
     vaid = load_vaid_model("default")
-    assert model.settings["clip_frames"] == get_config("tiny")["ethd"]["clip_frames"]
-    assert model.info["trained"] is False and vaid.info["trained"] is False
-    assert next(model.ethd.parameters()).dtype == torch.float32
+    assert model.settings == get_config("synthtalk")["ethd"]
+    assert model.info["trained"] is True and vaid.info["trained"] is True
+    assert next(model.ethd.parameters()).dtype == torch.float32  # stored in float16, computed as asked
 
 
-def test_default_model_file_is_what_the_seeded_script_writes(tmp_path):
+def _script(name: str):
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.py"
-    spec = importlib.util.spec_from_file_location("make_default_model", script)
+    script = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    fresh = module.make(tmp_path / "default.safetensors")
-    assert read_metadata(fresh) == read_metadata(DEFAULT_MODEL_PATH)
-    fresh_states, _, _ = load_model_file(fresh)
-    shipped_states, _, _ = load_model_file(DEFAULT_MODEL_PATH)
-    for component, state in shipped_states.items():
-        assert state.keys() == fresh_states[component].keys(), component
+    return module
+
+
+def test_make_default_model_halves_a_synthtalk_run_and_records_its_report(tmp_path):
+    torch.manual_seed(0)
+    config = get_config("tiny")
+    model, vaid = build_emotivetalk_model(config), build_vaid_model(config)
+    run = {"command": "python -m emotivetalk_core synth train --out RUN", "seed": 0, "world_seed": 0}
+    source = save_full_model(tmp_path / "run.safetensors", model, vaid, config, {"trained": True, "note": "run", "synthtalk": run})
+    report = {"lip_sync": {"value": 0.9, "ceiling": 0.97, "floor": 0.1, "goal": ">= 0.85", "met": True},
+              "settings": {"seed": 1, "clips": 64}, "all_goals_met": True}
+    make = _script("make_default_model").make
+    out = make(source, report, tmp_path / "default.safetensors")
+    configs, info = read_metadata(out)
+    assert info["trained"] is True and info["synthtalk"] == run and info["held_out"] == report
+    assert info["script"] == "scripts/make_default_model.py" and "SynthTalk" in info["note"]
+    states, _, _ = load_model_file(out)
+    originals, _, _ = load_model_file(source)
+    for component, state in originals.items():
         for key, tensor in state.items():
-            assert torch.equal(tensor, fresh_states[component][key]), f"{component}.{key}"
+            if tensor.is_floating_point():
+                assert states[component][key].dtype == torch.float16
+                assert torch.equal(states[component][key], tensor.half()), f"{component}.{key}"
+    assert out.stat().st_size < 0.6 * source.stat().st_size
+    with pytest.raises(SystemExit, match="world 0, the one .* was trained in"):
+        make(source, {**report, "settings": {"seed": 0, "clips": 64}}, tmp_path / "again.safetensors")
+    untrained = save_full_model(tmp_path / "untrained.safetensors", model, vaid, config, {"trained": False, "note": "x"})
+    assert "UNTRAINED" in describe(read_metadata(untrained)[1])
+    with pytest.raises(SystemExit, match="not a SynthTalk-trained model"):
+        make(untrained, report, tmp_path / "again.safetensors")
 
 
 def test_full_model_round_trip_gives_identical_modules(tmp_path):

@@ -37,8 +37,9 @@ def add_commands(commands) -> None:
     evaluate = sub.add_parser("evaluate", help="generate held-out SynthTalk clips and measure lips, emotion, identity, seams, drift, grain")
     evaluate.add_argument("--checkpoint", default="default", help="model file, or 'default'")
     evaluate.add_argument("--seed", type=int, required=True, help="the held-out world's seed (not the training seed)")
-    evaluate.add_argument("--clips", type=int, default=64, help="held-out clips (default: 64)")
-    evaluate.add_argument("--steps", type=int, default=25, help="ETHD denoising steps (default: 25)")
+    evaluate.add_argument("--clips", type=int, default=64, help="held-out clips, each by one emotion route in turn (default: 64)")
+    evaluate.add_argument("--subset", type=int, default=8, help="clips that also measure intensity and lip strength 0 (default: 8)")
+    evaluate.add_argument("--steps", type=int, default=12, help="ETHD denoising steps (default: 12, the demo's)")
     evaluate.add_argument("--take-seconds", type=float, default=60.0, help="length of the single take that measures drift (default: 60)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -96,6 +97,15 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate, format_report
 
-    report = evaluate(args.checkpoint, seed=args.seed, clips=args.clips, steps=args.steps, take_seconds=args.take_seconds)
+    report = evaluate(args.checkpoint, seed=args.seed, clips=args.clips, steps=args.steps, take_seconds=args.take_seconds,
+                      subset=args.subset, progress=_progress("synth evaluate"))
     print(json.dumps(report) if args.json else format_report(report))
     return 0
+
+
+def _progress(what: str):
+    """Generations done so far, on stderr (stdout holds the report)."""
+    def report(done: int, total: int) -> None:
+        print(f"[{what}] {done}/{total} generations", file=sys.stderr, flush=True)
+
+    return report

@@ -14,9 +14,12 @@ ETHD with EDI, the VAE), then read by the frozen judge. Figures, each beside its
 - ``lip_strength_zero_sync``: ``lip_sync`` with lip strength 0 (the mouth must then not follow);
 - ``emotion_accuracy``: share of clips whose judged emotion is the requested one, per route:
   ``label``, ``text`` (the training prompts), ``image`` (a portrait of another held-out person
-  showing the emotion), ``video`` (another held-out person's clip with the emotion); chance 0.2;
+  showing the emotion), ``video`` (another held-out person's clip with the emotion); chance 0.2.
+  Clip ``i`` asks for emotion ``i mod 5`` by route ``i mod 4``, so 20 clips give every route
+  every emotion and 64 clips give each route 16;
 - ``intensity_monotone``: the judged strength of the requested emotion at intensity 0, 0.5, 1,
-  1.5 (mean over clips) strictly increases;
+  1.5 (mean over ``subset`` label-route clips asking for an emotion other than neutral)
+  strictly increases;
 - ``identity_error``: mean absolute colour difference (0..1) between generated frames and the
   portrait;
 - ``seam_ratio``: ``metrics.seam_ratio`` of the generated frames over ETHD's windows;
@@ -42,6 +45,7 @@ import torch
 
 from .. import audio as audio_lib
 from . import world
+from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,6 @@ def held_out_clips(seed: int, count: int, size: int) -> list[HeldOutClip]:
     """Clip ``i``: person ``i`` of world ``seed``, asked for emotion ``i mod 5``, speaking with an
     independently drawn emotion in the voice."""
     from .dataset import identity_seed, make_clip
-    from .render import render
     from .texts import sentence
 
     clips = []
@@ -90,8 +93,7 @@ def held_out_clips(seed: int, count: int, size: int) -> list[HeldOutClip]:
         text = sentence(rng, who.voice.language)
         clip_seed = int(rng.integers(2**31))
         truth = make_clip(who, world.Emotion(requested), text, clip_seed, size=size, voice=world.Emotion(voice))
-        portrait = render(who, world.still(who, world.Emotion("neutral")).params, size).rgb[0]
-        clips.append(HeldOutClip(index, who, requested, voice, truth, portrait))
+        clips.append(HeldOutClip(index, who, requested, voice, truth, render_portrait(who, size)))
     return clips
 
 
@@ -276,45 +278,49 @@ def trained_world_seed(checkpoint: str) -> int | None:
     return (info.get("synthtalk") or {}).get("world_seed")
 
 
-def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int = 25, take_seconds: float = 60.0,
-             subset: int | None = None, progress=None) -> dict:
-    """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``.
-
-    ``subset`` clips (default: a quarter, at least 5) also measure intensity and lip strength 0.
-    """
-    from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
-
-    _check_arguments(checkpoint, seed, clips, steps, take_seconds)
+def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int = 12, take_seconds: float = 60.0,
+             subset: int = 8, progress=None) -> dict:
+    """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``;
+    ``subset`` label-route clips also measure intensity and lip strength 0."""
+    _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset)
     generate = Generator(checkpoint, steps)
     judge = load_judge()
     size = generate.size
-    subset = min(clips, subset or max(5, clips // 4))
     held_out = held_out_clips(seed, clips, size)
-    report_progress = progress or (lambda done, total: None)
-    total = clips * 2 + subset * (len(INTENSITIES) - 1) + subset + 1
-    done = 0
-
-    def tick():
-        nonlocal done
-        done += 1
-        report_progress(done, total)
+    chosen = [clip for clip in held_out if route_of(clip) == "label" and clip.requested != "neutral"][:subset]
+    counter = _Counter(progress, total=clips + len(chosen) * len(INTENSITIES) + 1)
 
     rows = []
     for clip in held_out:
-        truth = clip.clip
-        row = {"clip": clip, "routes": {}}
-        for route in ("label", ("text", "image", "video")[clip.index % 3]):
-            extras = example_of(route, clip, seed, size) if route in ("image", "video") else {}
-            frames = generate(clip.portrait, truth.waveform, _single(route_source(route, clip)), seed * 1000 + clip.index,
-                              **extras)
-            row["routes"][route] = {"frames": frames, "judged": judge_frames(judge, frames)}
-            tick()
-        rows.append(row)
+        route = route_of(clip)
+        extras = example_of(route, clip, seed, size) if route in ("image", "video") else {}
+        frames = generate(clip.portrait, clip.clip.waveform, _single(route_source(route, clip)), _generation_seed(seed, clip),
+                          **extras)
+        rows.append({"clip": clip, "route": route, "frames": frames, "judged": judge_frames(judge, frames)})
+        counter.tick()
 
-    measures = _route_measures(rows, judge_frames, judge, judged_emotion)
-    measures.update(_subset_measures(rows[:subset], generate, judge, judge_frames, emotion_strength, seed, tick))
-    measures.update(_take_measures(generate, seed, take_seconds, size, tick))
-    return _report(measures, checkpoint, seed, clips, steps, subset, take_seconds, generate)
+    measures = _route_measures(rows, judge)
+    measures.update(_subset_measures([row for row in rows if row["clip"] in chosen], generate, judge, seed, counter.tick))
+    measures.update(_take_measures(generate, seed, take_seconds, size, counter.tick))
+    return _report(measures, checkpoint, seed, clips, steps, len(chosen), take_seconds, generate)
+
+
+def route_of(clip: HeldOutClip) -> str:
+    return ROUTES[clip.index % len(ROUTES)]
+
+
+def _generation_seed(seed: int, clip: HeldOutClip) -> int:
+    return seed * 1000 + clip.index
+
+
+class _Counter:
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
 
 
 def _single(source):
@@ -323,52 +329,50 @@ def _single(source):
     return single(source)
 
 
-def _check_arguments(checkpoint, seed, clips, steps, take_seconds) -> None:
-    if clips < 5:
-        raise ValueError(f"--clips must be at least 5 (one per emotion), got {clips}")
+def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset) -> None:
+    if clips < 20:
+        raise ValueError(f"--clips must be at least 20 (every emotion by every route), got {clips}")
     if not 1 <= steps <= 200:
         raise ValueError(f"--steps must be between 1 and 200, got {steps}")
     if not 2.0 <= take_seconds <= 600.0:
         raise ValueError(f"--take-seconds must be between 2 and 600, got {take_seconds:g}")
+    if subset < 2:
+        raise ValueError(f"--subset must be at least 2, got {subset}")
     trained_on = trained_world_seed(checkpoint)
     if trained_on is not None and seed == trained_on:
         raise ValueError(f"--seed {seed} is the world {checkpoint} was trained in: held-out figures need another seed")
 
 
-def _route_measures(rows, judge_frames, judge, judged_emotion) -> dict:
-    """Lip sync, emotion per route, identity, seams and grain, with their ceilings and floors."""
-    label_rows = [row for row in rows]
-    true_mouth = [row["clip"].clip.performance.params["mouth_open"] for row in label_rows]
-    generated = [row["routes"]["label"]["frames"] for row in label_rows]
-    judged_true = [judge_frames(judge, row["clip"].clip.frames.rgb) for row in label_rows]
-    portraits = [np.repeat(row["clip"].portrait[None], row["clip"].clip.num_frames, axis=0) for row in label_rows]
+def _route_measures(rows, judge) -> dict:
+    """Lip sync, emotion per route, identity, silence, grain, with their ceilings and floors."""
+    truths = [row["clip"].clip for row in rows]
+    true_mouth = [truth.performance.params["mouth_open"] for truth in truths]
+    judged_true = [judge_frames(judge, truth.frames.rgb) for truth in truths]
+    portraits = [np.repeat(row["clip"].portrait[None], truth.num_frames, axis=0) for row, truth in zip(rows, truths)]
     judged_portrait = [judge_frames(judge, frames) for frames in portraits]
-    sync = lip_sync([row["routes"]["label"]["judged"]["mouth_open"] for row in label_rows], true_mouth)
+    sources = {"value": [row["judged"] for row in rows], "ceiling": judged_true, "floor": judged_portrait}
+    syncs = {kind: lip_sync([j["mouth_open"] for j in judged], true_mouth) for kind, judged in sources.items()}
     measures = {
-        "lip_sync": (sync["pooled"], lip_sync([j["mouth_open"] for j in judged_true], true_mouth)["pooled"],
-                     lip_sync([j["mouth_open"] for j in judged_portrait], true_mouth)["pooled"]),
-        "lip_sync_within_clip": (sync["within_clip"], lip_sync([j["mouth_open"] for j in judged_true], true_mouth)["within_clip"],
-                                 lip_sync([j["mouth_open"] for j in judged_portrait], true_mouth)["within_clip"]),
-        "lip_sync_offset": (sync["offset"], 0, 0),
+        "lip_sync": tuple(syncs[kind]["pooled"] for kind in sources),
+        "lip_sync_within_clip": tuple(syncs[kind]["within_clip"] for kind in sources),
+        "lip_sync_offset": (syncs["value"]["offset"], syncs["ceiling"]["offset"], None),
     }
     for route in ROUTES:
-        chosen = [row for row in rows if route in row["routes"]]
-        hits = [judged_emotion(row["routes"][route]["judged"])[0] == row["clip"].requested for row in chosen]
-        true_hits = [judged_emotion(judge_frames(judge, row["clip"].clip.frames.rgb))[0] == row["clip"].requested for row in chosen]
-        floor_hits = [row["clip"].requested == "neutral" for row in chosen]
-        measures[f"emotion_accuracy.{route}"] = (float(np.mean(hits)), float(np.mean(true_hits)), float(np.mean(floor_hits)))
-    identity = [identity_error(frames, row["clip"].portrait).mean() for frames, row in zip(generated, label_rows)]
-    identity_true = [identity_error(row["clip"].clip.frames.rgb, row["clip"].portrait).mean() for row in label_rows]
+        picked = [k for k, row in enumerate(rows) if row["route"] == route]
+        requested = [rows[k]["clip"].requested for k in picked]
+        measures[f"emotion_accuracy.{route}"] = tuple(
+            float(np.mean([judged_emotion(judged[k])[0] == want for k, want in zip(picked, requested)]))
+            for judged in sources.values())
+    silent = [truth.performance.speaking < 0.01 for truth in truths]
+    measures["silence_mouth"] = tuple(float(np.mean(np.concatenate([j["mouth_open"][s] for j, s in zip(judged, silent)])))
+                                      for judged in sources.values())
+    identity = [identity_error(row["frames"], row["clip"].portrait).mean() for row in rows]
+    identity_true = [identity_error(truth.frames.rgb, row["clip"].portrait).mean() for row, truth in zip(rows, truths)]
     measures["identity_error"] = (float(np.mean(identity)), float(np.mean(identity_true)), 0.0)
-    silent = [row["clip"].clip.performance.speaking < 0.01 for row in label_rows]
-    measures["silence_mouth"] = tuple(
-        float(np.mean(np.concatenate([j["mouth_open"][s] for j, s in zip(series, silent)])))
-        for series in ([row["routes"]["label"]["judged"] for row in label_rows], judged_true, judged_portrait))
-    grains = [grain(frames, row["clip"].clip.frames.rgb) for frames, row in zip(generated, label_rows)]
-    floor_grains = [grain(portrait, row["clip"].clip.frames.rgb) for portrait, row in zip(portraits, label_rows)]
-    measures["grain"] = (float(np.mean([g["grain"] for g in grains])), 0.0, float(np.mean([g["grain"] for g in floor_grains])))
-    measures["flat_error"] = (float(np.mean([g["flat_error"] for g in grains])), 0.0,
-                              float(np.mean([g["flat_error"] for g in floor_grains])))
+    grains = [grain(row["frames"], truth.frames.rgb) for row, truth in zip(rows, truths)]
+    floor_grains = [grain(portrait, truth.frames.rgb) for portrait, truth in zip(portraits, truths)]
+    for name in ("grain", "flat_error"):
+        measures[name] = (float(np.mean([g[name] for g in grains])), 0.0, float(np.mean([g[name] for g in floor_grains])))
     return measures
 
 
@@ -380,50 +384,48 @@ def _seams(frames_list, spans_of) -> float | None:
     return float(np.mean(ratios)) if ratios else None
 
 
-def _subset_measures(rows, generate, judge, judge_frames, emotion_strength, seed, tick) -> dict:
-    """Intensity 0 / 0.5 / 1.5 (1 is the label route already made) and lip strength 0."""
+def _subset_measures(rows, generate, judge, seed, tick) -> dict:
+    """Intensity 0 / 0.5 / 1.5 (1 is the clip's own generation), lip strength 0, and seams."""
     from ..emotion import EmotionSource, single
-
-    emotional = [row for row in rows if row["clip"].requested != "neutral"]
-    strengths = {1.0: [emotion_strength(row["routes"]["label"]["judged"], row["clip"].requested) for row in emotional]}
-    true_strengths = {}
     from .render import render
 
-    for intensity in INTENSITIES:
-        true_strengths[intensity] = []
-        for row in emotional:
-            clip = row["clip"]
+    strengths = {intensity: [] for intensity in INTENSITIES}
+    true_strengths = {intensity: [] for intensity in INTENSITIES}
+    for row in rows:
+        clip = row["clip"]
+        for intensity in INTENSITIES:
             scaled = world.with_intensity(clip.clip.performance, intensity)
-            true_strengths[intensity].append(emotion_strength(judge_frames(judge, render(clip.who, scaled.params, clip.portrait.shape[0]).rgb), clip.requested))
-        if intensity == 1.0:
-            continue
-        strengths[intensity] = []
-        for row in rows:
-            clip = row["clip"]
-            frames = generate(clip.portrait, clip.clip.waveform, single(EmotionSource("label", clip.requested), intensity),
-                              seed * 1000 + clip.index)
-            tick()
-            if clip.requested != "neutral":
-                strengths[intensity].append(emotion_strength(judge_frames(judge, frames), clip.requested))
-    means = [float(np.mean(strengths[i])) for i in INTENSITIES]
-    true_means = [float(np.mean(true_strengths[i])) for i in INTENSITIES]
+            true_frames = render(clip.who, scaled.params, clip.portrait.shape[0]).rgb
+            true_strengths[intensity].append(emotion_strength(judge_frames(judge, true_frames), clip.requested))
+            if intensity == 1.0:
+                judged = row["judged"]
+            else:
+                judged = judge_frames(judge, generate(clip.portrait, clip.clip.waveform,
+                                                      single(EmotionSource("label", clip.requested), intensity),
+                                                      _generation_seed(seed, clip)))
+                tick()
+            strengths[intensity].append(emotion_strength(judged, clip.requested))
     zero_lip = []
     for row in rows:
         clip = row["clip"]
         frames = generate(clip.portrait, clip.clip.waveform, single(EmotionSource("label", clip.requested)),
-                          seed * 1000 + clip.index, lip_strength=0.0)
+                          _generation_seed(seed, clip), lip_strength=0.0)
         tick()
         zero_lip.append(judge_frames(judge, frames)["mouth_open"])
     truth = [row["clip"].clip.performance.params["mouth_open"] for row in rows]
-    seams = _seams([row["routes"]["label"]["frames"] for row in rows], generate.spans)
-    true_seams = _seams([row["clip"].clip.frames.rgb for row in rows], generate.spans)
+    means = [float(np.mean(strengths[i])) for i in INTENSITIES]
+    true_means = [float(np.mean(true_strengths[i])) for i in INTENSITIES]
     return {
-        "intensity_monotone": (bool(all(a < b for a, b in zip(means, means[1:]))),
-                               bool(all(a < b for a, b in zip(true_means, true_means[1:]))), False),
-        "intensity_strengths": (means, true_means, [0.0] * len(INTENSITIES)),
+        "intensity_monotone": (_increasing(means), _increasing(true_means), False),
+        "intensity_strengths": (means, true_means, None),
         "lip_strength_zero_sync": (lip_sync(zero_lip, truth)["pooled"], None, None),
-        "seam_ratio": (seams, true_seams, None),
+        "seam_ratio": (_seams([row["frames"] for row in rows], generate.spans),
+                       _seams([row["clip"].clip.frames.rgb for row in rows], generate.spans), None),
     }
+
+
+def _increasing(values: list[float]) -> bool:
+    return bool(all(a < b for a, b in zip(values, values[1:])))
 
 
 def _take_measures(generate, seed, take_seconds, size, tick) -> dict:
@@ -435,13 +437,14 @@ def _take_measures(generate, seed, take_seconds, size, tick) -> dict:
     who = world.identity(identity_seed(seed, 200_000))
     rng = np.random.default_rng([seed, 0x7A])
     emotion = world.Emotion(str(rng.choice(world.EMOTION_NAMES[1:])))
-    text = " ".join(sentence(rng, who.voice.language) for _ in range(max(1, int(take_seconds / 2.2))))
+    # A sentence is rarely under 1.5 s, so this speaks for at least the take; the rest is cut.
+    text = " ".join(sentence(rng, who.voice.language) for _ in range(max(1, math.ceil(take_seconds / 1.5))))
     take = make_clip(who, emotion, text, int(rng.integers(2**31)), size=size)
     limit = int(take_seconds * world.FPS)
     waveform = take.waveform[: limit * audio_lib.SAMPLE_RATE // world.FPS]
-    frames = generate(render_portrait(who, size), waveform, single(EmotionSource("label", emotion.label)), seed * 1000 + 999)
-    tick()
     portrait = render_portrait(who, size)
+    frames = generate(portrait, waveform, single(EmotionSource("label", emotion.label)), seed * 1000 + 999)
+    tick()
     return {
         "drift_per_minute": (drift_slope(identity_error(frames, portrait)),
                              drift_slope(identity_error(take.frames.rgb[:limit], portrait)), 0.0),
@@ -456,6 +459,9 @@ def render_portrait(who: world.Identity, size: int) -> np.ndarray:
     return render(who, world.still(who, world.Emotion("neutral")).params, size).rgb[0]
 
 
+_COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
+
+
 def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate) -> dict:
     report = {}
     for name, (value, ceiling, floor) in measures.items():
@@ -463,16 +469,13 @@ def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds
         if name in GOALS:
             op, target = GOALS[name]
             entry["goal"] = f"{op} {target}"
-            entry["met"] = value is not None and {"<=": value <= target if value is not None else False,
-                                                  ">=": value >= target if value is not None else False,
-                                                  "<": value < target if value is not None else False,
-                                                  "==": value == target}[op]
+            entry["met"] = value is not None and bool(_COMPARE[op](value, target))
         report[name] = entry
     info = generate.pipeline.model.info
     report["settings"] = {"checkpoint": str(checkpoint), "seed": seed, "clips": clips, "subset": subset, "steps": steps,
                           "take_seconds": take_seconds, "trained": bool(info.get("trained")),
-                          "routes_per_clip": "label for every clip; text, image or video in turn"}
-    report["all_goals_met"] = all(entry.get("met", True) for entry in report.values() if isinstance(entry, dict) and "goal" in entry)
+                          "routes": "clip i asks for emotion i mod 5 by route i mod 4 (label, text, image, video)"}
+    report["all_goals_met"] = all(entry["met"] for entry in report.values() if isinstance(entry, dict) and "goal" in entry)
     return report
 
 
