@@ -25,7 +25,7 @@ from emotivetalk_core.synth.dataset import identity_seed  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[1] / "emotivetalk_core" / "assets"
 DEMO_WORLD = 90210  # not a training world: synth train uses its run seed (0 for the default model)
 SIZE = 256
-SENTENCE = "Hello! I am a talking head. My lips follow the speech, and my face can show any emotion you ask for."
+SENTENCE = "Hello! I am a talking head. My lips follow your speech."
 
 
 def demo_person() -> world.Identity:
