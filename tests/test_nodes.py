@@ -144,7 +144,8 @@ def test_staged_chain_types_and_frame_count(bundles, staged, tmp_path, monkeypat
     assert staged["mask"].shape == (1, SIZE, SIZE)
     latent = _sample(model, staged)
     _returns(stages.EmotiveTalkETHDSampler, (latent,))
-    assert latent["samples"].shape == (n, 4, SIZE // 8, SIZE // 8) and latent["emotivetalk_model"]
+    side = SIZE // 2 ** (len(model.vae.config.block_out_channels) - 1)  # the VAE's downsampling
+    assert latent["samples"].shape == (n, 4, side, side) and latent["emotivetalk_model"]
     (frames,) = _returns(output_nodes.EmotiveTalkDecode, output_nodes.EmotiveTalkDecode().decode(model, latent, 0))
     assert frames.shape == (n, SIZE, SIZE, 3) and frames.dtype == torch.float32
     assert 0 <= frames.min() and frames.max() <= 1
@@ -225,8 +226,8 @@ def test_all_in_one_reuses_its_models_and_sizes_0_to_the_model(portrait, monkeyp
     for seed in (1, 2):
         frames, _, _ = node.generate(portrait, _speech(0.2), "happy", 1.0, seed, 1, 0, 0, FPS, "default")
     assert len(loads) == 1  # the second run (new seed) reused the loaded model
-    # The shipped default model records its native size (128 x 128): width = height = 0 asks for it.
-    assert frames.shape[1:] == (128, 128, 3)
+    # The shipped default model records its native size (32 x 32): width = height = 0 asks for it.
+    assert frames.shape[1:] == (32, 32, 3)
 
 
 # --- files and imports -----------------------------------------------------------------------

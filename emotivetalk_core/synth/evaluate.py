@@ -279,34 +279,39 @@ def trained_world_seed(checkpoint: str) -> int | None:
 
 
 def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int = 12, take_seconds: float = 60.0,
-             subset: int = 8, progress=None) -> dict:
-    """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``;
-    ``subset`` label-route clips also measure intensity and lip strength 0."""
-    _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset)
+             subset: int = 8, routes: tuple[str, ...] = ROUTES, progress=None) -> dict:
+    """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``.
+
+    ``subset`` label-route clips also measure intensity and lip strength 0 (0: not measured);
+    ``take_seconds`` is the drift take (0: none); ``routes`` the emotion routes taken in turn.
+    """
+    _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, routes)
     generate = Generator(checkpoint, steps)
     judge = load_judge()
     size = generate.size
     held_out = held_out_clips(seed, clips, size)
-    chosen = [clip for clip in held_out if route_of(clip) == "label" and clip.requested != "neutral"][:subset]
-    counter = _Counter(progress, total=clips + len(chosen) * len(INTENSITIES) + 1)
+    chosen = [clip for clip in held_out if route_of(clip, routes) == "label" and clip.requested != "neutral"][:subset]
+    counter = _Counter(progress, total=clips + len(chosen) * len(INTENSITIES) + (1 if take_seconds else 0))
 
     rows = []
     for clip in held_out:
-        route = route_of(clip)
+        route = route_of(clip, routes)
         extras = example_of(route, clip, seed, size) if route in ("image", "video") else {}
         frames = generate(clip.portrait, clip.clip.waveform, _single(route_source(route, clip)), _generation_seed(seed, clip),
                           **extras)
         rows.append({"clip": clip, "route": route, "frames": frames, "judged": judge_frames(judge, frames)})
         counter.tick()
 
-    measures = _route_measures(rows, judge)
-    measures.update(_subset_measures([row for row in rows if row["clip"] in chosen], generate, judge, seed, counter.tick))
-    measures.update(_take_measures(generate, seed, take_seconds, size, counter.tick))
+    measures = _route_measures(rows, judge, routes)
+    if chosen:
+        measures.update(_subset_measures([row for row in rows if row["clip"] in chosen], generate, judge, seed, counter.tick))
+    if take_seconds:
+        measures.update(_take_measures(generate, seed, take_seconds, size, counter.tick))
     return _report(measures, checkpoint, seed, clips, steps, len(chosen), take_seconds, generate)
 
 
-def route_of(clip: HeldOutClip) -> str:
-    return ROUTES[clip.index % len(ROUTES)]
+def route_of(clip: HeldOutClip, routes: tuple[str, ...] = ROUTES) -> str:
+    return routes[clip.index % len(routes)]
 
 
 def _generation_seed(seed: int, clip: HeldOutClip) -> int:
@@ -329,21 +334,24 @@ def _single(source):
     return single(source)
 
 
-def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset) -> None:
-    if clips < 20:
-        raise ValueError(f"--clips must be at least 20 (every emotion by every route), got {clips}")
+def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, routes) -> None:
+    unknown = [route for route in routes if route not in ROUTES]
+    if unknown or not routes:
+        raise ValueError(f"unknown emotion routes {unknown}; choose from {', '.join(ROUTES)}")
+    if clips < 5 * len(routes):
+        raise ValueError(f"--clips must be at least {5 * len(routes)} (every emotion by every route), got {clips}")
     if not 1 <= steps <= 200:
         raise ValueError(f"--steps must be between 1 and 200, got {steps}")
-    if not 2.0 <= take_seconds <= 600.0:
-        raise ValueError(f"--take-seconds must be between 2 and 600, got {take_seconds:g}")
-    if subset < 2:
-        raise ValueError(f"--subset must be at least 2, got {subset}")
+    if take_seconds and not 2.0 <= take_seconds <= 600.0:
+        raise ValueError(f"--take-seconds must be 0 (no take) or between 2 and 600, got {take_seconds:g}")
+    if subset < 0:
+        raise ValueError(f"--subset must be 0 or more, got {subset}")
     trained_on = trained_world_seed(checkpoint)
     if trained_on is not None and seed == trained_on:
         raise ValueError(f"--seed {seed} is the world {checkpoint} was trained in: held-out figures need another seed")
 
 
-def _route_measures(rows, judge) -> dict:
+def _route_measures(rows, judge, routes) -> dict:
     """Lip sync, emotion per route, identity, silence, grain, with their ceilings and floors."""
     truths = [row["clip"].clip for row in rows]
     true_mouth = [truth.performance.params["mouth_open"] for truth in truths]
@@ -357,7 +365,7 @@ def _route_measures(rows, judge) -> dict:
         "lip_sync_within_clip": tuple(syncs[kind]["within_clip"] for kind in sources),
         "lip_sync_offset": (syncs["value"]["offset"], syncs["ceiling"]["offset"], None),
     }
-    for route in ROUTES:
+    for route in routes:
         picked = [k for k, row in enumerate(rows) if row["route"] == route]
         requested = [rows[k]["clip"].requested for k in picked]
         measures[f"emotion_accuracy.{route}"] = tuple(
