@@ -66,8 +66,10 @@ def _add_common_arguments(parser, steps: int = 25) -> None:
     parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default: %(default)s)")
     parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--width", type=int, default=0, help="multiple of 64; 0 = the model's native size (default)")
-    parser.add_argument("--height", type=int, default=0, help="multiple of 64; 0 = the model's native size (default)")
+    parser.add_argument("--width", type=int, default=0,
+                        help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
+    parser.add_argument("--height", type=int, default=0,
+                        help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
     parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
     parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")
     parser.add_argument("--reference-strength", type=float, default=2.0, help="guidance toward the portrait")
@@ -132,6 +134,7 @@ def _run(args) -> Path:
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
     audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")
     settings, timeline = _settings(args), _timeline(args)
+    side_by_side = _side_by_side_path(args) if args.command == "demo" else None
     # Read the inputs before loading models, so a bad file fails in a second, not after a load.
     portrait, audio = load_image(image), load_prepared_audio(audio, settings.fps)
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
@@ -142,12 +145,26 @@ def _run(args) -> Path:
     if args.command == "demo":
         from .demo import side_by_side
 
-        path = args.side_by_side or args.out.with_name(args.out.stem + "_emotions.mp4")
-        made = side_by_side(pipeline, portrait, audio, settings, path, progress=None if args.quiet else _progress_bar())
+        made = side_by_side(pipeline, portrait, audio, settings, side_by_side, progress=None if args.quiet else _progress_bar())
         print(f"wrote {made['path']} (the portrait, then {', '.join(made['labels'])})")
     if not pipeline.trained:
         print("note: the model is UNTRAINED (random weights): the video shows noise, not a talking head", file=sys.stderr)
     return result.path
+
+
+def _side_by_side_path(args) -> Path:
+    """The demo's second video: ``--side-by-side``, or OUT_emotions.mp4 beside ``--out``, which
+    the user never named and so must not already exist (it would be written over)."""
+    path = args.side_by_side or args.out.with_name(args.out.stem + "_emotions.mp4")
+    if path.resolve() == args.out.resolve():
+        raise UsageError(f"--side-by-side {path} is --out too: give two files")
+    if args.side_by_side is None and path.exists():
+        raise UsageError(f"{path} exists (the demo's side-by-side video goes there): move it or name another "
+                         f"with --side-by-side")
+    for flag, target in (("--out", args.out), ("--side-by-side", path)):
+        if not target.parent.is_dir():
+            raise UsageError(f"{flag}: folder not found: {target.parent}")
+    return path
 
 
 def _progress_bar():

@@ -1,14 +1,16 @@
-"""Write the shipped default model from a SynthTalk run and its held-out evaluation.
+"""Write the shipped default model from a SynthTalk run and the held-out evaluation of its weights.
 
     python -m emotivetalk_core synth train --out RUN
-    python -m emotivetalk_core synth evaluate --checkpoint RUN/emotivetalk_synthtalk.safetensors \
-        --seed 1 --clips 64 --json > REPORT.json
-    python scripts/make_default_model.py --model RUN/emotivetalk_synthtalk.safetensors --report REPORT.json
+    python scripts/make_default_model.py half RUN/emotivetalk_synthtalk.safetensors --out RUN/half.safetensors
+    python -m emotivetalk_core synth evaluate --checkpoint RUN/half.safetensors --seed 1 --json > REPORT.json
+    python scripts/make_default_model.py ship RUN/half.safetensors --report REPORT.json
 
-The model is stored in float16 (half the file; the loaders compute in the dtype they are asked
-for), its info keeping how it was trained (the run's command, seed and plan, which ``synth
-train`` wrote) and adding the held-out figures beside their goals, so ``default`` says what it
-can do. The run file is refused unless it is a SynthTalk run with a report of another world.
+``half`` stores the run in float16 (half the file; the loaders compute in the dtype they are
+asked for). ``ship`` copies the weights unchanged into
+``emotivetalk_core/weights/emotivetalk_default.safetensors``, keeping how they were trained (the
+run's command, seed and plan, which ``synth train`` wrote) and adding the held-out report. It
+refuses a report of other weights (its checkpoint digest), of the training world, of fewer than
+64 clips, or with a goal left unmeasured: the shipped figures are those of the shipped weights.
 """
 
 from __future__ import annotations
@@ -18,43 +20,69 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotivetalk_core.checkpoints import load_model_file, save_model_file  # noqa: E402
-from emotivetalk_core.models import DEFAULT_MODEL_PATH  # noqa: E402
+from emotivetalk_core.models import DEFAULT_MODEL_PATH, file_digest  # noqa: E402
 
 SCRIPT = "scripts/make_default_model.py"
+MIN_CLIPS = 64
 
 
-def held_out(report: dict) -> dict:
-    """The report's figures, each ``{value, ceiling, floor[, goal, met]}``, and its settings."""
-    return {name: entry for name, entry in report.items() if name != "all_goals_met"} | {
-        "all_goals_met": bool(report["all_goals_met"])}
-
-
-def make(model: Path, report: dict, out: Path) -> Path:
+def _synthtalk_run(model: Path) -> tuple[dict, dict, dict, dict]:
     states, configs, info = load_model_file(model)
-    run = info.get("synthtalk")
-    if not info.get("trained") or not run:
+    if not info.get("trained") or not info.get("synthtalk"):
         raise SystemExit(f"{model} is not a SynthTalk-trained model (its info has no 'synthtalk' run)")
-    if report["settings"]["seed"] == run["world_seed"]:
+    return states, configs, info, info["synthtalk"]
+
+
+def half(model: Path, out: Path) -> Path:
+    """The run's weights in float16, its info unchanged."""
+    states, configs, info, _ = _synthtalk_run(model)
+    halved = {name: ({key: tensor.half() if tensor.is_floating_point() else tensor for key, tensor in state.items()},
+                     configs[name]) for name, state in states.items()}
+    return save_model_file(_new(out, model), halved, info)
+
+
+def ship(model: Path, report: dict, out: Path) -> Path:
+    """``model``'s weights unchanged, with the held-out ``report`` of exactly those weights."""
+    states, configs, info, run = _synthtalk_run(model)
+    settings = report["settings"]
+    if settings["checkpoint_sha256"] != file_digest(model)["sha256"]:
+        raise SystemExit(f"the report measured {settings['checkpoint']}, not {model}: evaluate the file you ship")
+    if settings["seed"] == run["world_seed"]:
         raise SystemExit(f"the report measured world {run['world_seed']}, the one {model} was trained in: evaluate another seed")
-    half = {name: ({key: tensor.half() if tensor.is_floating_point() else tensor for key, tensor in state.items()},
-                   configs[name]) for name, state in states.items()}
+    unmeasured = [name for name, entry in report.items() if isinstance(entry, dict) and entry.get("met", False) is None]
+    if settings["clips"] < MIN_CLIPS or unmeasured:
+        raise SystemExit(f"the report is partial ({settings['clips']} clips, unmeasured: {unmeasured or 'none'}): "
+                         f"evaluate at least {MIN_CLIPS} clips with every measure")
     note = (f"EmotiveTalk trained in SynthTalk (32 px procedural faces with eSpeak NG speech) by "
-            f"'{run['command'] or 'synth train'}', seed {run['seed']}; a demonstration model, not for real faces")
-    return save_model_file(out, half, {**info, "note": note, "config": "synthtalk", "script": SCRIPT,
-                                       "held_out": held_out(report)})
+            f"'{run['command']}'; a demonstration model, not for real faces")
+    return save_model_file(_new(out, model), {name: (states[name], configs[name]) for name in states},
+                           {**info, "note": note, "config": "synthtalk", "script": SCRIPT, "held_out": report})
+
+
+def _new(out: Path, model: Path) -> Path:
+    if out.resolve() == model.resolve():
+        raise SystemExit(f"--out {out} is the model read: give another file")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="RUN/emotivetalk_synthtalk.safetensors")
-    parser.add_argument("--report", type=Path, required=True, help="synth evaluate --json output of a held-out world")
-    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
+    commands = parser.add_subparsers(dest="command", required=True)
+    halve = commands.add_parser("half", help="a float16 copy of a SynthTalk run's model file")
+    halve.add_argument("model", type=Path)
+    halve.add_argument("--out", type=Path, required=True)
+    shipping = commands.add_parser("ship", help="the default model: weights of MODEL with its held-out report")
+    shipping.add_argument("model", type=Path)
+    shipping.add_argument("--report", type=Path, required=True, help="synth evaluate --json of MODEL on a held-out world")
+    shipping.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
     args = parser.parse_args()
-    path = make(args.model, json.loads(args.report.read_text()), args.out)
+    if args.command == "half":
+        path = half(args.model, args.out)
+    else:
+        path = ship(args.model, json.loads(args.report.read_text()), args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

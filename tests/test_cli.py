@@ -86,3 +86,13 @@ def test_debug_shows_the_traceback(tmp_path, speech):
                             "--audio", str(speech), "--out", str(tmp_path / "o.mp4")],
                            cwd=ROOT, capture_output=True, text=True)
     assert plain.returncode == 2 and plain.stderr.strip().startswith("error:") and "Traceback" not in plain.stderr
+
+
+def test_demo_never_writes_over_a_side_by_side_file_it_was_not_given(capsys, tmp_path):
+    mine = tmp_path / "demo_emotions.mp4"
+    mine.write_bytes(b"my video")
+    _fails_with(capsys, ["demo", "--out", str(tmp_path / "demo.mp4")], "demo_emotions.mp4 exists", "--side-by-side")
+    _fails_with(capsys, ["demo", "--out", str(tmp_path / "a.mp4"), "--side-by-side", str(tmp_path / "a.mp4")], "give two files")
+    _fails_with(capsys, ["demo", "--out", str(tmp_path / "b.mp4"), "--side-by-side", str(tmp_path / "no" / "c.mp4")],
+                "--side-by-side", "folder not found")
+    assert mine.read_bytes() == b"my video" and sorted(p.name for p in tmp_path.iterdir()) == ["demo_emotions.mp4"]

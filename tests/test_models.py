@@ -21,6 +21,8 @@ from emotivetalk_core.models import (
 
 
 def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
+    from emotivetalk_core.synth.evaluate import GOALS
+
     assert DEFAULT_MODEL_PATH.stat().st_size <= 20e6
     configs, info = read_metadata(DEFAULT_MODEL_PATH)
     assert set(configs) == set(ETHD_COMPONENTS) | set(VAID_COMPONENTS)
@@ -29,8 +31,10 @@ def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
     assert run["command"].startswith("python -m emotivetalk_core synth train") and isinstance(run["seed"], int)
     held_out = info["held_out"]
     assert held_out["settings"]["seed"] != run["world_seed"] and held_out["settings"]["clips"] >= 64
-    for name in ("lip_sync", "lip_sync_within_clip", "emotion_accuracy.label", "identity_error", "grain"):
+    assert held_out["settings"]["checkpoint_sha256"]  # the report of these weights (make_default_model checks)
+    for name in GOALS:  # every goal measured, beside its ceiling and floor
         assert {"value", "ceiling", "floor", "goal", "met"} <= set(held_out[name]), name
+        assert held_out[name]["met"] is not None, name
     model = load_emotivetalk_model("default")
     vaid = load_vaid_model("default")
     assert model.settings == get_config("synthtalk")["ethd"]
@@ -49,33 +53,51 @@ def _script(name: str):
     return module
 
 
-def test_make_default_model_halves_a_synthtalk_run_and_records_its_report(tmp_path):
+def test_make_default_model_ships_the_evaluated_weights_with_their_whole_report(tmp_path):
+    from emotivetalk_core.models import file_digest
+    from emotivetalk_core.synth.evaluate import GOALS
+
     torch.manual_seed(0)
     config = get_config("tiny")
     model, vaid = build_emotivetalk_model(config), build_vaid_model(config)
     run = {"command": "python -m emotivetalk_core synth train --out RUN", "seed": 0, "world_seed": 0}
     source = save_full_model(tmp_path / "run.safetensors", model, vaid, config, {"trained": True, "note": "run", "synthtalk": run})
-    report = {"lip_sync": {"value": 0.9, "ceiling": 0.97, "floor": 0.1, "goal": ">= 0.85", "met": True},
-              "settings": {"seed": 1, "clips": 64}, "all_goals_met": True}
-    make = _script("make_default_model").make
-    out = make(source, report, tmp_path / "default.safetensors")
-    configs, info = read_metadata(out)
-    assert info["trained"] is True and info["synthtalk"] == run and info["held_out"] == report
-    assert info["script"] == "scripts/make_default_model.py" and "SynthTalk" in info["note"]
-    states, _, _ = load_model_file(out)
+    script = _script("make_default_model")
+    halved = script.half(source, tmp_path / "half.safetensors")
     originals, _, _ = load_model_file(source)
+    states, _, half_info = load_model_file(halved)
     for component, state in originals.items():
         for key, tensor in state.items():
             if tensor.is_floating_point():
-                assert states[component][key].dtype == torch.float16
                 assert torch.equal(states[component][key], tensor.half()), f"{component}.{key}"
-    assert out.stat().st_size < 0.6 * source.stat().st_size
-    with pytest.raises(SystemExit, match="world 0, the one .* was trained in"):
-        make(source, {**report, "settings": {"seed": 0, "clips": 64}}, tmp_path / "again.safetensors")
+    assert half_info["synthtalk"] == run and halved.stat().st_size < 0.6 * source.stat().st_size
+
+    report = {name: {"value": 1.0, "ceiling": 1.0, "floor": 0.0, "goal": "x", "met": True} for name in GOALS}
+    report.update(settings={"seed": 1, "clips": 64, "checkpoint": str(halved), "checkpoint_sha256": file_digest(halved)["sha256"]},
+                  all_goals_met=True)
+    out = script.ship(halved, report, tmp_path / "default.safetensors")
+    _, info = read_metadata(out)
+    assert info["trained"] is True and info["synthtalk"] == run and info["held_out"] == report
+    assert info["script"] == "scripts/make_default_model.py" and "SynthTalk" in info["note"]
+    shipped, _, _ = load_model_file(out)
+    assert all(torch.equal(shipped[c][k], t) for c, state in states.items() for k, t in state.items())
+
+    refusals = {
+        "not .* evaluate the file you ship": {**report, "settings": {**report["settings"], "checkpoint_sha256": "0" * 64}},
+        "world 0, the one .* was trained in": {**report, "settings": {**report["settings"], "seed": 0}},
+        "partial \\(20 clips": {**report, "settings": {**report["settings"], "clips": 20}},
+        "unmeasured: \\['grain'\\]": {**report, "grain": {**report["grain"], "value": None, "met": None}},
+    }
+    for message, bad in refusals.items():
+        with pytest.raises(SystemExit, match=message):
+            script.ship(halved, bad, tmp_path / "again.safetensors")
+    with pytest.raises(SystemExit, match="is the model read"):
+        script.half(source, source)
     untrained = save_full_model(tmp_path / "untrained.safetensors", model, vaid, config, {"trained": False, "note": "x"})
     assert "UNTRAINED" in describe(read_metadata(untrained)[1])
     with pytest.raises(SystemExit, match="not a SynthTalk-trained model"):
-        make(untrained, report, tmp_path / "again.safetensors")
+        script.half(untrained, tmp_path / "again.safetensors")
+    assert not (tmp_path / "again.safetensors").exists()
 
 
 def test_full_model_round_trip_gives_identical_modules(tmp_path):

@@ -39,6 +39,9 @@ def test_grain_measures_speckle_on_flat_areas_not_colour_error_or_edges():
     speckled = np.clip(truth + rng.normal(0, 8, truth.shape), 0, 255).astype(np.uint8)
     measured = ev.grain(speckled, truth)["grain"]
     assert 0.8 * 8 / 255 < measured < 8 / 255  # the 5x5 mean removes a little of the noise
+    edges = np.zeros_like(truth)
+    edges[:, :, ::2] = 255  # nothing flat: grain is not measured rather than perfect
+    assert ev.grain(edges, edges) == {"grain": None, "flat_error": None}
 
 
 def test_identity_error_and_drift_slope():
@@ -62,8 +65,10 @@ def test_held_out_clips_ask_every_emotion_with_an_independent_voice():
     assert again[1].clip.waveform.tobytes() == clips[1].clip.waveform.tobytes()
 
 
-def test_report_marks_each_goal_met_or_not():
-    measures = {name: (0.0, None, None) for name in ev.GOALS}
+def test_report_marks_each_goal_met_not_met_or_not_measured(tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    measures = {name: (0.0, None, None) for name in ev.GOALS if name != "drift_per_minute"}
     measures.update({"lip_sync": (0.9, 0.99, 0.1), "grain": (0.05, 0.0, 0.02), "intensity_monotone": (True, True, False)})
 
     class Pipeline:
@@ -73,8 +78,14 @@ def test_report_marks_each_goal_met_or_not():
     class Generate:
         pipeline = Pipeline
 
-    report = ev._report(measures, "x.safetensors", 3, 64, 25, 16, 60.0, Generate)
+    report = ev._report(measures, str(checkpoint), 3, 64, 12, 8, 0.0, Generate, ("label",))
     assert report["lip_sync"] == {"value": 0.9, "ceiling": 0.99, "floor": 0.1, "goal": ">= 0.85", "met": True}
     assert report["grain"]["met"] is False and report["intensity_monotone"]["met"] is True
+    assert report["drift_per_minute"]["met"] is None  # no take: not measured, so not met
+    assert report["settings"]["routes"] == ["label"]
+    assert report["settings"]["checkpoint_sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
     assert report["all_goals_met"] is False
-    assert "lip_sync" in ev.format_report(report) and "NOT met" in ev.format_report(report)
+    text = ev.format_report(report)
+    assert "NOT met" in text and "not measured" in text
+    everything = {name: (1.0 if op in (">=",) else True if op == "==" else 0.0, None, None) for name, (op, _) in ev.GOALS.items()}
+    assert ev._report(everything, str(checkpoint), 3, 64, 12, 8, 60.0, Generate, ev.ROUTES)["all_goals_met"] is True

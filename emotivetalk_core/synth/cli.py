@@ -6,7 +6,6 @@ same way: bad input exits with status 2 and one line saying what to do.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,8 @@ def add_commands(commands) -> None:
 
     train = sub.add_parser("train", help="train the whole EmotiveTalk stack in SynthTalk (the shipped demo model)")
     train.add_argument("--out", type=Path, required=True, help="a new run folder")
-    train.add_argument("--minutes", type=float, default=90.0, help="time budget on 2 CPU cores (default: 90; 5 is a smoke run)")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="time budget on 2 CPU cores (default: 75, the shipped model's run; 5 is a smoke run)")
     train.add_argument("--seed", type=int, default=0, help="the run's seed (and its training world's)")
     train.add_argument("--workers", type=int, default=2, help="processes that render the world (default: 2)")
 
@@ -42,6 +42,12 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--steps", type=int, default=12, help="ETHD denoising steps (default: 12, the demo's)")
     evaluate.add_argument("--take-seconds", type=float, default=60.0, help="length of the single take that measures drift (default: 60)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _debug_flag((portrait, judge, train, evaluate))
+
+
+def _debug_flag(parsers) -> None:
+    for parser in parsers:
+        parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def run(args) -> int:
@@ -72,7 +78,7 @@ def _judge(args) -> int:
     from .judge import judge_video, judged_emotion
 
     if not args.video.is_file():
-        raise FileNotFoundError(args.video)
+        raise ValueError(f"video not found: {args.video}")
     params = judge_video(args.video)
     label, strength = judged_emotion(params)
     summary = {"video": str(args.video), "frames": len(params["mouth_open"]), "emotion": label, "strength": strength,
@@ -86,10 +92,14 @@ def _judge(args) -> int:
 
 
 def _train(args) -> int:
-    from .training import train
+    import shlex
 
-    command = "python -m emotivetalk_core synth " + " ".join(sys.argv[sys.argv.index("train"):]) if "train" in sys.argv else ""
-    path = train(args.out, minutes=args.minutes, seed=args.seed, workers=args.workers, command=command)
+    from .training import FULL_MINUTES, train
+
+    minutes = FULL_MINUTES if args.minutes is None else args.minutes
+    command = shlex.join(["python", "-m", "emotivetalk_core", "synth", "train", "--out", str(args.out),
+                          "--minutes", f"{minutes:g}", "--seed", str(args.seed)])
+    path = train(args.out, minutes=minutes, seed=args.seed, workers=args.workers, command=command)
     print(f"wrote {path}")
     return 0
 

@@ -11,7 +11,8 @@ ETHD with EDI, the VAE), then read by the frozen judge. Figures, each beside its
 - ``lip_sync``: Pearson r of judged vs true mouth opening, pooled over all clips, at the best
   common offset within +-2 frames; ``lip_sync_within_clip``: the mean of per-clip r (at that
   offset), which pooled clips of different loudness cannot inflate;
-- ``lip_strength_zero_sync``: ``lip_sync`` with lip strength 0 (the mouth must then not follow);
+- ``lip_strength_zero_sync``: ``lip_sync`` with lip strength 0 (the mouth must then not follow;
+  no ceiling: true renders always follow the speech);
 - ``emotion_accuracy``: share of clips whose judged emotion is the requested one, per route:
   ``label``, ``text`` (the training prompts), ``image`` (a portrait of another held-out person
   showing the emotion), ``video`` (another held-out person's clip with the emotion); chance 0.2.
@@ -22,12 +23,14 @@ ETHD with EDI, the VAE), then read by the frozen judge. Figures, each beside its
   strictly increases;
 - ``identity_error``: mean absolute colour difference (0..1) between generated frames and the
   portrait;
-- ``seam_ratio``: ``metrics.seam_ratio`` of the generated frames over ETHD's windows;
+- ``seam_ratio``: ``metrics.seam_ratio`` of the generated frames over ETHD's windows (no floor:
+  a still portrait has no frame-to-frame change to compare);
 - ``drift_per_minute``: slope of the per-frame identity error over one long take;
-- ``grain``: speckle: the standard deviation of the high-frequency part (the residual minus its
-  5x5 mean) of generated minus true frames, over pixels where the true render is flat (its 5x5
-  neighbourhood constant); ``flat_error`` beside it is the mean absolute difference there
-  (colour error, not speckle);
+- ``grain``: speckle (the issue's "deviation of generated minus true frames where the true render
+  is flat", high-passed so that a uniform colour error does not count as grain): the standard
+  deviation of the high-frequency part (the residual minus its 5x5 mean) of generated minus
+  true frames, over pixels where the true render is flat (its 5x5 neighbourhood constant);
+  ``flat_error`` beside it is the mean absolute difference there (colour error, not speckle);
 - ``silence_mouth``: mean judged mouth opening over frames where nobody speaks (the world's
   mouth rests there at 0).
 
@@ -36,7 +39,6 @@ Goals (the SynthTalk issue) are in :data:`GOALS`; the report says which are met.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -46,8 +48,6 @@ import torch
 from .. import audio as audio_lib
 from . import world
 from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
-
-log = logging.getLogger(__name__)
 
 ROUTES = ("label", "text", "image", "video")
 INTENSITIES = (0.0, 0.5, 1.0, 1.5)
@@ -252,7 +252,7 @@ def grain(generated: np.ndarray, true_frames: np.ndarray) -> dict:
     residual = generated.astype(np.float64) / 255 - true_frames.astype(np.float64) / 255
     speckle = residual - _box_mean(residual)
     if not flat.any():
-        return {"grain": 0.0, "flat_error": 0.0}
+        return {"grain": None, "flat_error": None}
     return {"grain": float(np.sqrt((speckle[flat] ** 2).mean())), "flat_error": float(np.abs(residual[flat]).mean())}
 
 
@@ -291,7 +291,8 @@ def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps:
     size = generate.size
     held_out = held_out_clips(seed, clips, size)
     chosen = [clip for clip in held_out if route_of(clip, routes) == "label" and clip.requested != "neutral"][:subset]
-    counter = _Counter(progress, total=clips + len(chosen) * len(INTENSITIES) + (1 if take_seconds else 0))
+    # Per chosen clip: the intensities other than 1 (its own generation) and one at lip strength 0.
+    counter = _Counter(progress, total=clips + len(chosen) * (len(INTENSITIES) - 1 + 1) + (1 if take_seconds else 0))
 
     rows = []
     for clip in held_out:
@@ -302,12 +303,12 @@ def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps:
         rows.append({"clip": clip, "route": route, "frames": frames, "judged": judge_frames(judge, frames)})
         counter.tick()
 
-    measures = _route_measures(rows, judge, routes)
+    measures = _route_measures(rows, judge, routes, generate.spans)
     if chosen:
         measures.update(_subset_measures([row for row in rows if row["clip"] in chosen], generate, judge, seed, counter.tick))
     if take_seconds:
         measures.update(_take_measures(generate, seed, take_seconds, size, counter.tick))
-    return _report(measures, checkpoint, seed, clips, steps, len(chosen), take_seconds, generate)
+    return _report(measures, checkpoint, seed, clips, steps, len(chosen), take_seconds, generate, routes)
 
 
 def route_of(clip: HeldOutClip, routes: tuple[str, ...] = ROUTES) -> str:
@@ -340,6 +341,8 @@ def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, route
         raise ValueError(f"unknown emotion routes {unknown}; choose from {', '.join(ROUTES)}")
     if clips < 5 * len(routes):
         raise ValueError(f"--clips must be at least {5 * len(routes)} (every emotion by every route), got {clips}")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
     if not 1 <= steps <= 200:
         raise ValueError(f"--steps must be between 1 and 200, got {steps}")
     if take_seconds and not 2.0 <= take_seconds <= 600.0:
@@ -351,7 +354,7 @@ def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, route
         raise ValueError(f"--seed {seed} is the world {checkpoint} was trained in: held-out figures need another seed")
 
 
-def _route_measures(rows, judge, routes) -> dict:
+def _route_measures(rows, judge, routes, spans) -> dict:
     """Lip sync, emotion per route, identity, silence, grain, with their ceilings and floors."""
     truths = [row["clip"].clip for row in rows]
     true_mouth = [truth.performance.params["mouth_open"] for truth in truths]
@@ -377,10 +380,11 @@ def _route_measures(rows, judge, routes) -> dict:
     identity = [identity_error(row["frames"], row["clip"].portrait).mean() for row in rows]
     identity_true = [identity_error(truth.frames.rgb, row["clip"].portrait).mean() for row, truth in zip(rows, truths)]
     measures["identity_error"] = (float(np.mean(identity)), float(np.mean(identity_true)), 0.0)
+    measures["seam_ratio"] = (_seams([row["frames"] for row in rows], spans), _seams([t.frames.rgb for t in truths], spans), None)
     grains = [grain(row["frames"], truth.frames.rgb) for row, truth in zip(rows, truths)]
     floor_grains = [grain(portrait, truth.frames.rgb) for portrait, truth in zip(portraits, truths)]
-    for name in ("grain", "flat_error"):
-        measures[name] = (float(np.mean([g[name] for g in grains])), 0.0, float(np.mean([g[name] for g in floor_grains])))
+    for name in ("grain", "flat_error"):  # clips without flat pixels say nothing about speckle
+        measures[name] = (_mean_of([g[name] for g in grains]), 0.0, _mean_of([g[name] for g in floor_grains]))
     return measures
 
 
@@ -421,15 +425,19 @@ def _subset_measures(rows, generate, judge, seed, tick) -> dict:
         tick()
         zero_lip.append(judge_frames(judge, frames)["mouth_open"])
     truth = [row["clip"].clip.performance.params["mouth_open"] for row in rows]
+    still = [judge_frames(judge, np.repeat(row["clip"].portrait[None], len(t), axis=0))["mouth_open"] for row, t in zip(rows, truth)]
     means = [float(np.mean(strengths[i])) for i in INTENSITIES]
     true_means = [float(np.mean(true_strengths[i])) for i in INTENSITIES]
     return {
         "intensity_monotone": (_increasing(means), _increasing(true_means), False),
         "intensity_strengths": (means, true_means, None),
-        "lip_strength_zero_sync": (lip_sync(zero_lip, truth)["pooled"], None, None),
-        "seam_ratio": (_seams([row["frames"] for row in rows], generate.spans),
-                       _seams([row["clip"].clip.frames.rgb for row in rows], generate.spans), None),
+        "lip_strength_zero_sync": (lip_sync(zero_lip, truth)["pooled"], None, lip_sync(still, truth)["pooled"]),
     }
+
+
+def _mean_of(values: list) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _increasing(values: list[float]) -> bool:
@@ -470,20 +478,24 @@ def render_portrait(who: world.Identity, size: int) -> np.ndarray:
 _COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
 
-def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate) -> dict:
+def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate, routes) -> dict:
+    """Every measure with its ceiling and floor; every goal of :data:`GOALS`, measured or not (an
+    unmeasured goal has ``met: None`` and keeps ``all_goals_met`` false: a short run proves less)."""
+    from ..models import file_digest, resolve_model_file
+
     report = {}
     for name, (value, ceiling, floor) in measures.items():
-        entry = {"value": value, "ceiling": ceiling, "floor": floor}
-        if name in GOALS:
-            op, target = GOALS[name]
-            entry["goal"] = f"{op} {target}"
-            entry["met"] = value is not None and bool(_COMPARE[op](value, target))
-        report[name] = entry
+        report[name] = {"value": value, "ceiling": ceiling, "floor": floor}
+    for name, (op, target) in GOALS.items():
+        entry = report.setdefault(name, {"value": None, "ceiling": None, "floor": None})
+        entry["goal"] = f"{op} {target}"
+        entry["met"] = None if entry["value"] is None else bool(_COMPARE[op](entry["value"], target))
     info = generate.pipeline.model.info
-    report["settings"] = {"checkpoint": str(checkpoint), "seed": seed, "clips": clips, "subset": subset, "steps": steps,
-                          "take_seconds": take_seconds, "trained": bool(info.get("trained")),
-                          "routes": "clip i asks for emotion i mod 5 by route i mod 4 (label, text, image, video)"}
-    report["all_goals_met"] = all(entry["met"] for entry in report.values() if isinstance(entry, dict) and "goal" in entry)
+    report["settings"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(resolve_model_file(checkpoint))["sha256"],
+                          "seed": seed, "clips": clips, "subset": subset, "steps": steps, "take_seconds": take_seconds,
+                          "trained": bool(info.get("trained")), "routes": list(routes),
+                          "route_of_clip": "clip i asks for emotion i mod 5 by route i mod len(routes)"}
+    report["all_goals_met"] = all(report[name]["met"] is True for name in GOALS)
     return report
 
 
@@ -492,7 +504,8 @@ def format_report(report: dict) -> str:
     for name, entry in report.items():
         if name in ("settings", "all_goals_met"):
             continue
-        goal = f"  goal {entry['goal']}: {'met' if entry['met'] else 'NOT met'}" if "goal" in entry else ""
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[entry["met"]] if "goal" in entry else ""
+        goal = f"  goal {entry['goal']}: {verdict}" if verdict else ""
         lines.append(f"{name:28s} {_fmt(entry['value']):>10s}  (ceiling {_fmt(entry['ceiling'])}, floor {_fmt(entry['floor'])}){goal}")
     lines.append(f"all goals met: {report['all_goals_met']}")
     return "\n".join(lines)
