@@ -22,6 +22,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# Source rates accepted (Hz): narrow-band telephone speech (8 kHz) with room below, up to what
+# studio interfaces record. Outside it the file is mislabelled or not speech.
+SOURCE_RATES = (4000, 384000)
 
 # Samples handed to the resampler per call: bounds its scratch memory on long files.
 _RESAMPLE_BLOCK = 1 << 16
@@ -110,11 +113,13 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             if not container.streams.audio:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise ValueError(f"{path} has no audio stream (streams found: {', '.join(kinds)})")
-            mono, source_rate = _decode_mono(container.streams.audio[0], container)
+            stream = container.streams.audio[0]
+            if stream.rate:  # before decoding: a 1 Hz stream would fail inside the resampler
+                check_source_rate(stream.rate, str(path))
+            mono, source_rate = _decode_mono(stream, container)
     except av.FFmpegError as error:
         raise ValueError(f"cannot decode audio from {path}: {error}") from error
-    if mono.size == 0:
-        raise ValueError(f"{path}: the audio stream decoded to no samples")
+    checked_speech(mono, source_rate, str(path))
     logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, source_rate)
     if source_rate == sample_rate:
         return mono
@@ -174,6 +179,42 @@ def _trim_to_stream(mono: np.ndarray, stream, rate: int, first_pts, max_frame: i
     return mono
 
 
+# Full scale of integer PCM: samples are divided by it (uint8 is offset binary, centred on 128).
+_PCM_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.uint8): 128.0}
+
+
+def pcm_to_float(samples) -> np.ndarray:
+    """Samples as float32 in -1..1: integer PCM (int16, int32, uint8) is scaled from its full
+    scale, not read as values up to 32767; float stays as it is."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind == "f":
+        return samples.astype(np.float32, copy=False)
+    if samples.dtype not in _PCM_SCALE:
+        raise ValueError(f"audio samples of type {samples.dtype} are not PCM audio: expected float, int16, int32 or uint8")
+    centre = 128.0 if samples.dtype == np.uint8 else 0.0
+    return ((samples.astype(np.float64) - centre) / _PCM_SCALE[samples.dtype]).astype(np.float32)
+
+
+def check_source_rate(sample_rate, source: str) -> None:
+    low, high = SOURCE_RATES
+    if not low <= sample_rate <= high:
+        raise ValueError(f"{source}: sample rate {sample_rate:g} Hz is outside {low}..{high} Hz; "
+                         f"the file is mislabelled or not speech: re-export it (16 or 48 kHz)")
+
+
+def checked_speech(mono: np.ndarray, sample_rate, source: str) -> np.ndarray:
+    """``mono`` if it is usable speech: samples, all finite, at a rate in :data:`SOURCE_RATES`.
+    ``source`` names it in the error (a file, or a node input)."""
+    check_source_rate(sample_rate, source)
+    if mono.size == 0:
+        raise ValueError(f"{source} has no samples")
+    bad = np.flatnonzero(~np.isfinite(mono))
+    if bad.size:
+        raise ValueError(f"{source}: {bad.size} audio samples are NaN or infinite (the first at "
+                         f"{bad[0] / sample_rate:.3f} s); the audio is corrupt: re-export or re-record it")
+    return mono
+
+
 def resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     """Band-limited resampling with swresample (delay-compensated, flushed to the exact length)."""
     import av
@@ -194,12 +235,12 @@ def to_speech_rate(waveform, sample_rate: int) -> np.ndarray:
 
     Channels are averaged, then resampled with the same resampler as :func:`load_audio`.
     """
-    if hasattr(waveform, "detach"):
-        waveform = waveform.detach().to("cpu").float().numpy()
-    mono = np.asarray(waveform, dtype=np.float32)
+    if hasattr(waveform, "detach"):  # a torch tensor (bfloat16 has no numpy type: widen it first)
+        waveform = waveform.detach().cpu()
+        waveform = (waveform.float() if waveform.is_floating_point() else waveform).numpy()
+    mono = pcm_to_float(waveform)
     while mono.ndim > 1:
         mono = mono.mean(axis=0)
-    if mono.size == 0:
-        raise ValueError("the audio is empty")
     exact_rate(sample_rate, "sample_rate")
+    checked_speech(mono, sample_rate, "the audio")
     return mono if int(sample_rate) == SAMPLE_RATE else resample(mono, int(sample_rate), SAMPLE_RATE)

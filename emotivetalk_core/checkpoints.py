@@ -68,10 +68,8 @@ def readable_by_all(path: str | Path) -> None:
 
 def read_metadata(path: str | Path) -> tuple[dict, dict]:
     """``(configs, info)`` of a model file, without reading any tensor."""
-    from safetensors import safe_open
-
     path = _existing(path)
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         metadata = handle.metadata() or {}
     if _COMPONENTS_KEY not in metadata:
         raise CheckpointError(
@@ -88,15 +86,13 @@ def load_model_file(path: str | Path, components: list[str] | None = None, devic
     ``components`` limits what is read (the others' tensors are never loaded); asking for one the
     file lacks raises :class:`CheckpointError` naming what the file has.
     """
-    from safetensors import safe_open
-
     configs, info = read_metadata(path)
     wanted = list(configs) if components is None else list(components)
     missing = [name for name in wanted if name not in configs]
     if missing:
         raise CheckpointError(f"{path} has no component(s) {missing}; it holds {sorted(configs)}")
     states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in wanted}
-    with safe_open(str(path), framework="pt", device=str(device)) as handle:
+    with open_safetensors(path, device=device) as handle:
         for key in handle.keys():
             name, _, rest = key.partition(".")
             if name in states:
@@ -109,3 +105,33 @@ def _existing(path: str | Path) -> Path:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     return path
+
+
+def open_safetensors(path: str | Path, framework: str = "pt", device: str | torch.device = "cpu"):
+    """``safe_open`` of a model file, with an error that names the file and says what it is when
+    it is not a readable safetensors file (a pickle, an empty or cut-off download, something else)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _existing(path)
+    try:
+        return safe_open(str(path), framework=framework, device=str(device))
+    except SafetensorError as error:
+        raise CheckpointError(_unreadable(path, error)) from None
+
+
+# How other weight formats begin: torch.save's zip archive and a bare pickle (protocol 2+).
+_PICKLE_STARTS = {b"PK\x03\x04": "a PyTorch zip pickle (torch.save)", b"\x80": "a Python pickle"}
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    only = "EmotiveTalk reads only .safetensors files (a pickle can run code when it is loaded)"
+    for magic, kind in _PICKLE_STARTS.items():
+        if start.startswith(magic):
+            return (f"{path} is {kind}, not a safetensors file: {only}; convert it with safetensors.torch.save_file "
+                    f"on a machine where you trust the file, or get the .safetensors version")
+    if not start:
+        return f"{path} is empty (0 bytes): the download or copy did not finish; fetch it again"
+    return (f"{path} is not a readable safetensors file ({error}): it is damaged or incomplete, "
+            f"or another format; {only}")

@@ -1,14 +1,19 @@
 """Command line: ``python -m emotivetalk_core {generate,demo,synth}``.
 
-Bad input exits with status 2 and one line on stderr saying what is wrong and what to do; a
-traceback only with ``--debug``.
+Bad input exits with status 2 and one line on stderr saying what is wrong and what to do, before
+any model loads; a traceback only with ``--debug``. Ctrl-C exits with 130 and SIGTERM with 143,
+one line each; an unfinished video is never left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,7 +95,7 @@ def _add_common_arguments(parser, steps: int = 25) -> None:
 def _timeline(args):
     from .emotion import EmotionSource, parse_timeline, single
 
-    if args.timeline:
+    if args.timeline is not None:
         timeline = parse_timeline(args.timeline)
     elif args.emotion_text:
         timeline = single(EmotionSource("text", args.emotion_text), args.intensity)
@@ -112,7 +117,7 @@ def _existing(path: Path, flag: str) -> Path:
 
 
 def _settings(args):
-    from .pipeline import GenerationSettings
+    from .pipeline import GenerationSettings, SettingError
 
     settings = GenerationSettings(
         fps=args.fps, width=args.width, height=args.height, steps=args.steps, sampler=args.sampler, seed=args.seed,
@@ -120,8 +125,40 @@ def _settings(args):
         lip_strength=args.lip_strength, expression_strength=args.expression_strength, av_offset=args.av_offset,
         lip_context=args.lip_context, window=args.window, overlap=args.overlap,
     )
-    settings.validate()
+    try:
+        settings.validate()
+    except SettingError as error:  # the library names the setting; a user typed its flag
+        raise UsageError(f"--{error.setting.replace('_', '-')}: {error}") from error
     return settings
+
+
+def _checked_out(out: Path, inputs: dict[str, Path | None], flag: str = "--out") -> Path:
+    """``out`` if a video can be written there: refused before any work when it is empty, not an
+    .mp4, a folder, in a missing or read-only folder, or one of the inputs (it would be replaced)."""
+    if not str(out).strip() or out.name in ("", ".", ".."):
+        raise UsageError(f"{flag}: give a file name ending in .mp4")
+    for input_flag, path in inputs.items():
+        if path is not None and path.exists() and out.exists() and out.samefile(path):
+            raise UsageError(f"{flag} {out} is the {input_flag} file {path}: writing the video would destroy it; "
+                             f"give another output name")
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"{flag} {out}: the video is written as H.264 + AAC in an mp4 container; name it .mp4")
+    if out.is_dir():
+        raise UsageError(f"{flag} {out} is a folder: give a file name ending in .mp4")
+    if not out.parent.is_dir():
+        raise UsageError(f"{flag}: folder not found: {out.parent}")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"{flag}: cannot write in {out.parent} (no permission): choose another folder")
+    return out
+
+
+def _checked_device(name: str) -> None:
+    from .pipeline import check_device
+
+    try:
+        check_device(name)
+    except ValueError as error:
+        raise UsageError(f"--device {error}") from None
 
 
 def _run(args) -> Path:
@@ -134,9 +171,14 @@ def _run(args) -> Path:
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
     audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")
     settings, timeline = _settings(args), _timeline(args)
-    side_by_side = _side_by_side_path(args) if args.command == "demo" else None
+    inputs = {"--image": image, "--audio": audio, "--emotion-image": args.emotion_image,
+              "--emotion-video": args.emotion_video, "--timeline": _timeline_file(args.timeline)}
+    _checked_out(args.out, inputs)
+    side_by_side_out = _side_by_side_path(args, inputs) if args.command == "demo" else None
+    _checked_device(args.device)
     # Read the inputs before loading models, so a bad file fails in a second, not after a load.
     portrait, audio = load_image(image), load_prepared_audio(audio, settings.fps)
+    _check_keyframes_within(timeline, audio.num_frames / settings.fps)
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
                                               device=args.device)
     progress = None if args.quiet else _progress_bar()
@@ -145,14 +187,14 @@ def _run(args) -> Path:
     if args.command == "demo":
         from .demo import side_by_side
 
-        made = side_by_side(pipeline, portrait, audio, settings, side_by_side, progress=None if args.quiet else _progress_bar())
+        made = side_by_side(pipeline, portrait, audio, settings, side_by_side_out, progress=None if args.quiet else _progress_bar())
         print(f"wrote {made['path']} (the portrait, then {', '.join(made['labels'])})")
     if not pipeline.trained:
         print("note: the model is UNTRAINED (random weights): the video shows noise, not a talking head", file=sys.stderr)
     return result.path
 
 
-def _side_by_side_path(args) -> Path:
+def _side_by_side_path(args, inputs: dict[str, Path | None]) -> Path:
     """The demo's second video: ``--side-by-side``, or OUT_emotions.mp4 beside ``--out``, which
     the user never named and so must not already exist (it would be written over)."""
     path = args.side_by_side or args.out.with_name(args.out.stem + "_emotions.mp4")
@@ -161,10 +203,19 @@ def _side_by_side_path(args) -> Path:
     if args.side_by_side is None and path.exists():
         raise UsageError(f"{path} exists (the demo's side-by-side video goes there): move it or name another "
                          f"with --side-by-side")
-    for flag, target in (("--out", args.out), ("--side-by-side", path)):
-        if not target.parent.is_dir():
-            raise UsageError(f"{flag}: folder not found: {target.parent}")
-    return path
+    return _checked_out(path, inputs, "--side-by-side")
+
+
+def _timeline_file(spec: str | None) -> Path | None:
+    """The JSON file a ``--timeline`` names, if it names one (an input the output must not replace)."""
+    return Path(spec.strip()) if spec and spec.strip().lower().endswith(".json") else None
+
+
+def _check_keyframes_within(timeline, seconds: float) -> None:
+    late = [keyframe.time for keyframe in timeline.keyframes if keyframe.time >= seconds]
+    if late:
+        raise UsageError(f"--timeline: keyframe at {late[0]:g} s starts after the speech ends ({seconds:.2f} s) and "
+                         f"would never show; move it before {seconds:.2f} s or remove it")
 
 
 def _progress_bar():
@@ -195,7 +246,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # Bad input: files, values, model files.
-    return run_reporting_errors(run, (UsageError, ValueError, OSError), debug)
+    with _terminate_as_interrupt():
+        return run_reporting_errors(run, (UsageError, ValueError, OSError), debug)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the writers' cleanup runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the command runs, SIGTERM unwinds like Ctrl-C (no partial file is left behind)."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_reporting_errors(run: Callable[[], int], user_errors: tuple[type[Exception], ...], debug: bool) -> int:
@@ -203,6 +276,12 @@ def run_reporting_errors(run: Callable[[], int], user_errors: tuple[type[Excepti
     traceback only when ``debug``). Shared by this command line and the training one."""
     try:
         return run()
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the writers have removed their unfinished files
+        if debug:
+            raise
+        terminated = isinstance(interrupt, _Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except user_errors as error:
         if debug:
             raise

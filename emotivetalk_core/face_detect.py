@@ -83,7 +83,13 @@ def detect_face(image: np.ndarray, min_size_fraction: float = 0.08) -> Box | Non
     ``min_size_fraction`` of the shorter side is the smallest face reported: smaller detections
     in a portrait are almost always false positives (buttons, patterns).
     """
-    cascade = _cascade()
+    return detect_in_grey(equalised_grey(image), min_size_fraction)
+
+
+def equalised_grey(image: np.ndarray) -> np.ndarray:
+    """An RGB image ``[H, W, 3]`` (uint8 or float 0..1) as the detector reads it: grey, locally
+    contrast-equalised (CLAHE, 8 x 8 tiles over the whole image)."""
+    _cascade()  # the OpenCV check, with its install hint
     import cv2
 
     image = np.asarray(image)
@@ -91,11 +97,23 @@ def detect_face(image: np.ndarray, min_size_fraction: float = 0.08) -> Box | Non
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(
-        cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY))
-    side = max(1, int(min(gray.shape) * min_size_fraction))
-    found, support = cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
+
+
+def detect_in_grey(grey: np.ndarray, min_size_fraction: float = 0.08) -> Box | None:
+    """:func:`detect_face` on an image :func:`equalised_grey` made (or a part of one: equalising
+    the whole frame once and searching a part keeps the contrast, and so the box, independent of
+    where the part was cut)."""
+    side = max(1, int(min(grey.shape) * min_size_fraction))
+    found, support = _cascade().detectMultiScale2(np.ascontiguousarray(grey), scaleFactor=1.1, minNeighbors=5,
+                                                  minSize=(side, side))
     if len(found) == 0:
         return None
-    x, y, w, h = (float(v) for v in np.reshape(found, (-1, 4))[int(np.argmax(support))])
+    boxes = np.reshape(found, (-1, 4)).astype(np.int64)
+    support = np.reshape(support, -1).astype(np.int64)
+    # The most-supported box; ties broken by position and size, not by the order OpenCV's threads
+    # happened to report candidates in (which varies between runs on many-core machines).
+    best = np.lexsort((boxes[:, 2], boxes[:, 0], boxes[:, 1], -support))[0]
+    x, y, w, h = (float(v) for v in boxes[best])
     return Box(x, y, x + w, y + h)

@@ -165,6 +165,8 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
     for name in wanted[1:]:
         parts[name] = load_built(_BUILDERS[name](configs[name]), states[name], name, path)
     missing = tuple(name for name in _BASE_PARTS if name not in parts)
+    if base is not None and not missing:
+        log.warning("the base %s is not used: %s holds its own UNet, VAE and image encoder", base, path.name)
     if missing and base is None:
         raise CheckpointError(
             f"{path} holds only ETHD adapters (no {', '.join(missing)}); it needs the base Stable Video Diffusion "
@@ -188,7 +190,14 @@ _BUILDERS = {"unet": build_unet, "vae": build_vae, "image_encoder": build_image_
 def load_built(module: nn.Module, state_dict: dict, name: str, path: Path) -> nn.Module:
     """``module`` with a component's weights from ``path``; a mismatch with its config is an error
     naming the component (loading and training both use it)."""
-    result = module.load_state_dict(state_dict, strict=False)
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # torch's size-mismatch report: keep its first lines, name the file
+        mismatches = [line.strip() for line in str(error).splitlines() if "size mismatch" in line][:3]
+        raise CheckpointError(
+            f"{path}: the weights of component '{name}' have other shapes than its config says "
+            f"({'; '.join(mismatches) or error}); the file was edited or damaged: export it again"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: component '{name}' does not match its config: missing {result.missing_keys[:5]}, "
@@ -266,6 +275,9 @@ def load_vaid_model(source: str | Path = "default", speech_source: str | Path | 
               "(a wav2vec2 file in ComfyUI's models/audio_encoders, or a Hugging Face folder).")
     if recorded["config"].get("kind") != "logmel" and speech_source is None:
         raise CheckpointError(f"{path} needs its speech encoder. {needed}")
+    if recorded["config"].get("kind") == "logmel" and speech_source is not None:
+        log.warning("the speech encoder %s is not used: %s computes log-mel features and needs no speech encoder file",
+                    speech_source, path.name)
     speech = load_speech_encoder(recorded["config"], speech_source)
     check_speech_encoder(expected, speech.fingerprint(), needed_file_hint=needed)
     modules = {}

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -39,6 +41,44 @@ SEQUENCE_CONTEXT = 50
 
 
 # --- settings ------------------------------------------------------------------------------
+
+# Allowed ranges (inclusive) of GenerationSettings' numbers. Upper bounds keep a typo from asking
+# for memory no machine has (65536 px, fps 1e-6 = 60 GB of frames) or hours of sampling.
+LIMITS = {
+    "fps": (1, 120),
+    "width": (0, 4096), "height": (0, 4096),  # 0 = the model's native size
+    "steps": (1, 500), "dicte_steps": (1, 1000),
+    "seed": (0, 2**63 - 1),
+    "window": (2, 1000), "overlap": (1, 999), "lip_context": (0, 100), "motion": (0, 1023),
+    "decode_chunk": (1, 1000), "max_batch": (1, 1000),
+    "av_offset": (-250, 250),
+    "reference_strength": (0.0, 30.0), "lip_strength": (0.0, 30.0), "expression_strength": (0.0, 30.0),
+    "noise_aug": (0.0, 10.0),
+}
+
+
+class SettingError(ValueError):
+    """A generation setting out of its allowed range; ``setting`` names it (the command line
+    turns it into its flag, ``--`` + the name with dashes)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+def _in_range(name: str, value, low, high) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)) or not math.isfinite(value):
+        raise SettingError(name, f"{name} must be a number in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise SettingError(name, f"{name} must be in {low}..{high}, got {float(value):g}")
+
+
+def _whole_in_range(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SettingError(name, f"{name} must be a whole number in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise SettingError(name, f"{name} must be in {low}..{high}, got {value}")
+
 
 @dataclass
 class GenerationSettings:
@@ -64,14 +104,26 @@ class GenerationSettings:
     max_batch: int | None = None  # split guidance passes only under memory pressure
 
     def validate(self) -> None:
-        audio_lib.exact_rate(self.fps, "fps")
-        for name in ("width", "height"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (the model's native size) or a positive number of pixels, got {getattr(self, name)}")
-        if self.steps < 1 or self.dicte_steps < 1:
-            raise ValueError("steps must be at least 1")
+        """Refuse values no generation can use, naming the setting and its allowed range
+        (:class:`SettingError`); sizes the model cannot make are refused by :meth:`sized_for`."""
+        try:
+            fps = audio_lib.exact_rate(self.fps, "fps")
+        except (TypeError, ValueError) as error:
+            raise SettingError("fps", str(error)) from error
+        _in_range("fps", fps, *LIMITS["fps"])
+        for name in ("width", "height", "steps", "dicte_steps", "seed"):
+            _whole_in_range(name, getattr(self, name), *LIMITS[name])
+        for name in ("window", "overlap", "lip_context", "motion", "decode_chunk", "max_batch"):
+            if getattr(self, name) is not None:
+                _whole_in_range(name, getattr(self, name), *LIMITS[name])
+        _whole_in_range("av_offset", self.av_offset, *LIMITS["av_offset"])
+        for name in ("reference_strength", "lip_strength", "expression_strength", "noise_aug"):
+            if getattr(self, name) is not None:
+                _in_range(name, getattr(self, name), *LIMITS[name])
+        if self.window is not None and self.overlap is not None and self.overlap >= self.window:
+            raise SettingError("overlap", f"overlap must be less than the window ({self.window} frames), got {self.overlap}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
+            raise SettingError("sampler", f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -440,17 +492,40 @@ def decode_frames(model, latents: torch.Tensor, settings: GenerationSettings) ->
 # --- the whole job -------------------------------------------------------------------------
 
 def load_image(path) -> torch.Tensor:
-    """An image file as ``[1, 3, H, W]`` float in 0..1 (RGB; alpha dropped)."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as ``[1, 3, H, W]`` float in 0..1 (RGB; alpha dropped), upright.
+
+    Phone photos are turned as their EXIF orientation says; 16-bit and 32-bit integer images are
+    scaled from their full range and float images read as 0..1 (PIL's RGB conversion would clip
+    them to white or black).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            rgb = _rgb_array(ImageOps.exif_transpose(image))
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image this machine can read (try PNG or JPEG)") from None
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path} is too large to read safely ({error}); resize it below 8000 x 8000 pixels") from None
+    except (OSError, SyntaxError) as error:  # PIL's words for truncated or damaged files
+        raise ValueError(f"{path}: cannot read the image ({error}); the file is damaged or incomplete: export it again") from None
+    if not np.isfinite(rgb).all():
+        raise ValueError(f"{path}: the image has NaN or infinite pixels; export it again as an 8-bit PNG or JPEG")
+    return torch.from_numpy(np.clip(rgb, 0.0, 1.0)).permute(2, 0, 1)[None]
+
+
+def _rgb_array(image) -> np.ndarray:
+    """``[H, W, 3]`` float32 in 0..1 of any PIL image."""
+    if image.mode == "F":  # float images are 0..1
+        grey = np.asarray(image, dtype=np.float32)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit (PNG) or 32-bit integer grey
+        grey = np.asarray(image, dtype=np.float64)
+        full = 65535.0 if grey.max(initial=0) <= 65535 else 2.0**31 - 1
+        return np.repeat((grey / full).astype(np.float32)[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 @dataclass
@@ -477,7 +552,7 @@ class EmotiveTalkPipeline:
     def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu") -> "EmotiveTalkPipeline":
         from .models import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
 
-        _check_device(device)
+        check_device(device)
         path = resolve_model_file(checkpoint)
         model = load_emotivetalk_model(path, base=base)
         vaid = load_vaid_model(path, speech_source=speech_source)
@@ -527,7 +602,16 @@ class EmotiveTalkPipeline:
         return GenerationResult(out_path, prepared.num_frames, prepared.fps, prepared.num_frames / prepared.fps, metadata)
 
 
-def _check_device(device) -> None:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but this torch has no CUDA; use --device cpu")
+def check_device(name) -> None:
+    """Refuse a device torch does not know or this install cannot use, before any model loads."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{str(name)!r} is not a device name torch knows; use cpu, cuda, cuda:N or mps") from None
+    usable = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type not in usable:
+        raise ValueError(f"{str(name)!r}: EmotiveTalk runs on cpu, cuda or mps")
+    if not usable[device.type]():
+        raise ValueError(f"{str(name)!r}: this torch install cannot use {device.type} here; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{str(name)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 onwards")

@@ -294,11 +294,13 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
     @classmethod
     def from_file(cls, path: str | Path, layers, **kwargs) -> "Wav2Vec2SpeechEncoder":
         """A ComfyUI ``models/audio_encoders`` file: bare state dict, architecture read from shapes."""
-        from safetensors.torch import load_file
         from transformers import Wav2Vec2Model
 
+        from .checkpoints import open_safetensors
+
         path = Path(path)
-        state_dict = _canonical_state_dict(load_file(str(path)), path)
+        with open_safetensors(path) as handle:
+            state_dict = _canonical_state_dict({key: handle.get_tensor(key) for key in handle.keys()}, path)
         model = Wav2Vec2Model(infer_wav2vec2_config(state_dict, path))
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         missing = [key for key in missing if key not in _TRAINING_ONLY]

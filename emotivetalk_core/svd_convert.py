@@ -591,11 +591,11 @@ def _finish(modules: dict[str, torch.nn.Module], state_dicts: Mapping[str, Mappi
 
 def _load_stability_file(path: Path, names: tuple[str, ...], config: str | Mapping, device: torch.device,
                          dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
-    from safetensors import safe_open
+    from .checkpoints import open_safetensors
 
     factories = _config_factories(_resolve_config(config))
     modules = _build_empty({name: factories[name] for name in names})
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
+    with open_safetensors(path) as handle:
         groups = _split_stability(handle.keys())
         # Check names and shapes in the file's own names before reading any tensor data.
         for name, module in modules.items():
@@ -636,7 +636,7 @@ def _weight_files(folder: Path, stem: str, dtype: torch.dtype | None) -> list[Pa
 
 def _load_diffusers_folder(folder: Path, names: tuple[str, ...], device: torch.device,
                            dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
-    from safetensors import safe_open
+    from .checkpoints import open_safetensors
 
     for sub in _FOLDER_WEIGHT_STEMS:
         if not (folder / sub / "config.json").is_file():
@@ -651,7 +651,7 @@ def _load_diffusers_folder(folder: Path, names: tuple[str, ...], device: torch.d
     for name, paths in files.items():
         state_dicts[name] = {}
         for path in paths:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with open_safetensors(path) as handle:
                 state_dicts[name].update(_read(handle, handle.keys(), device, dtype))
     return _finish(modules, state_dicts, device, folder)
 

@@ -9,6 +9,7 @@ that are tensors rather than files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,27 @@ REFERENCE = "EMOTIVETALK_REFERENCE"
 CROP = "EMOTIVETALK_CROP"
 
 CATEGORY = "EmotiveTalk"
+
+
+def checked_images(image, where: str) -> torch.Tensor:
+    """A ComfyUI IMAGE ``[B, H, W, 3 or 4]`` with at least one image and finite pixels, or an
+    error naming the node input (``where``) and what it expected."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
+        raise ValueError(f"{where}: expected a ComfyUI IMAGE [images, height, width, 3], got {shape}")
+    if 0 in image.shape[:3]:
+        raise ValueError(f"{where}: the IMAGE {tuple(image.shape)} holds no pixels (an empty batch or a 0-pixel side)")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{where}: the IMAGE has NaN or infinite pixels; check the node that made it")
+    return image
+
+
+def checked_number(value: float, where: str) -> float:
+    """A finite float widget value (a NaN typed into a workflow's JSON would make every frame NaN)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: must be a finite number, got {value}")
+    return value
 
 
 @dataclass

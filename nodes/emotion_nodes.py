@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 
 from ._core import configs, emotion
-from ._types import CATEGORY, EMOTION, EmotionInput
+from ._types import CATEGORY, EMOTION, EmotionInput, checked_images
 
 MAX_TIMELINE_INPUTS = 4
 
@@ -77,6 +77,7 @@ class EmotiveTalkEmotionImage(_EmotionNode):
         }}
 
     def make(self, image, intensity):
+        image = checked_images(image, "EmotiveTalk Emotion Image, input 'image'")
         key = _tensor_key("image")
         return _single(emotion.EmotionSource("image", key), intensity, images={key: image})
 
@@ -94,6 +95,7 @@ class EmotiveTalkEmotionVideo(_EmotionNode):
         }}
 
     def make(self, frames, fps, intensity):
+        frames = checked_images(frames, "EmotiveTalk Emotion Video, input 'frames'")
         key = _tensor_key("video")
         return _single(emotion.EmotionSource("video", key), intensity, videos={key: (frames, float(fps))})
 

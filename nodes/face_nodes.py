@@ -11,7 +11,7 @@ import logging
 
 from . import comfy_bridge as bridge
 from ._core import core_module
-from ._types import CATEGORY, CROP
+from ._types import CATEGORY, CROP, checked_images
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class EmotiveTalkFaceCrop:
         }
 
     def crop(self, image, size, scale, mask=None, box_x=0, box_y=0, box_width=0, box_height=0):
+        image = checked_images(image, "EmotiveTalk Face Crop, input 'image'")
         if image.shape[0] > 1:
             log.warning("the IMAGE holds %d images; EmotiveTalk Face Crop uses the first", image.shape[0])
         result = face_crop.crop_face(image[0], size, scale, mask=mask, box=user_box(box_x, box_y, box_width, box_height))
@@ -91,6 +92,7 @@ class EmotiveTalkPasteBack:
         }}
 
     def paste(self, frames, crop, feather):
+        frames = checked_images(frames, "EmotiveTalk Paste Back, input 'frames'")
         pasted = face_crop.paste_back(frames, crop.original, crop.region, feather)
         return (pasted.to(bridge.intermediate_device()),)
 

@@ -21,8 +21,10 @@ _CHUNK = ("INT", {"default": 0, "min": 0, "max": 256,
 
 def checked_latents(model, latent: dict) -> torch.Tensor:
     samples = latent["samples"]
-    if samples.dim() != 4:
-        raise ValueError(f"expected an SVD-layout LATENT [frames, 4, h, w], got {list(samples.shape)}")
+    channels = model.vae.config.latent_channels
+    if samples.dim() != 4 or samples.shape[1] != channels or 0 in samples.shape:
+        raise ValueError(f"input 'latent': expected an SVD-layout LATENT [frames, {channels}, h, w] with at least one "
+                         f"frame, got {list(samples.shape)}")
     made_by, expected = latent.get("emotivetalk_model"), model_tag(model)
     if made_by is not None and made_by != expected:
         log.warning("this LATENT was made by model %s but is decoded with %s; the frames may be garbage", made_by, expected)

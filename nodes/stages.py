@@ -29,6 +29,8 @@ from ._types import (
     EmotionInput,
     PreparedSpeech,
     SpeechFeatures,
+    checked_images,
+    checked_number,
 )
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,29 @@ def comfy_audio(waveform: np.ndarray, sample_rate: int) -> dict:
 
 
 def prepare_speech(audio: dict, fps: float, av_offset: int) -> PreparedSpeech:
-    waveform = audio["waveform"]
+    waveform = comfy_waveform(audio)
     if waveform.shape[0] > 1:
         log.warning("the AUDIO holds a batch of %d clips; EmotiveTalk uses the first", waveform.shape[0])
-    prepared = pipeline.prepare_audio(waveform[0], int(audio["sample_rate"]), fps)
+    try:
+        prepared = pipeline.prepare_audio(waveform[0], int(audio["sample_rate"]), fps)
+    except ValueError as error:
+        raise ValueError(f"EmotiveTalk Audio Prepare, input 'audio': {error}") from error
     return PreparedSpeech(**vars(prepared), av_offset=int(av_offset))
+
+
+def comfy_waveform(audio) -> torch.Tensor:
+    """The ``[B, C, T]`` waveform of a ComfyUI AUDIO, or an error naming what is wrong with it."""
+    where = "EmotiveTalk Audio Prepare, input 'audio'"
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError(f"{where}: expected ComfyUI AUDIO (a dict with 'waveform' and 'sample_rate'), got {type(audio).__name__}")
+    waveform = audio["waveform"]
+    if not isinstance(waveform, torch.Tensor) or waveform.ndim != 3:
+        shape = tuple(waveform.shape) if hasattr(waveform, "shape") else type(waveform).__name__
+        raise ValueError(f"{where}: the waveform must be [batch, channels, samples], got {shape}; "
+                         f"load it with Load Audio or a node that makes ComfyUI AUDIO")
+    if 0 in waveform.shape[:2]:
+        raise ValueError(f"{where}: the waveform {tuple(waveform.shape)} has no clip or no channel")
+    return waveform
 
 
 class EmotiveTalkAudioPrepare:
@@ -134,6 +154,8 @@ class EmotiveTalkEDIReference:
         }
 
     def encode(self, model, vaid, portrait, width, height, noise_aug, seed, mask=None):
+        portrait = checked_images(portrait, "EmotiveTalk EDI Reference, input 'portrait'")
+        noise_aug = checked_number(noise_aug, "EmotiveTalk EDI Reference, input 'noise_aug'")
         if portrait.shape[0] > 1:
             log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
         bridge.use(model, "vae", "image_encoder")
@@ -282,8 +304,7 @@ class EmotiveTalkETHDSampler:
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
             lip_context=None if lip_context < 0 else lip_context,
         )
-        if settings.window and settings.overlap and settings.overlap >= settings.window:
-            raise ValueError(f"overlap ({overlap}) must be smaller than the window ({window})")
+        settings.validate()  # before any work: a bad window/overlap pair is named, not found mid-sampling
         latents = run_sampler(model, reference, lip, expression, settings)
         return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
 

@@ -96,3 +96,24 @@ def test_demo_never_writes_over_a_side_by_side_file_it_was_not_given(capsys, tmp
     _fails_with(capsys, ["demo", "--out", str(tmp_path / "b.mp4"), "--side-by-side", str(tmp_path / "no" / "c.mp4")],
                 "--side-by-side", "folder not found")
     assert mine.read_bytes() == b"my video" and sorted(p.name for p in tmp_path.iterdir()) == ["demo_emotions.mp4"]
+
+
+def test_demo_writes_the_side_by_side_where_it_says(capsys, tmp_path, monkeypatch):
+    """The demo hands its side-by-side path (not anything else of that name) to the writer."""
+    from types import SimpleNamespace
+
+    from emotivetalk_core import demo, pipeline
+
+    class Pipeline:
+        trained = True
+
+        def generate_to_file(self, portrait, audio, out, settings, timeline, progress=None):
+            return SimpleNamespace(path=out, num_frames=audio.num_frames, seconds=audio.num_frames / settings.fps)
+
+    written = []
+    monkeypatch.setattr(pipeline.EmotiveTalkPipeline, "from_files", classmethod(lambda cls, *a, **k: Pipeline()))
+    monkeypatch.setattr(demo, "side_by_side", lambda pipe, image, audio, settings, out, progress=None:
+                        written.append(out) or {"path": out, "labels": ["happy"]})
+    assert main(["demo", "--out", str(tmp_path / "demo.mp4"), "--quiet"]) == 0
+    assert written == [tmp_path / "demo_emotions.mp4"]
+    assert f"wrote {tmp_path / 'demo_emotions.mp4'}" in capsys.readouterr().out

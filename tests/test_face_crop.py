@@ -210,6 +210,20 @@ def test_detection_prefers_the_box_most_windows_agree_on_over_a_larger_one(monke
     assert face_detect.detect_face(np.zeros((480, 640, 3), np.uint8)) == face_detect.Box(100, 120, 190, 210)
 
 
+def test_tied_detections_give_the_same_box_in_any_report_order(monkeypatch):
+    # OpenCV's threads report candidates in the order they finish: a tie must not follow it.
+    boxes, support = np.array([[100, 120, 90, 90], [300, 40, 96, 96]]), np.array([9, 9])
+    chosen = []
+    for order in ([0, 1], [1, 0]):
+        class Cascade:
+            def detectMultiScale2(self, gray, **options):
+                return boxes[order], support[order]
+
+        monkeypatch.setattr(face_detect, "_cascade", Cascade)
+        chosen.append(face_detect.detect_face(np.zeros((480, 640, 3), np.uint8)))
+    assert chosen[0] == chosen[1] == face_detect.Box(300, 40, 396, 136)  # the higher one, whichever came first
+
+
 def test_no_face_says_to_give_a_mask_or_box():
     from skimage import data
 
