@@ -8,9 +8,12 @@ them, so a caller streaming into a video file never holds more than one chunk of
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def chunk_starts(num_frames: int, chunk: int, overlap: int) -> list[int]:
@@ -27,23 +30,59 @@ def chunk_starts(num_frames: int, chunk: int, overlap: int) -> list[int]:
 def decode_latents(vae, latents: torch.Tensor, chunk: int = 14, overlap: int = 4) -> Iterator[torch.Tensor]:
     """Decode raw SVD latents ``[N, 4, h, w]`` (not yet divided by the scaling factor).
 
-    Yields frame blocks ``[n, H, W, 3]`` in 0..1 on the host, in order, N frames in all.
+    Yields frame blocks ``[n, H, W, 3]`` in 0..1 on the host, in order, N frames in all. When a
+    chunk runs out of memory, the rest is decoded in chunks half as long (down to 2 frames)
+    rather than losing latents that took minutes to sample; each retry is logged.
     """
     num_frames = latents.shape[0]
-    starts = chunk_starts(num_frames, chunk, overlap)
-    pending = None  # the previous chunk's frames that the current chunk decodes again
-    for index, start in enumerate(starts):
-        frames = _decode(vae, latents[start:start + chunk])
-        if pending is not None:
-            ramp = torch.linspace(0, 1, len(pending) + 2, dtype=frames.dtype)[1:-1].view(-1, 1, 1, 1)
-            frames[: len(pending)] = (1 - ramp) * pending + ramp * frames[: len(pending)]
-        if index + 1 == len(starts):
-            yield frames
-            return
-        # Everything before the next chunk's start is final; the rest waits for the crossfade.
-        final = starts[index + 1] - start
-        yield frames[:final]
-        pending = frames[final:]
+    chunk_starts(num_frames, chunk, overlap)  # refuses a bad chunk or overlap up front
+    offset, pending = 0, None  # pending: decoded frames from ``offset`` on that await a crossfade
+    while True:
+        starts = [offset + start for start in chunk_starts(num_frames - offset, chunk, overlap)]
+        for index, start in enumerate(starts):
+            try:
+                frames = _decode(vae, latents[start:start + chunk])
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                chunk, overlap = _smaller_chunk(chunk, overlap, error)
+                break
+            if pending is not None:
+                ramp = torch.linspace(0, 1, len(pending) + 2, dtype=frames.dtype)[1:-1].view(-1, 1, 1, 1)
+                frames[: len(pending)] = (1 - ramp) * pending + ramp * frames[: len(pending)]
+            if index + 1 == len(starts):
+                yield frames
+                return
+            # Everything before the next chunk's start is final; the rest waits for the crossfade.
+            final = starts[index + 1] - start
+            yield frames[:final]
+            offset, pending = starts[index + 1], frames[final:]
+        if pending is not None and len(pending) > overlap:
+            # The shorter chunks cannot cover every frame waiting for its crossfade: the earlier
+            # ones are final as the previous chunk decoded them.
+            cut = len(pending) - overlap
+            yield pending[:cut]
+            offset, pending = offset + cut, (pending[cut:] if overlap else None)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device or host allocation failure (CUDA and MPS raise OutOfMemoryError, the CPU
+    allocator a RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message)
+
+
+def _smaller_chunk(chunk: int, overlap: int, error: BaseException) -> tuple[int, int]:
+    if chunk <= 2:
+        raise MemoryError(f"out of memory decoding even {chunk} frames at a time ({error}); free memory on the "
+                          "device (close other models or workflows) or decode at a smaller size") from error
+    smaller = max(2, chunk // 2)
+    log.warning("out of memory decoding %d frames at a time; retrying in chunks of %d", chunk, smaller)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return smaller, min(overlap, smaller - 1)
 
 
 def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
