@@ -243,7 +243,7 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path):
 # --- command line ----------------------------------------------------------------------------
 
 def _cli(*args, cwd=ROOT):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "emotivetalk_core.train", *map(str, args)], check=False, cwd=cwd,
                           capture_output=True, text=True, env=env)
 
