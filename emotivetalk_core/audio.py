@@ -114,6 +114,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise ValueError(f"{path} has no audio stream (streams found: {', '.join(kinds)})")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:  # FFmpeg found no decoder for what the header says
+                raise ValueError(f"{path}: its audio codec cannot be decoded (a damaged header or an unknown codec); "
+                                 "re-export it as WAV, FLAC or MP3")
             if stream.rate:  # before decoding: a 1 Hz stream would fail inside the resampler
                 check_source_rate(stream.rate, str(path))
             mono, source_rate = _decode_mono(stream, container)
@@ -121,9 +124,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise ValueError(f"cannot decode audio from {path}: {error}") from error
     checked_speech(mono, source_rate, str(path))
     logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, source_rate)
-    if source_rate == sample_rate:
-        return mono
-    return resample(mono, source_rate, sample_rate)
+    speech = mono if source_rate == sample_rate else resample(mono, source_rate, sample_rate)
+    if speech.size == 0:
+        raise ValueError(f"{path}: the audio is too short ({mono.size} sample(s) at {source_rate} Hz is less than one at {sample_rate} Hz)")
+    return speech
 
 
 def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
@@ -139,17 +143,22 @@ def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
             # Fixed layout and rate from the first frame: a mid-stream change is converted rather
             # than concatenated with mismatched shapes.
             source_rate = frame.sample_rate
-            to_float = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=source_rate)
+            # Packed (interleaved) float, one plane: PyAV reads planar frames of more than 8
+            # channels past their plane table and crashes the process (a fuzzed 9-channel WAV).
+            to_float = av.AudioResampler(format="flt", layout=frame.layout.name, rate=source_rate)
             first_pts = frame.pts
         max_frame = max(max_frame, frame.samples)
-        for converted in to_float.resample(frame):
-            blocks.append(converted.to_ndarray().mean(axis=0))
+        blocks.extend(_channel_mean(converted) for converted in to_float.resample(frame))
     if to_float is None:
         return np.zeros(0, np.float32), stream.rate or SAMPLE_RATE
-    for converted in to_float.resample(None):
-        blocks.append(converted.to_ndarray().mean(axis=0))
+    blocks.extend(_channel_mean(converted) for converted in to_float.resample(None))
     mono = np.concatenate(blocks).astype(np.float32, copy=False)
     return _trim_to_stream(mono, stream, source_rate, first_pts, max_frame), source_rate
+
+
+def _channel_mean(frame) -> np.ndarray:
+    """Mono samples of a packed float frame (``[1, samples * channels]``, interleaved)."""
+    return frame.to_ndarray().reshape(frame.samples, frame.layout.nb_channels).mean(axis=1)
 
 
 def _trim_to_stream(mono: np.ndarray, stream, rate: int, first_pts, max_frame: int) -> np.ndarray:
@@ -227,7 +236,8 @@ def resample(mono: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray
         frame.sample_rate = source_rate
         out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(frame))
     out.extend(converted.to_ndarray().reshape(-1) for converted in resampler.resample(None))
-    return np.concatenate(out).astype(np.float32, copy=False)
+    # A few samples can resample to none at all.
+    return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
 
 
 def to_speech_rate(waveform, sample_rate: int) -> np.ndarray:

@@ -77,7 +77,16 @@ def read_metadata(path: str | Path) -> tuple[dict, dict]:
             "Base SVD checkpoints go through emotivetalk_core.svd_convert; EmotiveTalk files are "
             "written by the pack's training/export code."
         )
-    return json.loads(metadata[_COMPONENTS_KEY]), json.loads(metadata.get(_INFO_KEY, "{}"))
+    try:
+        configs, info = json.loads(metadata[_COMPONENTS_KEY]), json.loads(metadata.get(_INFO_KEY, "{}"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its EmotiveTalk metadata is damaged ({error}); the file is corrupt: "
+                              "download or export it again") from None
+    if not (isinstance(configs, dict) and all(isinstance(config, dict) for config in configs.values())
+            and isinstance(info, dict)):
+        raise CheckpointError(f"{path}: its EmotiveTalk metadata is not a table of component configs; the file is "
+                              "corrupt or was not written by this pack: download or export it again")
+    return configs, info
 
 
 def load_model_file(path: str | Path, components: list[str] | None = None, device: str | torch.device = "cpu"):

@@ -509,7 +509,7 @@ def load_image(path) -> torch.Tensor:
         raise ValueError(f"{path} is not an image this machine can read (try PNG or JPEG)") from None
     except Image.DecompressionBombError as error:
         raise ValueError(f"{path} is too large to read safely ({error}); resize it below 8000 x 8000 pixels") from None
-    except (OSError, SyntaxError) as error:  # PIL's words for truncated or damaged files
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # PIL's words for truncated or damaged files
         raise ValueError(f"{path}: cannot read the image ({error}); the file is damaged or incomplete: export it again") from None
     if not np.isfinite(rgb).all():
         raise ValueError(f"{path}: the image has NaN or infinite pixels; export it again as an 8-bit PNG or JPEG")

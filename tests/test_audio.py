@@ -165,3 +165,20 @@ def test_pad_to_frames_appends_silence_and_never_cuts():
     assert padded.shape == (16533,)  # 31 frames * 16000 / 30 = 16533.3 -> 16533
     assert np.all(padded[:16001] == 1) and np.all(padded[16001:] == 0)
     assert pad_to_frames(waveform, 10, 30, 16000) is waveform
+
+
+def test_audio_with_more_than_eight_channels_is_averaged_not_a_crash(tmp_path):
+    """PyAV crashed the whole process (a segfault, ComfyUI with it) reading planar frames of more
+    than 8 channels; found by fuzzing (tests/test_fuzz.py)."""
+    import wave
+
+    channels = np.stack([np.full(1600, (k - 4.5) / 10) for k in range(10)], axis=1)  # mean 0 ...
+    channels[:, 9] += 0.5  # ... but for the last channel: the mean is 0.05
+    with wave.open(str(tmp_path / "ten.wav"), "wb") as file:
+        file.setnchannels(10)
+        file.setsampwidth(2)
+        file.setframerate(16000)
+        file.writeframes((channels * 32767).round().astype("<i2").tobytes())
+    speech = load_audio(tmp_path / "ten.wav")
+    assert speech.shape == (1600,)
+    np.testing.assert_allclose(speech, 0.05, atol=1e-3)

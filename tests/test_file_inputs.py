@@ -108,3 +108,62 @@ def test_files_a_self_contained_model_does_not_need_are_reported_not_ignored(cap
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert any("base" in message and "svd_xt.safetensors is not used" in message for message in warnings), warnings
     assert any("speech encoder" in message and "svd_xt.safetensors is not used" in message for message in warnings), warnings
+
+
+# --- cases found by fuzzing (tests/test_fuzz.py) ---------------------------------------------
+
+def _wav_bytes(channels: int, rate: int, frames: bytes) -> bytes:
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as file:
+        file.setnchannels(channels)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(frames)
+    return buffer.getvalue()
+
+
+def test_a_wav_whose_header_names_no_codec_is_refused_by_name(tmp_path):
+    from emotivetalk_core.audio import load_audio
+
+    data = bytearray(_wav_bytes(1, 16000, b"\x00\x01" * 800))
+    data[32:36] = b"\xff\xff\xff\xff"  # block align and bits per sample: FFmpeg finds no decoder
+    (tmp_path / "broken.wav").write_bytes(data)
+    with pytest.raises(ValueError, match=r"broken\.wav: its audio codec cannot be decoded"):
+        load_audio(tmp_path / "broken.wav")  # was AttributeError: 'AudioStream' object has no attribute 'rate'
+
+
+def test_audio_too_short_for_one_sample_at_16_khz_is_refused_by_name(tmp_path):
+    from emotivetalk_core.audio import load_audio
+
+    (tmp_path / "blip.wav").write_bytes(_wav_bytes(2, 44100, b"\x00\x00\x00\x00"))
+    with pytest.raises(ValueError, match=r"blip\.wav: the audio is too short"):
+        load_audio(tmp_path / "blip.wav")  # was "need at least one array to concatenate"
+
+
+def test_damaged_model_metadata_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"part.w": torch.zeros(2)}, str(tmp_path / "bad.safetensors"),
+              metadata={"emotivetalk.components": '{"part": {"width": 3}}', "emotivetalk.info": '{"trained"::false}'})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: its EmotiveTalk metadata is damaged"):
+        read_metadata(tmp_path / "bad.safetensors")  # was a bare JSONDecodeError
+    save_file({"part.w": torch.zeros(2)}, str(tmp_path / "odd.safetensors"), metadata={"emotivetalk.components": "[1, 2]"})
+    with pytest.raises(CheckpointError, match=r"odd\.safetensors: its EmotiveTalk metadata is not a table"):
+        read_metadata(tmp_path / "odd.safetensors")
+
+
+def test_an_image_pil_cannot_lay_out_is_refused_by_name(tmp_path, monkeypatch):
+    """PIL raises ValueError ("tile cannot extend outside image") for some damaged GIFs and TIFFs."""
+    import emotivetalk_core.pipeline as pipeline
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "tiles.gif")
+
+    def damaged(image):
+        raise ValueError("tile cannot extend outside image")
+
+    monkeypatch.setattr(pipeline, "_rgb_array", damaged)
+    with pytest.raises(ValueError, match=r"tiles\.gif: cannot read the image \(tile cannot extend outside image\)"):
+        load_image(tmp_path / "tiles.gif")
