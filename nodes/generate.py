@@ -68,8 +68,8 @@ class EmotiveTalkGenerate:
 
     def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text="",
                  face_mask=None):
+        speech, padded, _, fps = EmotiveTalkAudioPrepare().prepare(audio, fps, 0)  # bad audio is refused before models load
         model, vaid = self.models(model_name)
-        speech, padded, _, fps = EmotiveTalkAudioPrepare().prepare(audio, fps, 0)
         lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
         (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),

@@ -12,7 +12,13 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
 3. every UI workflow in ``workflows/`` converts to API format with ComfyUI's own frontend
    (``--ui-convert``: a converter driving the frontend in headless Chromium, such as the
    workplace's ``ui_convert.py``) and runs too;
-4. ``/interrupt`` during sampling stops the run within seconds, and the next run succeeds.
+4. ``/interrupt`` during sampling, and during decoding and video writing (EmotiveTalk Save
+   Video, which decodes straight into the mp4), stops the run within seconds, leaves no new file
+   in ComfyUI's output folder (neither a video under its final name nor a partial one), and the
+   next run succeeds;
+5. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
+   checks it, with a message naming the input, the server keeps answering, and the next run
+   succeeds.
 
 Inputs are made here and uploaded through ComfyUI's HTTP API (the pack never writes into
 ComfyUI's input folder): the shipped portrait and speech (cut to ``--seconds``), a long speech
@@ -49,7 +55,7 @@ from emotivetalk_core.audio import frame_count, load_audio
 from emotivetalk_core.video_io import probe
 
 UPSCALE_MODEL = "upscale_x2.safetensors"
-UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png")
+UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png", "nan_speech.wav")
 
 
 @dataclass
@@ -80,6 +86,9 @@ def make_inputs(folder: Path, seconds: float, long_seconds: float) -> dict[str, 
     wide = Image.new("RGB", (1280, 720), (70, 80, 90))
     wide.paste(portrait.resize((384, 384)), (780, 250))  # face right of centre and low
     wide.save(files["wide_portrait.png"])
+    nan_speech = speech[: round(seconds * 16000)].copy()
+    nan_speech[100:200] = np.nan
+    write_float_wav(files["nan_speech.wav"], nan_speech)
     return files
 
 
@@ -91,6 +100,16 @@ def write_wav(path: Path, mono: np.ndarray, rate: int = 16000) -> None:
         handle.setsampwidth(2)
         handle.setframerate(rate)
         handle.writeframes((np.clip(mono, -1, 1) * 32767).round().astype("<i2").tobytes())
+
+
+def write_float_wav(path: Path, mono: np.ndarray, rate: int = 16000) -> None:
+    """A 32-bit float WAV (format 3), written by hand: the wave module writes integer PCM only."""
+    import struct
+
+    data = mono.astype("<f4").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 3, 1, rate, rate * 4, 4, 32,
+                         b"data", len(data))
+    path.write_bytes(header + data)
 
 
 def write_upscale_model(comfy_home: Path) -> Path:
@@ -321,27 +340,75 @@ def convert_ui(converter: Path, python: Path, ui_path: Path, url: str, folder: P
     return json.loads(api_path.read_text())
 
 
-async def check_interrupt(client: Client, workflow: dict, audio_path: Path, out: Path, timeout: float) -> Check:
-    """Cancel while the ETHD sampler reports progress; then the same workflow must succeed."""
+# Where Cancel is pressed: the nodes whose progress events mark the phase, and the least progress
+# value seen first (sampling: two UNet calls in; decoding and writing: the first frames written).
+INTERRUPT_PHASES = {
+    "sampling": ({"EmotiveTalkGenerate", "EmotiveTalkETHDSampler"}, 2, "basic.json"),
+    "decoding and writing": ({"EmotiveTalkSaveVideo"}, 1, "long_audio_streaming.json"),
+}
+
+
+def output_files(comfy_home: Path | None) -> set[str] | None:
+    """Every file under ComfyUI's output folder (hidden partial files too), or None if unknown."""
+    if comfy_home is None:
+        return None
+    folder = Path(comfy_home) / "ComfyUI" / "output"
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()} if folder.is_dir() else set()
+
+
+async def check_interrupt(client: Client, phase: str, inputs: dict[str, Path], out: Path, timeout: float,
+                          comfy_home: Path | None) -> Check:
+    """Cancel in ``phase``; nothing new may stay in the output folder; then the same workflow must succeed."""
+    node_types, least, workflow_name = INTERRUPT_PHASES[phase]
+    workflow = json.loads((ROOT / "workflows" / "api" / workflow_name).read_text())
+    name = f"interrupt during {phase}"
     await client.fresh()
+    before = output_files(comfy_home)
     start = time.monotonic()
     prompt_id = await client.submit(workflow)
-    sampler_ids = {nid for nid, node in workflow.items() if node["class_type"] in ("EmotiveTalkGenerate", "EmotiveTalkETHDSampler")}
+    watched = {nid for nid, node in workflow.items() if node["class_type"] in node_types}
     interrupted_at, finished = None, None
     async for event in client.events(prompt_id):
         data = event["data"]
-        if event["type"] == "progress" and data.get("node") in sampler_ids and data["value"] >= 2 and interrupted_at is None:
+        if event["type"] == "progress" and data.get("node") in watched and data["value"] >= least and interrupted_at is None:
             await client.interrupt()
             interrupted_at = time.monotonic()
         finished = event
     if interrupted_at is None:
-        return Check("interrupt", False, f"the run ended ({finished['type']}) before sampling progress was seen", time.monotonic() - start)
+        return Check(name, False, f"the run ended ({finished['type']}) before {phase} progress was seen", time.monotonic() - start)
     stop_seconds = time.monotonic() - interrupted_at
     if finished["type"] != "execution_interrupted":
-        return Check("interrupt", False, f"after /interrupt the run ended with {finished['type']}", time.monotonic() - start)
-    rerun = await run_workflow(client, "rerun after interrupt", workflow, audio_path, out, timeout)
-    return Check("interrupt", rerun.ok, f"stopped {stop_seconds:.1f} s after /interrupt; next run: {rerun.detail}",
+        return Check(name, False, f"after /interrupt the run ended with {finished['type']}", time.monotonic() - start)
+    left = None if before is None else sorted(output_files(comfy_home) - before)
+    if left:
+        return Check(name, False, f"the interrupted run left files in the output folder: {left}", time.monotonic() - start)
+    rerun = await run_workflow(client, f"rerun after {name}", workflow, audio_of(workflow, inputs), out, timeout)
+    files = "not checked (no --comfy-home)" if left is None else "no file left in the output folder"
+    return Check(name, rerun.ok, f"stopped {stop_seconds:.1f} s after /interrupt; {files}; next run: {rerun.detail}",
                  time.monotonic() - start, rerun.videos)
+
+
+async def check_bad_input(client: Client, inputs: dict[str, Path], out: Path, timeout: float) -> Check:
+    """Speech with NaN samples: an error on EmotiveTalk Generate naming its 'audio' input, not a
+    crashed server or NaN frames; then the good speech runs."""
+    workflow = json.loads((ROOT / "workflows" / "api" / "basic.json").read_text())
+    bad = json.loads(json.dumps(workflow))
+    for node in bad.values():
+        if node["class_type"] == "LoadAudio":
+            node["inputs"]["audio"] = "nan_speech.wav"
+    await client.fresh()
+    start = time.monotonic()
+    prompt_id = await client.submit(bad)
+    finished = await asyncio.wait_for(_last_event(client, prompt_id), timeout)
+    data = finished["data"]
+    message = str(data.get("exception_message", ""))
+    shown = (finished["type"] == "execution_error" and data.get("node_type") == "EmotiveTalkGenerate"
+             and "audio" in message and "NaN" in message)
+    alive = "comfyui_version" in (await client.get("/system_stats")).get("system", {})
+    rerun = await run_workflow(client, "rerun after a bad input", workflow, audio_of(workflow, inputs), out, timeout)
+    detail = (f"{finished['type']} on {data.get('node_type')}: {message.strip()[:200]!r}; server answering: {alive}; "
+              f"next run: {rerun.detail}")
+    return Check("bad input shown on the node", shown and alive and rerun.ok, detail, time.monotonic() - start, rerun.videos)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -358,7 +425,7 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=1.0, help="length of the uploaded speech.wav")
     parser.add_argument("--long-seconds", type=float, default=8.0, help="length of long_speech.wav")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
-    parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt check")
+    parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt checks")
     return parser.parse_args(argv)
 
 
@@ -394,9 +461,11 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
             checks.append(await run_workflow(client, f"ui/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
             print(_line(checks[-1]), flush=True)
     if not args.no_interrupt:
-        workflow = json.loads((ROOT / "workflows" / "api" / "basic.json").read_text())
-        checks.append(await check_interrupt(client, workflow, audio_of(workflow, inputs), out, args.timeout))
-        print(_line(checks[-1]), flush=True)
+        for phase in INTERRUPT_PHASES:
+            checks.append(await check_interrupt(client, phase, inputs, out, args.timeout, args.comfy_home))
+            print(_line(checks[-1]), flush=True)
+    checks.append(await check_bad_input(client, inputs, out, args.timeout))
+    print(_line(checks[-1]), flush=True)
     return checks
 
 

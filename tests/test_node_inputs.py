@@ -94,3 +94,15 @@ def test_a_latent_of_another_shape_is_refused_by_decode():
     for samples in (torch.zeros(3, 8, 4, 4), torch.zeros(0, 4, 4, 4), torch.zeros(4, 4, 4)):
         with pytest.raises(ValueError, match=r"input 'latent': expected an SVD-layout LATENT \[frames, 4, h, w\]"):
             output_nodes.checked_latents(model, {"samples": samples})
+
+
+def test_generate_refuses_bad_audio_before_it_loads_a_model(monkeypatch):
+    from nodes import generate
+
+    def no_models(self, model_name):
+        raise AssertionError("models were loaded before the audio was checked")
+
+    monkeypatch.setattr(generate.EmotiveTalkGenerate, "models", no_models)
+    with pytest.raises(ValueError, match="input 'audio'.*8000 audio samples are NaN"):
+        generate.EmotiveTalkGenerate().generate(_image(1, 32, 32, 3), _audio(torch.full((1, 1, 8000), float("nan"))),
+                                                "happy", 1.0, 0, 2, 0, 0, 25.0, "default")
