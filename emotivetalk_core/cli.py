@@ -77,9 +77,12 @@ def _add_common_arguments(parser, steps: int = 25) -> None:
                         help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
     parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
     parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")
-    parser.add_argument("--reference-strength", type=float, default=2.0, help="guidance toward the portrait")
-    parser.add_argument("--lip-strength", type=float, default=1.0, help="guidance toward the lip stream")
-    parser.add_argument("--expression-strength", type=float, default=1.0, help="guidance toward the driven expression")
+    parser.add_argument("--reference-strength", type=float, default=defaults.reference_strength,
+                        help="guidance toward the portrait (default: %(default)s)")
+    parser.add_argument("--lip-strength", type=float, default=defaults.lip_strength,
+                        help="guidance toward the lip stream (default: %(default)s)")
+    parser.add_argument("--expression-strength", type=float, default=defaults.expression_strength,
+                        help="guidance toward the driven expression (default: %(default)s)")
     parser.add_argument("--av-offset", type=int, default=0, help="frames; > 0 moves the mouth later than the audio")
     parser.add_argument("--lip-context", type=int, default=None, help="lip frames either side each frame sees (default: the model's)")
     parser.add_argument("--window", type=int, default=None, help="frames per ETHD window (default: the model's clip length)")

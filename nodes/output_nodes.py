@@ -19,11 +19,11 @@ _CHUNK = ("INT", {"default": 0, "min": 0, "max": 256,
                   "tooltip": "Frames the VAE decodes at once (neighbouring chunks overlap and crossfade); 0 = the model's window. Lower it if memory runs out."})
 
 
-def checked_latents(model, latent: dict) -> torch.Tensor:
+def checked_latents(model, latent: dict, node: str) -> torch.Tensor:
     samples = latent["samples"]
     channels = model.vae.config.latent_channels
     if samples.dim() != 4 or samples.shape[1] != channels or 0 in samples.shape:
-        raise ValueError(f"input 'latent': expected an SVD-layout LATENT [frames, {channels}, h, w] with at least one "
+        raise ValueError(f"{node}, input 'latent': expected an SVD-layout LATENT [frames, {channels}, h, w] with at least one "
                          f"frame, got {list(samples.shape)}")
     made_by, expected = latent.get("emotivetalk_model"), model_tag(model)
     if made_by is not None and made_by != expected:
@@ -31,9 +31,10 @@ def checked_latents(model, latent: dict) -> torch.Tensor:
     return samples
 
 
-def decoded_blocks(model, latent: dict, chunk: int):
-    """Frame blocks ``[n, H, W, 3]`` in 0..1, Cancel checked and progress shown between blocks."""
-    samples = checked_latents(model, latent)
+def decoded_blocks(model, latent: dict, chunk: int, node: str):
+    """Frame blocks ``[n, H, W, 3]`` in 0..1, Cancel checked and progress shown between blocks
+    (``node`` names the node in errors)."""
+    samples = checked_latents(model, latent, node)
     bridge.use(model, "vae")
     progress = bridge.Progress(samples.shape[0])
     done = 0
@@ -60,7 +61,7 @@ class EmotiveTalkDecode:
 
     def decode(self, model, latent, chunk):
         device = bridge.intermediate_device()
-        frames = torch.cat([block.to(device) for block in decoded_blocks(model, latent, chunk)])
+        frames = torch.cat([block.to(device) for block in decoded_blocks(model, latent, chunk, "EmotiveTalk Decode")])
         return (frames,)
 
 
@@ -110,7 +111,7 @@ class EmotiveTalkSaveVideo:
         video_io = core_module("video_io")
         path, filename, subfolder = bridge.output_path(filename_prefix, "mp4")
         waveform, sample_rate = mono(audio)
-        blocks = decoded_blocks(model, latent, chunk)
+        blocks = decoded_blocks(model, latent, chunk, "EmotiveTalk Save Video")
         first = next(blocks)
         height, width = first.shape[1:3]
         with video_io.VideoWriter(path, fps, width, height, audio=waveform, sample_rate=sample_rate,

@@ -304,7 +304,10 @@ class EmotiveTalkETHDSampler:
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
             lip_context=None if lip_context < 0 else lip_context,
         )
-        settings.validate()  # before any work: a bad window/overlap pair is named, not found mid-sampling
+        try:  # before any work: a bad window/overlap pair is named, not found mid-sampling
+            settings.validate()
+        except pipeline.SettingError as error:  # every setting here is the widget of the same name
+            raise ValueError(f"EmotiveTalk ETHD Sampler, input '{error.setting}': {error}") from error
         latents = run_sampler(model, reference, lip, expression, settings)
         return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
 

@@ -342,6 +342,7 @@ def convert_ui(converter: Path, python: Path, ui_path: Path, url: str, folder: P
 
 # Where Cancel is pressed: the nodes whose progress events mark the phase, and the least progress
 # value seen first (sampling: two UNet calls in; decoding and writing: the first frames written).
+STOP_WITHIN = 30.0  # seconds from /interrupt to the end of the run (one UNet call or one decode chunk, on a CPU)
 INTERRUPT_PHASES = {
     "sampling": ({"EmotiveTalkGenerate", "EmotiveTalkETHDSampler"}, 2, "basic.json"),
     "decoding and writing": ({"EmotiveTalkSaveVideo"}, 1, "long_audio_streaming.json"),
@@ -379,6 +380,9 @@ async def check_interrupt(client: Client, phase: str, inputs: dict[str, Path], o
     stop_seconds = time.monotonic() - interrupted_at
     if finished["type"] != "execution_interrupted":
         return Check(name, False, f"after /interrupt the run ended with {finished['type']}", time.monotonic() - start)
+    if stop_seconds > STOP_WITHIN:
+        return Check(name, False, f"stopped only {stop_seconds:.1f} s after /interrupt (allowed {STOP_WITHIN} s)",
+                     time.monotonic() - start)
     left = None if before is None else sorted(output_files(comfy_home) - before)
     if left:
         return Check(name, False, f"the interrupted run left files in the output folder: {left}", time.monotonic() - start)

@@ -84,7 +84,7 @@ def test_a_nan_noise_augmentation_is_refused():
 def test_a_nan_strength_is_refused_before_sampling(knob):
     strengths = {"reference_strength": 2.0, "lip_strength": 1.0, "expression_strength": 1.0, knob: float("nan")}
     reference = SimpleNamespace(image=torch.zeros(1, 3, 32, 32))
-    with pytest.raises(ValueError, match=f"{knob} must be a number"):
+    with pytest.raises(ValueError, match=f"EmotiveTalk ETHD Sampler, input '{knob}': {knob} must be a number"):
         stages.EmotiveTalkETHDSampler().sample(NO_MODEL, reference, None, None, 2, "euler", 0, motion=-1, window=0,
                                                overlap=0, lip_context=-1, **strengths)
 
@@ -92,8 +92,8 @@ def test_a_nan_strength_is_refused_before_sampling(knob):
 def test_a_latent_of_another_shape_is_refused_by_decode():
     model = SimpleNamespace(vae=SimpleNamespace(config=SimpleNamespace(latent_channels=4)))
     for samples in (torch.zeros(3, 8, 4, 4), torch.zeros(0, 4, 4, 4), torch.zeros(4, 4, 4)):
-        with pytest.raises(ValueError, match=r"input 'latent': expected an SVD-layout LATENT \[frames, 4, h, w\]"):
-            output_nodes.checked_latents(model, {"samples": samples})
+        with pytest.raises(ValueError, match=r"EmotiveTalk Decode, input 'latent': expected an SVD-layout LATENT \[frames, 4, h, w\]"):
+            output_nodes.EmotiveTalkDecode().decode(model, {"samples": samples}, 0)
 
 
 def test_generate_refuses_bad_audio_before_it_loads_a_model(monkeypatch):
