@@ -66,14 +66,18 @@ def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
     parser.add_argument("--neutralise", action="store_true", help="start from a neutral face instead of the portrait's expression")
 
 
-def _add_common_arguments(parser, steps: int = 25) -> None:
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (default: %(default)s)")
-    parser.add_argument("--sampler", choices=("euler", "heun"), default="euler")
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--width", type=int, default=0,
+def _add_common_arguments(parser, steps: int | None = None) -> None:
+    """Generation flags; their defaults are GenerationSettings' (``steps`` overrides for the demo)."""
+    from .pipeline import SAMPLERS, GenerationSettings  # the one owner of every generation setting
+
+    defaults = GenerationSettings()
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, default=steps or defaults.steps, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default=defaults.sampler)
+    parser.add_argument("--fps", type=float, default=defaults.fps)
+    parser.add_argument("--width", type=int, default=defaults.width,
                         help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
-    parser.add_argument("--height", type=int, default=0,
+    parser.add_argument("--height", type=int, default=defaults.height,
                         help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
     parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
     parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")

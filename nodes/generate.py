@@ -5,7 +5,7 @@ It runs the same stage nodes a staged workflow wires up, so both give the same f
 
 from __future__ import annotations
 
-from ._core import configs, emotion
+from ._core import configs, emotion, pipeline
 from ._types import CATEGORY, EmotionInput
 from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input, resolve_model
 from .output_nodes import EmotiveTalkDecode
@@ -74,8 +74,10 @@ class EmotiveTalkGenerate:
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
         (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),
                                                        seed, steps)
-        (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, "euler", seed,
-                                                    2.0, 1.0, 1.0, -1, 0, 0, -1)
+        defaults = pipeline.GenerationSettings()
+        (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, defaults.sampler, seed,
+                                                    defaults.reference_strength, defaults.lip_strength,
+                                                    defaults.expression_strength, -1, 0, 0, -1)
         (frames,) = EmotiveTalkDecode().decode(model, latent, 0)
         return frames, padded, fps
 

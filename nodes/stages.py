@@ -278,18 +278,24 @@ class EmotiveTalkETHDSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        strength = {"min": 0.0, "max": 20.0, "step": 0.05}
+        defaults = pipeline.GenerationSettings()  # the library owns every default and range
+
+        def strength(name: str, tooltip: str):
+            low, high = pipeline.LIMITS[name]
+            return ("FLOAT", {"default": getattr(defaults, name), "min": low, "max": high, "step": 0.05, "tooltip": tooltip})
+
         return {"required": {
             "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
             "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (sets the output size)."}),
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
-            "sampler": (list(pipeline.SAMPLERS), {"default": "euler", "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
+            "steps": ("INT", {"default": defaults.steps, "min": pipeline.LIMITS["steps"][0], "max": pipeline.LIMITS["steps"][1],
+                              "tooltip": "Denoising steps."}),
+            "sampler": (list(pipeline.SAMPLERS), {"default": defaults.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
             "seed": _SEED,
-            "reference_strength": ("FLOAT", {"default": 2.0, **strength, "tooltip": "Guidance toward the portrait (identity, appearance)."}),
-            "lip_strength": ("FLOAT", {"default": 1.0, **strength, "tooltip": "Guidance toward the lip stream (lip-sync)."}),
-            "expression_strength": ("FLOAT", {"default": 1.0, **strength, "tooltip": "Guidance toward the driven expression."}),
+            "reference_strength": strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
+            "lip_strength": strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
+            "expression_strength": strength("expression_strength", "Guidance toward the driven expression."),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
             "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
             "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
