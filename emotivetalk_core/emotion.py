@@ -1,6 +1,6 @@
 """Emotion timeline: keyframed emotion sources -> the expression stage's per-frame inputs.
 
-Beyond the paper (DESIGN section 3, "Emotion control beyond the paper"): a timeline of keyframes
+Beyond the paper (docs/ARCHITECTURE.md, "Emotion control beyond the paper"): a timeline of keyframes
 (time in seconds, source, intensity, blend seconds), where a source is an emotion label, a text
 prompt, an image file or an emotion video file. :func:`plan` turns it, for N frames at fps, into
 an :class:`ExpressionPlan`. This module holds no model code: sources become vectors through an

@@ -4,7 +4,8 @@ Figure panel (b) draws a frozen **Lip Encoder** (target l_v of the lip stream) a
 Encoder** (target e_v of the expression stream, and Di-CTE's unconditional condition from the
 portrait), a trainable **Identity Encoder** inside Di-CTE; panel (a) draws a **Face Processor**
 making ETHD's face mask. The paper names no networks, so these are small CNNs whose weights live
-in our checkpoints: inference needs torch only (DESIGN section 3).
+in our checkpoints: inference needs torch only (docs/ARCHITECTURE.md, "Visual encoders: torch
+only at inference").
 
 All four share :class:`ConvTrunk` and one input convention: images ``[B, 3, H, W]``, floats in
 0..1, a face-centred square of any size, resized internally to the config's ``image_size``.

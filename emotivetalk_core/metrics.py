@@ -1,8 +1,9 @@
 """Measures shared by tests and benchmarks.
 
-``seam_ratio`` (DESIGN.md, "Long video") is the one way seams are measured everywhere: the mean
-absolute frame-to-frame change of decoded frames at window boundaries divided by the same
-inside windows. 1 means boundaries look like any other moment; a visible seam is well above.
+``seam_ratio`` (docs/ARCHITECTURE.md, "Long video: windows and seams") is the one way seams are
+measured everywhere: the mean absolute frame-to-frame change of decoded frames at window
+boundaries divided by the same inside windows. 1 means boundaries look like any other moment; a
+visible seam is well above.
 """
 
 from __future__ import annotations

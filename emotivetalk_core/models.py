@@ -59,7 +59,8 @@ class EmotiveTalkModel:
     ethd: nn.Module
     vae: nn.Module
     image_encoder: nn.Module
-    # SVD conditioning used in training, so inference matches it (DESIGN.md section 3).
+    # SVD conditioning used in training, so inference matches it (docs/ARCHITECTURE.md,
+    # "SVD conditioning: training values at inference").
     settings: dict
     info: dict = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""Sampling ETHD: SVD's EDM preconditioning, DESIGN's guidance, Euler/Heun, windowed long video.
+"""Sampling ETHD: SVD's EDM preconditioning, four-pass guidance, Euler/Heun, windowed long video.
 
 Written k-diffusion style: a *denoiser* is a callable ``denoiser(x, sigma) -> denoised`` over
 latents ``x [B, F, 4, h, w]`` at noise level ``sigma``, and a sampler is a small function over
@@ -7,8 +7,9 @@ latents ``x [B, F, 4, h, w]`` at noise level ``sigma``, and a sampler is a small
 - :func:`karras_sigmas` - the noise levels of diffusers' ``EulerDiscreteScheduler`` as SVD
   configures it (Karras, sigma 0.002..700, rho 7, a final 0).
 - :class:`GuidedDenoiser` - SVD's v-prediction EDM preconditioning around ETHD, with the guidance
-  of DESIGN section 3 over four conditioning passes run as one batched UNet call.
-- :class:`WindowedDenoiser` - long videos as overlapping windows fused at every step.
+  of docs/ARCHITECTURE.md, "Guidance", over four conditioning passes run as one batched UNet call.
+- :class:`WindowedDenoiser` - long videos as overlapping windows fused at every step
+  (docs/ARCHITECTURE.md, "Long video: windows and seams").
 - :func:`sample_euler`, :func:`sample_heun` - the samplers.
 - :func:`initial_noise`, :func:`start_latents` - the starting point, frame by frame.
 
@@ -96,7 +97,7 @@ def start_latents(noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 # --- guidance --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Guidance:
-    """Strengths of DESIGN's guidance:
+    """Strengths of the guidance (docs/ARCHITECTURE.md, "Guidance"):
     ``e = e0 + s_ref (e_r - e0) + s_lip (e_rl - e_r) + s_exp (e_rle - e_rl)``.
 
     ``reference`` = s_ref (SVD's image guidance scale), ``lip`` = s_lip (``lip_strength``),
@@ -171,7 +172,7 @@ class Conditioning:
 
 
 class GuidedDenoiser:
-    """SVD's v-prediction EDM denoiser around ETHD, with DESIGN's four-pass guidance.
+    """SVD's v-prediction EDM denoiser around ETHD, with four-pass guidance (docs/ARCHITECTURE.md, "Guidance").
 
     ``denoised = c_skip x + c_out v(c_in x ++ reference latent, c_noise)`` with c_in =
     1/sqrt(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1), c_skip = 1/(sigma^2+1), c_noise =
@@ -261,7 +262,7 @@ class GuidedDenoiser:
 
 # --- long video ------------------------------------------------------------------------------
 def default_overlap(window: int) -> int:
-    """A quarter of the window, rounded up (DESIGN: overlap >= 25%)."""
+    """A quarter of the window, rounded up (overlap >= 25 %: docs/ARCHITECTURE.md, "Long video: windows and seams")."""
     return max(1, math.ceil(window / 4))
 
 

@@ -238,7 +238,7 @@ class EmotiveTalkDiCTEExpand:
 # --- ETHD ------------------------------------------------------------------------------------
 
 def model_tag(model) -> str:
-    """Which VAE space a LATENT is in (DESIGN: our LATENT records the model that made it)."""
+    """Which VAE space a LATENT is in (our LATENT records the model that made it: docs/ARCHITECTURE.md, "LATENTs")."""
     vae = model.vae
     return f"{model.info.get('config', 'custom')}:{type(vae).__name__}:{vae.config.scaling_factor:g}"
 

@@ -31,9 +31,9 @@ condition inference:
   reference frame (``"face_processor"``, what inference computes). An all-zero mask means "no
   mask" (everywhere), as ``edi.resolve_face_mask`` treats it at inference.
 
-Guidance nulls: each clip trains one of the four passes of DESIGN's guidance, built with
-``sampling.Conditioning.for_pass``, the very function inference uses, so every null is what
-inference passes. The passes are nested (e0 has no reference, no lip and the null expression;
+Guidance nulls: each clip trains one of the four passes of the guidance (docs/ARCHITECTURE.md,
+"Guidance"), built with ``sampling.Conditioning.for_pass``, the very function inference uses, so
+every null is what inference passes. The passes are nested (e0 has no reference, no lip and the null expression;
 e_r adds the reference; e_rl the lip; e_rle the driven expression), so the dropouts are too:
 with probability ``drop_reference`` a clip is e0; else with ``drop_lip`` it is e_r; else with
 ``drop_expression`` e_rl; else e_rle. Independent drops would train e0 (all three dropped)
