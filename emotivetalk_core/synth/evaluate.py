@@ -40,7 +40,7 @@ Goals (the SynthTalk issue) are in :data:`GOALS`; the report says which are met.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -139,11 +139,16 @@ class Generator:
         self.steps = steps
 
     def __call__(self, portrait: np.ndarray, waveform: np.ndarray, timeline, seed: int, images=None, videos=None,
-                 lip_strength: float = 1.0) -> np.ndarray:
+                 lip_strength: float | None = None) -> np.ndarray:
+        """Frames as a user gets them: every setting the library's default but the steps, the seed
+        and, where a measure asks for it, the lip strength."""
         from ..pipeline import GenerationSettings, decode_frames, prepare_audio
 
         pipe = self.pipeline
-        settings = GenerationSettings(steps=self.steps, seed=seed, lip_strength=lip_strength).sized_for(pipe.model)
+        settings = GenerationSettings(steps=self.steps, seed=seed)
+        if lip_strength is not None:
+            settings = replace(settings, lip_strength=lip_strength)
+        settings = settings.sized_for(pipe.model)
         audio = prepare_audio(waveform, audio_lib.SAMPLE_RATE, world.FPS)
         latents, _ = pipe.latents(_nchw(portrait[None]), audio, settings, timeline,
                                   resolver=_HeldOutResolver(pipe.vaid, images or {}, videos or {}))
@@ -493,10 +498,18 @@ def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds
     info = generate.pipeline.model.info
     report["settings"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(resolve_model_file(checkpoint))["sha256"],
                           "seed": seed, "clips": clips, "subset": subset, "steps": steps, "take_seconds": take_seconds,
-                          "trained": bool(info.get("trained")), "routes": list(routes),
+                          "trained": bool(info.get("trained")), "routes": list(routes), "guidance": default_guidance(),
                           "route_of_clip": "clip i asks for emotion i mod 5 by route i mod len(routes)"}
     report["all_goals_met"] = all(report[name]["met"] is True for name in GOALS)
     return report
+
+
+def default_guidance() -> dict:
+    """The guidance strengths every generation of the report used (lip strength 0 aside)."""
+    from ..pipeline import GenerationSettings
+
+    defaults = GenerationSettings()
+    return {name: getattr(defaults, f"{name}_strength") for name in ("reference", "lip", "expression")}
 
 
 def format_report(report: dict) -> str:
