@@ -36,6 +36,8 @@ from typing import Callable
 
 import torch
 
+from .memory import is_out_of_memory, release_cached_memory
+
 log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -251,13 +253,16 @@ class GuidedDenoiser:
             try:
                 return torch.cat([self.model(**{k: None if v is None else v[start:start + step] for k, v in batch.items()})
                                   for start in range(0, size, step)])
-            except torch.OutOfMemoryError:
-                if step == 1:
+            except Exception as error:
+                if not is_out_of_memory(error):
                     raise
+                if step == 1:
+                    raise MemoryError(f"out of memory even with one window of one guidance pass per UNet call "
+                                      f"({error}); free memory on the device (close other models or workflows), "
+                                      "or generate at a smaller size or with a shorter window") from error
                 self._batch_limit[0] = (step + 1) // 2
                 log.warning("out of memory with %d samples per UNet call; retrying with %d", step, self.max_batch)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_cached_memory()
 
 
 # --- long video ------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .memory import is_out_of_memory, release_cached_memory
+
 log = logging.getLogger(__name__)
 
 
@@ -65,23 +67,13 @@ def decode_latents(vae, latents: torch.Tensor, chunk: int = 14, overlap: int = 4
             offset, pending = offset + cut, (pending[cut:] if overlap else None)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """A device or host allocation failure (CUDA and MPS raise OutOfMemoryError, the CPU
-    allocator a RuntimeError)."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    message = str(error)
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message)
-
-
 def _smaller_chunk(chunk: int, overlap: int, error: BaseException) -> tuple[int, int]:
     if chunk <= 2:
         raise MemoryError(f"out of memory decoding even {chunk} frames at a time ({error}); free memory on the "
                           "device (close other models or workflows) or decode at a smaller size") from error
     smaller = max(2, chunk // 2)
     log.warning("out of memory decoding %d frames at a time; retrying in chunks of %d", chunk, smaller)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_cached_memory()
     return smaller, min(overlap, smaller - 1)
 
 

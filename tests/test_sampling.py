@@ -399,35 +399,63 @@ def test_initial_noise_depends_only_on_seed_and_frame():
     assert 0.9 < long.std() < 1.1
 
 
-def test_out_of_memory_splits_the_batch_and_keeps_the_split():
-    """One UNet batch per step, split only when memory forces it; the result does not change."""
+class _SmallMemoryModel(torch.nn.Module):
+    """A stand-in UNet that runs out of memory, as a GPU (or the CPU allocator) would, on
+    batches of more than ``limit`` samples."""
+
+    def __init__(self, limit, error=torch.OutOfMemoryError):
+        super().__init__()
+        self.limit, self.error, self.sizes, self.failures = limit, error, [], 0
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, sample, timestep, image_embeds, **_):
+        if self.limit is not None and sample.shape[0] > self.limit:
+            self.failures += 1
+            raise self.error("test: too many samples")
+        self.sizes.append(sample.shape[0])
+        return sample[:, :, :4] * timestep.view(-1, 1, 1, 1, 1) + image_embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+
+
+def _guided(model, frames=12):
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser
 
-    class SmallMemoryModel(torch.nn.Module):
-        def __init__(self, limit):
-            super().__init__()
-            self.limit, self.sizes, self.failures = limit, [], 0
-            self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, sample, timestep, image_embeds, **_):
-            if self.limit is not None and sample.shape[0] > self.limit:
-                self.failures += 1
-                raise torch.OutOfMemoryError("test: too many samples")
-            self.sizes.append(sample.shape[0])
-            return sample[:, :, :4] * timestep.view(-1, 1, 1, 1, 1) + image_embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
-
-    frames = 12
     conditioning = Conditioning(torch.randn(1, 4, 2, 2), torch.randn(1, 1, 8), torch.zeros(1, 3), torch.randn(1, frames, 5, 4),
                                 torch.randn(1, frames, 4), torch.randn(1, 4))
     guidance = Guidance(2.0, 1.5, 1.2)  # four passes
+    return WindowedDenoiser(GuidedDenoiser(model, conditioning, guidance), window=8)
+
+
+def _cpu_allocator_failure(message):
+    return RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory ({message})")
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, _cpu_allocator_failure], ids=["device", "host"])
+def test_out_of_memory_splits_the_batch_and_keeps_the_split(error):
+    """One UNet batch per step, split only when memory forces it; the result does not change."""
+    frames = 12
     x = torch.randn(1, frames, 4, 2, 2)
     results = {}
     for limit in (None, 2):
-        model = SmallMemoryModel(limit)
-        denoiser = WindowedDenoiser(GuidedDenoiser(model, conditioning, guidance), window=8)
+        torch.manual_seed(0)
+        model = _SmallMemoryModel(limit, error)
+        denoiser = _guided(model, frames)
         results[limit] = denoiser(x, torch.tensor(3.0))
         results[limit] = denoiser(x, torch.tensor(1.0))  # second step: the split is remembered
         sizes, failures = model.sizes, model.failures
     assert sizes and max(sizes) <= 2
     assert failures == 1  # later windows and steps start from the split that worked
     torch.testing.assert_close(results[2], results[None])
+
+
+def test_out_of_memory_at_one_sample_per_call_says_what_to_do():
+    model = _SmallMemoryModel(limit=0)
+    with pytest.raises(MemoryError, match="free memory on the device") as raised:
+        _guided(model)(torch.randn(1, 12, 4, 2, 2), torch.tensor(1.0))
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)  # the device's own message kept
+
+
+def test_an_error_that_is_not_memory_is_not_retried():
+    model = _SmallMemoryModel(limit=0, error=lambda message: RuntimeError(f"shape mismatch ({message})"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _guided(model)(torch.randn(1, 12, 4, 2, 2), torch.tensor(1.0))
+    assert model.failures == 1  # raised at once, not halved down to one sample
