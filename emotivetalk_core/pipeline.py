@@ -92,9 +92,12 @@ class GenerationSettings:
     seed: int = 0
     motion: int | None = None  # SVD's motion bucket
     noise_aug: float | None = None
+    # Lip 4 / expression 2 (docs/ARCHITECTURE.md, "Guidance"): on held-out SynthTalk clips lip
+    # strength 4 doubles lip sync over 1, and expression 2 gives back the emotion strength the
+    # stronger lip pass takes (BENCHMARKS.md, "Lip guidance"). Costs a fourth UNet pass per step.
     reference_strength: float = 2.0
-    lip_strength: float = 1.0
-    expression_strength: float = 1.0
+    lip_strength: float = 4.0
+    expression_strength: float = 2.0
     av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
     lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
     window: int | None = None  # ETHD window in frames (default: the training clip length)

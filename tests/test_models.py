@@ -21,7 +21,7 @@ from emotivetalk_core.models import (
 
 
 def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
-    from emotivetalk_core.synth.evaluate import GOALS
+    from emotivetalk_core.synth.evaluate import GOALS, default_guidance
 
     assert DEFAULT_MODEL_PATH.stat().st_size <= 20e6
     configs, info = read_metadata(DEFAULT_MODEL_PATH)
@@ -32,6 +32,8 @@ def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
     held_out = info["held_out"]
     assert held_out["settings"]["seed"] != run["world_seed"] and held_out["settings"]["clips"] >= 64
     assert held_out["settings"]["checkpoint_sha256"]  # the report of these weights (make_default_model checks)
+    # The figures a user reads were made with the guidance a user gets: change the defaults, re-evaluate.
+    assert held_out["settings"].get("guidance") == default_guidance()
     for name in GOALS:  # every goal measured, beside its ceiling and floor
         assert {"value", "ceiling", "floor", "goal", "met"} <= set(held_out[name]), name
         assert held_out[name]["met"] is not None, name

@@ -2,10 +2,12 @@
 pipeline and the frozen judge (a short ``synth evaluate``: one clip per emotion, by label).
 
 What it checks is what the model does, with a margin that holds on any machine: the lips move
-with the speech (well above the portrait-repeated floor), the requested emotion shows, the
-portrait's identity holds and frames are clean. It does not yet reach the issue's lip-sync goal
-(0.85) nor a resting mouth in silence: the 64-clip figures, goals met and not, are in
-BENCHMARKS.md (this run of 5 clips read lip_sync 0.32, emotion 4 of 5, identity 0.049, grain 0.029).
+with the speech (well above the portrait-repeated floor, which lip guidance 1 did not reach), the
+requested emotion shows, the portrait's identity holds and frames are clean. It does not yet
+reach the issue's lip-sync goal (0.85): the 64-clip figures, goals met and not, are in
+BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.58
+(within a clip 0.66; floors 0.07 and -0.03), emotion 5 of 5, identity 0.051, grain 0.031; at
+(2, 1, 1) lip_sync was 0.32 and emotion 4 of 5.
 """
 
 import pytest
@@ -34,12 +36,12 @@ def _entry(report, name):
 def test_lips_move_with_the_speech(report):
     for name in ("lip_sync", "lip_sync_within_clip"):
         entry = _entry(report, name)
-        assert entry["value"] > entry["floor"] + 0.15, entry
+        assert entry["value"] > entry["floor"] + 0.3, entry
 
 
 def test_the_emotion_asked_for_by_label_is_shown(report):
     entry = _entry(report, "emotion_accuracy.label")
-    assert entry["value"] >= 0.6, entry  # 3 of 5 or more; chance is 1 in 5
+    assert entry["value"] >= 0.8, entry  # 4 of 5 or more; chance is 1 in 5
 
 
 def test_the_portrait_holds_and_frames_are_clean(report):

@@ -85,7 +85,7 @@ def test_report_marks_each_goal_met_not_met_or_not_measured(tmp_path):
     assert report["settings"]["routes"] == ["label"]
     assert report["settings"]["checkpoint_sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
     # The guidance the figures were made with: a report stays readable after the defaults change.
-    assert report["settings"]["guidance"] == {"reference": 2.0, "lip": 1.0, "expression": 1.0}
+    assert report["settings"]["guidance"] == {"reference": 2.0, "lip": 4.0, "expression": 2.0}
     assert report["all_goals_met"] is False
     text = ev.format_report(report)
     assert "NOT met" in text and "not measured" in text
