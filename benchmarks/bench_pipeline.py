@@ -52,7 +52,7 @@ def sampler_vs_diffusers(runs: int, steps: int) -> dict:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from transformers import CLIPImageProcessor
 
-    from emotivetalk_core.ethd import ETHD
+    from emotivetalk_core.networks.ethd import ETHD
     from emotivetalk_core.models import build_image_encoder
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, initial_noise, karras_sigmas, sample_euler, start_latents
     from emotivetalk_core.svd_conditioning import added_time_ids, image_embeds, reference_latent
@@ -275,7 +275,7 @@ def adapter_flops(frames: int = 14) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from emotivetalk_core.ethd import ETHD
+    from emotivetalk_core.networks.ethd import ETHD
 
     cfg = get_config("svd-xt")
     with FakeTensorMode():

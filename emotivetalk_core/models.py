@@ -115,7 +115,7 @@ def build_image_encoder(config: dict) -> nn.Module:
 
 def build_emotivetalk_model(config: dict, info: dict | None = None) -> EmotiveTalkModel:
     """A randomly initialised model of a named config's shape (tests, the default-model script)."""
-    from .ethd import ETHD
+    from .networks.ethd import ETHD
 
     return EmotiveTalkModel(
         ethd=ETHD(build_unet(config["unet"]), config["adapter"]),
@@ -154,7 +154,7 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
     ``base_config`` names (default: what the file records, else SVD-XT); only the parts still
     missing are read from ``base``.
     """
-    from .ethd import ETHD
+    from .networks.ethd import ETHD
 
     path = resolve_model_file(source)
     configs, info = read_metadata(path)
@@ -227,10 +227,10 @@ class VAIDModel:
 
 def vaid_classes() -> dict:
     """``{component: (class, config section)}`` of the V-AID side, as files name them."""
-    from .dicte import DiCTE
-    from .encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
-    from .mapping import Mapping
-    from .vaid import AudioLipProjector
+    from .networks.dicte import DiCTE
+    from .networks.encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
+    from .networks.mapping import Mapping
+    from .networks.vaid import AudioLipProjector
 
     return {
         "lip_projector": (AudioLipProjector, "vaid"),
@@ -245,7 +245,7 @@ def vaid_classes() -> dict:
 
 def build_vaid_model(config: dict, speech_source: str | Path | None = None, info: dict | None = None) -> VAIDModel:
     """A randomly initialised V-AID bundle of a named config's shape."""
-    from .speech_encoder import load_speech_encoder
+    from .networks.speech_encoder import load_speech_encoder
 
     modules = {name: cls(config[section]) for name, (cls, section) in vaid_classes().items()}
     speech = load_speech_encoder(config["speech"], speech_source)
@@ -264,7 +264,7 @@ def vaid_info(model: VAIDModel) -> dict:
 
 def load_vaid_model(source: str | Path = "default", speech_source: str | Path | None = None) -> VAIDModel:
     """Load the V-AID side; refuses a speech encoder other than the one it was trained with."""
-    from .speech_encoder import check_speech_encoder, load_speech_encoder
+    from .networks.speech_encoder import check_speech_encoder, load_speech_encoder
 
     path = resolve_model_file(source)
     states, configs, info = load_model_file(path, list(VAID_COMPONENTS))

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import audio as audio_lib
-from .edi import resolve_face_mask
+from .networks.edi import resolve_face_mask
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline
 def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                  settings: GenerationSettings):
     """ETHD's :class:`~emotivetalk_core.sampling.Conditioning` on the model's device and dtype."""
-    from .ethd import lip_windows
+    from .networks.ethd import lip_windows
     from .svd_conditioning import added_time_ids
     from .sampling import Conditioning
 

@@ -160,7 +160,7 @@ class DriftingModel(torch.nn.Module):
 
 
 def _drifting_video(fused: bool, num_frames: int = 48, window: int = 8):
-    from emotivetalk_core.ethd import lip_windows
+    from emotivetalk_core.networks.ethd import lip_windows
     from emotivetalk_core.sampling import (Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise,
                                            karras_sigmas, sample_euler, start_latents)
 

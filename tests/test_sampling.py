@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.ethd import ETHD, lip_windows
+from emotivetalk_core.networks.ethd import ETHD, lip_windows
 from emotivetalk_core.sampling import (
     Conditioning,
     GuidedDenoiser,

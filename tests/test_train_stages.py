@@ -10,8 +10,8 @@ import torch
 
 from emotivetalk_core.checkpoints import save_model_file
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.edi import TokenCrossAttention
-from emotivetalk_core.ethd import lip_windows
+from emotivetalk_core.networks.edi import TokenCrossAttention
+from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.models import (
     build_unet,
     build_vaid_model,
@@ -157,7 +157,7 @@ def test_vaid_losses_fall_on_a_learnable_toy_and_the_export_loads(shards, tmp_pa
 
 
 def test_dicte_term_of_each_clip_is_dicte_loss_on_that_clip_alone():
-    from emotivetalk_core.dicte import DiCTE
+    from emotivetalk_core.networks.dicte import DiCTE
 
     torch.manual_seed(0)
     dicte = DiCTE(get_config("tiny")["dicte"])

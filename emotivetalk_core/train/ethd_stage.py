@@ -21,7 +21,7 @@ condition inference:
 - lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
   V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
   what inference feeds it, imperfections and scale included); windows of ``lip_context`` frames
-  by ``ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
+  by ``networks.ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
   neighbours there);
 - driven expression: Exp Encoder of the ground-truth frames in both modes (it is what Di-CTE is
   trained to reproduce; Di-CTE samples would not match the frames' expression and would teach
@@ -29,7 +29,7 @@ condition inference:
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
   reference frame (``"face_processor"``, what inference computes). An all-zero mask means "no
-  mask" (everywhere), as ``edi.resolve_face_mask`` treats it at inference.
+  mask" (everywhere), as ``networks.edi.resolve_face_mask`` treats it at inference.
 
 Guidance nulls: each clip trains one of the four passes of the guidance (docs/ARCHITECTURE.md,
 "Guidance"), built with ``sampling.Conditioning.for_pass``, the very function inference uses, so
@@ -80,7 +80,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ethd import ETHD, lip_windows
+from ..networks.ethd import ETHD, lip_windows
 from ..models import (
     ETHD_COMPONENTS,
     EmotiveTalkModel,

@@ -6,7 +6,7 @@ cascade on a locally contrast-equalised image, the most-supported detection), an
 :data:`face_crop.DEFAULT_SCALE` (2.2) times the face box's side, centred :data:`face_crop.DEFAULT_LIFT` (0.1) box sides
 above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
 square holds the whole head with hair, neck and a little background, the eyes near 0.48 and the
-mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
+mouth near 0.70 of its height, inside :data:`networks.encoders.MOUTH_BOX`.
 
 One video goes through these steps, all on per-frame numbers (frames are never kept):
 

@@ -27,7 +27,7 @@ shard's ``targets`` info, so training knows what it distils toward.
     the pattern of dark and light:
 
     - ``lip_target`` [64]: an 8x8 grid of the mouth and jaw (:data:`LIP_REGION`, inside the Lip
-      Encoder's :data:`encoders.MOUTH_BOX` for the default framing); an opening mouth darkens its
+      Encoder's :data:`networks.encoders.MOUTH_BOX` for the default framing); an opening mouth darkens its
       middle rows, a dropping jaw moves the chin's edge.
     - ``exp_target`` [80]: a 4x12 grid of the brows and eyes (:data:`EYES_REGION`) plus a 4x4 grid
       at each mouth corner (:data:`CORNER_REGIONS`): raised or knitted brows, eye opening, the

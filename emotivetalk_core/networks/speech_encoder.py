@@ -296,7 +296,7 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
         """A ComfyUI ``models/audio_encoders`` file: bare state dict, architecture read from shapes."""
         from transformers import Wav2Vec2Model
 
-        from .checkpoints import open_safetensors
+        from ..checkpoints import open_safetensors
 
         path = Path(path)
         with open_safetensors(path) as handle:
