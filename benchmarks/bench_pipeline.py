@@ -53,9 +53,9 @@ def sampler_vs_diffusers(runs: int, steps: int) -> dict:
     from transformers import CLIPImageProcessor
 
     from emotivetalk_core.networks.ethd import ETHD
-    from emotivetalk_core.models import build_image_encoder
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, initial_noise, karras_sigmas, sample_euler, start_latents
-    from emotivetalk_core.svd_conditioning import added_time_ids, image_embeds, reference_latent
+    from emotivetalk_core.svd.build import build_image_encoder
+    from emotivetalk_core.svd.conditioning import added_time_ids, image_embeds, reference_latent
 
     torch.manual_seed(0)
     cfg = get_config("tiny")
@@ -247,7 +247,7 @@ def host_memory(minutes: float) -> dict:
 def host_memory_probe(minutes: float) -> dict:
     """RSS growth while sampling + streaming ``minutes`` of video at 512x512 latent shapes."""
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise, karras_sigmas, sample_euler, start_latents
-    from emotivetalk_core.vae_decode import decode_latents
+    from emotivetalk_core.svd.vae_decode import decode_latents
     from emotivetalk_core.video_io import VideoWriter
 
     fps, frames = 25, int(minutes * 60 * 25)

@@ -304,7 +304,7 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
     A user mask (``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, 1 = face) wins over the Face
     Processor; it is fitted to the output exactly like the portrait.
     """
-    from .svd_conditioning import image_embeds, reference_latent
+    from .svd.conditioning import image_embeds, reference_latent
 
     noise_aug = model.settings["noise_aug"] if noise_aug is None else noise_aug
     width, height = output_size(model, width, height)
@@ -417,7 +417,7 @@ def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.T
                  settings: GenerationSettings):
     """ETHD's :class:`~emotivetalk_core.sampling.Conditioning` on the model's device and dtype."""
     from .networks.ethd import lip_windows
-    from .svd_conditioning import added_time_ids
+    from .svd.conditioning import added_time_ids
     from .sampling import Conditioning
 
     ethd = model.ethd
@@ -483,7 +483,7 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
 def decode_frames(model, latents: torch.Tensor, settings: GenerationSettings) -> Iterator[torch.Tensor]:
     """Frames ``[n, H, W, 3]`` in 0..1, block by block (the VAE decodes overlapping chunks)."""
     from .sampling import default_overlap
-    from .vae_decode import decode_latents
+    from .svd.vae_decode import decode_latents
 
     chunk = settings.decode_chunk or settings.window or model.settings["clip_frames"]
     return decode_latents(model.vae, latents, chunk=chunk, overlap=min(default_overlap(chunk), chunk - 1))

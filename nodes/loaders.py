@@ -93,7 +93,7 @@ class EmotiveTalkModelLoader:
 def reused_svd_parts(path, vae, clip_vision) -> dict:
     """ComfyUI's own VAE / CLIP_VISION objects as the library's modules, sharing their weights."""
     config = models.base_config_of(path)
-    svd_convert = core_module("svd_convert")
+    svd_convert = core_module("svd.convert")
     parts = {}
     if vae is not None:
         parts["vae"] = _converted("VAE", lambda: svd_convert.vae_from_stability_state(vae.get_sd(), config))

@@ -171,7 +171,7 @@ def test_vaid_refuses_a_speech_encoder_it_was_not_trained_with(tmp_path):
 def test_adapter_file_plus_base_svd_in_stability_layout(tmp_path):
     from safetensors.torch import save_file
 
-    from emotivetalk_core.svd_convert import diffusers_to_stability
+    from emotivetalk_core.svd.convert import diffusers_to_stability
 
     torch.manual_seed(4)
     config = get_config("tiny")

@@ -185,7 +185,7 @@ def _drifting_video(fused: bool, num_frames: int = 48, window: int = 8):
 
 
 def test_window_fusion_leaves_no_seam_in_decoded_frames_and_the_control_shows_one(pipeline):
-    from emotivetalk_core.vae_decode import decode_latents
+    from emotivetalk_core.svd.vae_decode import decode_latents
 
     ratios = {}
     for fused in (True, False):

@@ -13,13 +13,13 @@ from emotivetalk_core.configs import get_config
 from emotivetalk_core.networks.edi import TokenCrossAttention
 from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.models import (
-    build_unet,
     build_vaid_model,
     load_emotivetalk_model,
     load_vaid_model,
 )
 from emotivetalk_core.sampling import Guidance, GuidedDenoiser
-from emotivetalk_core.svd_conditioning import image_embeds, reference_latent
+from emotivetalk_core.svd.build import build_unet
+from emotivetalk_core.svd.conditioning import image_embeds, reference_latent
 from emotivetalk_core.train.ethd_stage import ETHDStage, nested_passes
 from emotivetalk_core.train.loop import SteppedClips
 from emotivetalk_core.train.noise import SampleNoise
@@ -405,7 +405,7 @@ def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(sh
     from safetensors.torch import save_file
 
     from emotivetalk_core.models import build_emotivetalk_model
-    from emotivetalk_core.svd_convert import diffusers_to_stability
+    from emotivetalk_core.svd.convert import diffusers_to_stability
 
     torch.manual_seed(11)
     base = build_emotivetalk_model(get_config("tiny"))

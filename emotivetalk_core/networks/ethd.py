@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ..svd.build import build_unet
 from .edi import ExpressionAdapter, SpatialAdapter, level_mask
 
 
@@ -161,8 +162,6 @@ class ETHD(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "ETHD":
         """Random base UNet + adapters from a full config (``configs.get_config``)."""
-        from ..models import build_unet
-
         return cls(build_unet(config["unet"]), config["adapter"])
 
     # --- weights -------------------------------------------------------------------------

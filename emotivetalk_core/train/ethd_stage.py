@@ -4,7 +4,7 @@ Modules: ``ethd`` (the SVD UNet with EmotiveTalk's zero-initialised adapters; tr
 frozen unless ``train_unet``), the frozen SVD ``vae`` and ``image_encoder``, and the frozen
 ``lip_encoder``, ``exp_encoder`` and ``face_processor`` (from ``init.encoders``, else from the
 ``init.vaid`` file, else random with a warning). The base is ``init.base_svd`` (Stability's
-single file or a diffusers folder, loaded in float32 by ``svd_convert.load_svd``), else a random
+single file or a diffusers folder, loaded in float32 by ``svd.convert.load_svd``), else a random
 UNet/VAE/image encoder of ``model`` (the tiny test models). The window ``data.window`` must
 equal ``model.ethd.clip_frames``: SVD's conditioning and frame positions are per clip, so the
 training clip length is the inference window.
@@ -13,10 +13,10 @@ One batch, conditioned exactly as ``pipeline.encode_reference`` / ``pipeline.con
 condition inference:
 
 - target latents: the VAE posterior mean of every frame times the VAE's scaling factor: the
-  space the sampler works in (``vae_decode`` divides by that factor before decoding);
+  space the sampler works in (``svd.vae_decode`` divides by that factor before decoding);
 - reference (``batch["reference"]``, a frame from outside the window, added by the loop):
-  ``svd_conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
-  ``svd_conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
+  ``svd.conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
+  ``svd.conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
   bucket, noise augmentation);
 - lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
   V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
@@ -80,16 +80,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..networks.ethd import ETHD, lip_windows
 from ..models import (
     ETHD_COMPONENTS,
     EmotiveTalkModel,
-    build_image_encoder,
-    build_unet,
-    build_vae,
     ethd_components,
     file_digest,
 )
+from ..networks.ethd import ETHD, lip_windows
 from ..sampling import (
     Conditioning,
     Guidance,
@@ -99,8 +96,9 @@ from ..sampling import (
     sample_euler,
     start_latents,
 )
-from ..svd_conditioning import added_time_ids, image_embeds, reference_latent
-from ..vae_decode import decode_latents
+from ..svd.build import build_image_encoder, build_unet, build_vae
+from ..svd.conditioning import added_time_ids, image_embeds, reference_latent
+from ..svd.vae_decode import decode_latents
 from .noise import SampleNoise
 from .shards import read_shard_info, shard_paths
 from .vaid_stage import (
@@ -255,7 +253,7 @@ class ETHDStage:
         model = config["model"]
         base = init_path(config, "base_svd")
         if base:
-            from ..svd_convert import load_svd
+            from ..svd.convert import load_svd
 
             # float32 master weights whatever the file stores (SVD files are often fp16).
             return load_svd(base, config=model, dtype=torch.float32)
