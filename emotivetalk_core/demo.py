@@ -31,7 +31,7 @@ def side_by_side(pipeline, image: torch.Tensor, audio, settings, out_path: str |
     the :class:`pipeline.GenerationSettings` of every column.
     """
     from .pipeline import decode_frames, fit_portrait
-    from .video_io import VideoWriter
+    from .media.video_io import VideoWriter
 
     settings = settings.sized_for(pipeline.model)
     labels = list(labels or pipeline.vaid.mapping.labels)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import audio as audio_lib
+from .media import audio as audio_lib
 from .networks.edi import resolve_face_mask
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class VAIDEmotionResolver:
         """Exp codes of the video's first ``num_frames`` frames at ``fps`` (decoded 64 at a time)."""
         from itertools import islice
 
-        from .video_io import iter_video_frames
+        from .media.video_io import iter_video_frames
 
         frames = iter_video_frames(path, fps=fps)
         codes, remaining = [], num_frames
@@ -584,7 +584,7 @@ class EmotiveTalkPipeline:
                          mask: torch.Tensor | None = None, progress=None) -> GenerationResult:
         """Write the mp4 (H.264 + AAC, the speech padded to N / fps); frames stream from the decoder."""
         from .emotion import to_json
-        from .video_io import VideoWriter
+        from .media.video_io import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
         settings = settings.sized_for(self.model)

@@ -14,7 +14,7 @@ import torch
 import nodes
 from nodes import comfy_bridge, emotion_nodes, generate, loaders, output_nodes, stages
 from emotivetalk_core import models, pipeline
-from emotivetalk_core.video_io import probe
+from emotivetalk_core.media.video_io import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The library proper: its top level and its subpackages networks/ and svd/ (train/ and synth/
+# The library proper: its top level and its subpackages networks/, svd/ and media/ (train/ and synth/
 # are tools with imports of their own).
-LIBRARY_FILES = sorted(path for folder in ("", "networks", "svd") for path in (ROOT / "emotivetalk_core" / folder).glob("*.py"))
+LIBRARY_FILES = sorted(path for folder in ("", "networks", "svd", "media") for path in (ROOT / "emotivetalk_core" / folder).glob("*.py"))
 
 
 def _requirements(name):

@@ -11,7 +11,7 @@ from PIL import Image
 from emotivetalk_core.cli import main
 from emotivetalk_core.synth import training, world
 from emotivetalk_core.synth.dataset import make_clip
-from emotivetalk_core.video_io import VideoWriter
+from emotivetalk_core.media.video_io import VideoWriter
 
 
 def _fails_with(capsys, argv, *phrases):

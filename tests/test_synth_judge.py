@@ -11,7 +11,7 @@ from emotivetalk_core.synth.judge import (
 )
 from emotivetalk_core.synth.render import render
 from emotivetalk_core.synth.speech import Phoneme
-from emotivetalk_core.video_io import VideoWriter
+from emotivetalk_core.media.video_io import VideoWriter
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from emotivetalk_core.pipeline import (
 )
 from emotivetalk_core.train.cli import main
 from emotivetalk_core.train.shards import ClipDataset
-from emotivetalk_core.video_io import probe
+from emotivetalk_core.media.video_io import probe
 
 SIZE = 64
 STEPS = 3

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .. import audio as audio_lib
+from ..media import audio as audio_lib
 from . import world
 from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
 
