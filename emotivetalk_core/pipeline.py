@@ -541,7 +541,7 @@ class EmotiveTalkPipeline:
     """Both model bundles on one device, and the stages chained: what the command line runs."""
 
     def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None):
-        from .models import to_device
+        from .bundles import to_device
 
         self.device = torch.device(device)
         self.model = to_device(model, self.device)
@@ -550,7 +550,7 @@ class EmotiveTalkPipeline:
 
     @classmethod
     def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu") -> "EmotiveTalkPipeline":
-        from .models import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
+        from .bundles import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
 
         check_device(device)
         path = resolve_model_file(checkpoint)

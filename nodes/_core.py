@@ -20,9 +20,9 @@ CORE_PACKAGE = f"{_PARENT}.emotivetalk_core" if _PARENT else "emotivetalk_core"
 
 # Light modules only (torch, numpy): diffusers, transformers and av load inside core functions.
 audio = importlib.import_module(f"{CORE_PACKAGE}.media.audio")
+bundles = importlib.import_module(f"{CORE_PACKAGE}.bundles")
 configs = importlib.import_module(f"{CORE_PACKAGE}.configs")
 emotion = importlib.import_module(f"{CORE_PACKAGE}.emotion")
-models = importlib.import_module(f"{CORE_PACKAGE}.models")
 pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
 
 

@@ -7,7 +7,7 @@ import torch
 
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import (
+from emotivetalk_core.bundles import (
     DEFAULT_MODEL_PATH,
     ETHD_COMPONENTS,
     VAID_COMPONENTS,
@@ -54,7 +54,7 @@ def _script(name: str):
 
 
 def test_make_default_model_ships_the_evaluated_weights_with_their_whole_report(tmp_path):
-    from emotivetalk_core.models import file_digest
+    from emotivetalk_core.bundles import file_digest
     from emotivetalk_core.synth.evaluate import GOALS
 
     torch.manual_seed(0)

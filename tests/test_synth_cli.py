@@ -83,7 +83,7 @@ def test_the_plan_scales_with_the_budget_and_ethd_gets_most_of_it():
 
 def test_evaluate_refuses_the_training_world_and_too_few_clips(capsys):
     from emotivetalk_core.checkpoints import read_metadata
-    from emotivetalk_core.models import DEFAULT_MODEL_PATH
+    from emotivetalk_core.bundles import DEFAULT_MODEL_PATH
 
     trained_in = read_metadata(DEFAULT_MODEL_PATH)[1]["synthtalk"]["world_seed"]
     _fails_with(capsys, ["synth", "evaluate", "--seed", str(trained_in)], f"--seed {trained_in} is the world", "another seed")

@@ -13,7 +13,7 @@ from train_helpers import write_synthetic_shards
 
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import (
+from emotivetalk_core.bundles import (
     build_vaid_model,
     load_built,
     load_emotivetalk_model,

@@ -12,7 +12,7 @@ from emotivetalk_core.checkpoints import save_model_file
 from emotivetalk_core.configs import get_config
 from emotivetalk_core.networks.edi import TokenCrossAttention
 from emotivetalk_core.networks.ethd import lip_windows
-from emotivetalk_core.models import (
+from emotivetalk_core.bundles import (
     build_vaid_model,
     load_emotivetalk_model,
     load_vaid_model,
@@ -404,7 +404,7 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
 def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(shards, tmp_path):
     from safetensors.torch import save_file
 
-    from emotivetalk_core.models import build_emotivetalk_model
+    from emotivetalk_core.bundles import build_emotivetalk_model
     from emotivetalk_core.svd.convert import diffusers_to_stability
 
     torch.manual_seed(11)
@@ -432,7 +432,7 @@ def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(sh
 
 
 def test_whole_unet_trained_on_a_diffusers_folder_exports_a_self_contained_file(shards, tmp_path):
-    from emotivetalk_core.models import build_emotivetalk_model
+    from emotivetalk_core.bundles import build_emotivetalk_model
 
     torch.manual_seed(12)
     base = build_emotivetalk_model(get_config("tiny"))
@@ -469,7 +469,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(shards):
 
 
 def test_vaid_conditions_are_the_pipelines_lip_stream_and_the_face_processors_mask(shards, tmp_path):
-    from emotivetalk_core.models import vaid_components, vaid_info
+    from emotivetalk_core.bundles import vaid_components, vaid_info
     from emotivetalk_core.pipeline import PreparedAudio, encode_speech, lip_stream
 
     torch.manual_seed(5)

@@ -67,7 +67,7 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
 
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
-all four when ``train_unet`` (``models.load_emotivetalk_model`` reads a UNet only together with
+all four when ``train_unet`` (``bundles.load_emotivetalk_model`` reads a UNet only together with
 its VAE and image encoder). The adapter's settings are ``model.ethd`` with ``resolution`` = the
 shards' crop size, the size the model was trained at.
 """
@@ -80,7 +80,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import (
+from ..bundles import (
     ETHD_COMPONENTS,
     EmotiveTalkModel,
     ethd_components,
@@ -266,7 +266,7 @@ class ETHDStage:
         """The VAE and image encoder of a ``base`` stage export (their own configs: the VAE's
         records the scaling factor measured on the data); the UNet then trains from scratch."""
         from ..checkpoints import load_model_file
-        from ..models import load_built
+        from ..bundles import load_built
 
         path = init_path(config, "base")
         if not self.options["train_unet"]:
@@ -278,7 +278,7 @@ class ETHDStage:
                 load_built(build_image_encoder(configs["image_encoder"]), states["image_encoder"], "image_encoder", Path(path)))
 
     def _vaid_projector(self, config: dict) -> nn.Module:
-        from ..models import load_vaid_model
+        from ..bundles import load_vaid_model
 
         path = init_path(config, "vaid")
         if not path:

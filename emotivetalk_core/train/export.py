@@ -22,7 +22,7 @@ from ..checkpoints import (
     read_metadata,
     save_model_file,
 )
-from ..models import VAID_COMPONENTS
+from ..bundles import VAID_COMPONENTS
 from .config import STAGES
 
 log = logging.getLogger(__name__)

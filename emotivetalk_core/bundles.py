@@ -1,6 +1,8 @@
-"""Model bundles the pipeline and the nodes hold, and how model files become them.
+"""Bundles, not networks: the loaded networks grouped as the pipeline and nodes hold them, and their loading.
 
-Two bundles, matching the two halves of the paper's figure and the two loader nodes:
+Named for what it holds: dataclasses of ready modules and the model files they load from; the
+networks themselves are in ``networks/`` (the paper's) and ``svd/build.py`` (SVD's). Two bundles,
+matching the two halves of the paper's figure and the two loader nodes:
 
 - :class:`EmotiveTalkModel` (ETHD + VAE + image encoder): the video diffusion side.
 - :class:`VAIDModel` (speech encoder + Audio-lip Projector + Di-CTE + visual encoders + Mapping):
