@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, load_built, load_emotivetalk_model, load_vaid_model
 from emotivetalk_core.checkpoints import CheckpointError, read_metadata
 from emotivetalk_core.cli import main
-from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, load_built, load_emotivetalk_model, load_vaid_model
 from emotivetalk_core.pipeline import load_image
 
 

@@ -5,8 +5,6 @@ import json
 import pytest
 import torch
 
-from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
-from emotivetalk_core.configs import get_config
 from emotivetalk_core.bundles import (
     DEFAULT_MODEL_PATH,
     ETHD_COMPONENTS,
@@ -18,6 +16,8 @@ from emotivetalk_core.bundles import (
     save_full_model,
     build_emotivetalk_model,
 )
+from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from emotivetalk_core.configs import get_config
 
 
 def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():

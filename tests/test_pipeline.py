@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.media.audio import frame_count, frame_samples
 from emotivetalk_core.emotion import EmotionSource, parse_timeline, single
+from emotivetalk_core.media.audio import frame_count, frame_samples
+from emotivetalk_core.media.video_io import probe, read_metadata
 from emotivetalk_core.metrics import boundary_transitions, seam_ratio
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
@@ -17,7 +18,6 @@ from emotivetalk_core.pipeline import (
     prepare_audio,
     shift_frames,
 )
-from emotivetalk_core.media.video_io import probe, read_metadata
 
 SMALL = dict(steps=2, dicte_steps=2)  # at the default model's native size (32 px)
 
@@ -117,8 +117,8 @@ def test_generate_writes_an_mp4_of_the_audio_length_with_settings(pipeline, port
 
 
 def test_emotion_video_source_drives_the_expression(pipeline, portrait, tmp_path):
-    from emotivetalk_core.pipeline import expand_expression, encode_reference, encode_speech
     from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.pipeline import expand_expression, encode_reference, encode_speech
 
     video = tmp_path / "emotion.mp4"
     with VideoWriter(video, 25, 64, 64) as writer:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.media.audio import frame_count
 from emotivetalk_core.configs import get_config
+from emotivetalk_core.media.audio import frame_count
 from emotivetalk_core.networks.speech_encoder import (
     LogMelSpeechEncoder,
     Wav2Vec2SpeechEncoder,

@@ -11,8 +11,6 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from train_helpers import write_synthetic_shards
 
-from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
-from emotivetalk_core.configs import get_config
 from emotivetalk_core.bundles import (
     build_vaid_model,
     load_built,
@@ -20,6 +18,8 @@ from emotivetalk_core.bundles import (
     vaid_components,
     vaid_info,
 )
+from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from emotivetalk_core.configs import get_config
 from emotivetalk_core.svd.build import ChannelAffine, build_image_encoder, build_vae
 from emotivetalk_core.svd.vae_decode import decode_latents
 from emotivetalk_core.train.base_stage import BaseStage

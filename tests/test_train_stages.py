@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.checkpoints import save_model_file
-from emotivetalk_core.configs import get_config
-from emotivetalk_core.networks.edi import TokenCrossAttention
-from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.bundles import (
     build_vaid_model,
     load_emotivetalk_model,
     load_vaid_model,
 )
+from emotivetalk_core.checkpoints import save_model_file
+from emotivetalk_core.configs import get_config
+from emotivetalk_core.networks.edi import TokenCrossAttention
+from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.sampling import Guidance, GuidedDenoiser
 from emotivetalk_core.svd.build import build_unet
 from emotivetalk_core.svd.conditioning import image_embeds, reference_latent

@@ -276,8 +276,8 @@ def drift_slope(per_frame_error: np.ndarray) -> float:
 
 def trained_world_seed(checkpoint: str) -> int | None:
     """The SynthTalk world a model file was trained in (its info records it), if any."""
-    from ..checkpoints import read_metadata
     from ..bundles import resolve_model_file
+    from ..checkpoints import read_metadata
 
     _, info = read_metadata(resolve_model_file(checkpoint))
     return (info.get("synthtalk") or {}).get("world_seed")

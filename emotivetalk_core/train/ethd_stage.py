@@ -265,8 +265,8 @@ class ETHDStage:
     def _trained_base(self, config: dict):
         """The VAE and image encoder of a ``base`` stage export (their own configs: the VAE's
         records the scaling factor measured on the data); the UNet then trains from scratch."""
-        from ..checkpoints import load_model_file
         from ..bundles import load_built
+        from ..checkpoints import load_model_file
 
         path = init_path(config, "base")
         if not self.options["train_unet"]:

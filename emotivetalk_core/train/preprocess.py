@@ -45,8 +45,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..media.audio import SAMPLE_RATE, frame_count, load_audio
 from ..configs import EMOTION_LABELS
+from ..media.audio import SAMPLE_RATE, frame_count, load_audio
 from ..media.face_crop import DEFAULT_SCALE
 from ..media.video_io import iter_video_frames
 from . import face_track, targets

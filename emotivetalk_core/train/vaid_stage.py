@@ -86,8 +86,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_model_file
 from ..bundles import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
+from ..checkpoints import load_model_file
 from ..networks.speech_encoder import SAMPLE_RATE, load_speech_encoder
 from ..networks.vaid import pull_loss, push_loss
 from .noise import SampleNoise
