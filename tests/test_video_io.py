@@ -1,4 +1,4 @@
-"""video_io: streamed H.264 + AAC mp4 writing, metadata, cancellation, frame reading, probing."""
+"""media.video_io: streamed H.264 + AAC mp4 writing, metadata, cancellation, frame reading, probing."""
 
 import gc
 import json

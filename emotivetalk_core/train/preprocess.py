@@ -370,7 +370,7 @@ def _frames(source: Path, fps: int):
     """uint8 RGB frames at ``fps`` (decoding errors become a Skip)."""
     try:
         for frame in iter_video_frames(source, fps=fps):
-            # video_io returns exact k/255 floats, so this gives back the decoded bytes.
+            # media.video_io returns exact k/255 floats, so this gives back the decoded bytes.
             yield (frame * np.float32(255) + np.float32(0.5)).astype(np.uint8)
     except ValueError as error:
         raise Skip("unreadable", str(error)) from error
