@@ -6,11 +6,13 @@ It runs the same stage nodes a staged workflow wires up, so both give the same f
 from __future__ import annotations
 
 from ._core import configs, emotion, pipeline
-from ._types import CATEGORY, EmotionInput
+from ._types import CATEGORY, EmotionInput, checked_images
 from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input, resolve_model
 from .output_nodes import EmotiveTalkDecode
-from .stages import (_SEED, EmotiveTalkAudioPrepare, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference,
-                     EmotiveTalkETHDSampler, EmotiveTalkVAIDDecouple)
+from .stages import (_SEED, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference, EmotiveTalkETHDSampler,
+                     EmotiveTalkVAIDDecouple, comfy_audio, prepare_speech)
+
+NAME = "EmotiveTalk Generate (all-in-one)"
 
 
 def emotion_of(label: str, intensity: float, text: str) -> EmotionInput:
@@ -68,7 +70,9 @@ class EmotiveTalkGenerate:
 
     def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text="",
                  face_mask=None):
-        speech, padded, _, fps = EmotiveTalkAudioPrepare().prepare(audio, fps, 0)  # bad audio is refused before models load
+        # Bad inputs are refused before models load, naming this node (not the stages it runs).
+        portrait = checked_images(portrait, f"{NAME}, input 'portrait'")
+        speech = prepare_speech(audio, fps, 0, node=NAME)
         model, vaid = self.models(model_name)
         lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
@@ -79,8 +83,8 @@ class EmotiveTalkGenerate:
                                                     defaults.reference_strength, defaults.lip_strength,
                                                     defaults.expression_strength, -1, 0, 0, -1)
         (frames,) = EmotiveTalkDecode().decode(model, latent, 0)
-        return frames, padded, fps
+        return frames, comfy_audio(speech.waveform, speech.sample_rate), speech.fps
 
 
 NODE_CLASS_MAPPINGS = {"EmotiveTalkGenerate": EmotiveTalkGenerate}
-NODE_DISPLAY_NAME_MAPPINGS = {"EmotiveTalkGenerate": "EmotiveTalk Generate (all-in-one)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"EmotiveTalkGenerate": NAME}

@@ -47,20 +47,21 @@ def comfy_audio(waveform: np.ndarray, sample_rate: int) -> dict:
             "sample_rate": int(sample_rate)}
 
 
-def prepare_speech(audio: dict, fps: float, av_offset: int) -> PreparedSpeech:
-    waveform = comfy_waveform(audio)
+def prepare_speech(audio: dict, fps: float, av_offset: int, node: str = "EmotiveTalk Audio Prepare") -> PreparedSpeech:
+    """The speech at 16 kHz with its frame count; a bad AUDIO is refused naming ``node``'s input."""
+    where = f"{node}, input 'audio'"
+    waveform = comfy_waveform(audio, where)
     if waveform.shape[0] > 1:
         log.warning("the AUDIO holds a batch of %d clips; EmotiveTalk uses the first", waveform.shape[0])
     try:
         prepared = pipeline.prepare_audio(waveform[0], int(audio["sample_rate"]), fps)
     except ValueError as error:
-        raise ValueError(f"EmotiveTalk Audio Prepare, input 'audio': {error}") from error
+        raise ValueError(f"{where}: {error}") from error
     return PreparedSpeech(**vars(prepared), av_offset=int(av_offset))
 
 
-def comfy_waveform(audio) -> torch.Tensor:
+def comfy_waveform(audio, where: str) -> torch.Tensor:
     """The ``[B, C, T]`` waveform of a ComfyUI AUDIO, or an error naming what is wrong with it."""
-    where = "EmotiveTalk Audio Prepare, input 'audio'"
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise ValueError(f"{where}: expected ComfyUI AUDIO (a dict with 'waveform' and 'sample_rate'), got {type(audio).__name__}")
     waveform = audio["waveform"]

@@ -96,13 +96,17 @@ def test_a_latent_of_another_shape_is_refused_by_decode():
             output_nodes.EmotiveTalkDecode().decode(model, {"samples": samples}, 0)
 
 
-def test_generate_refuses_bad_audio_before_it_loads_a_model(monkeypatch):
+def test_generate_refuses_bad_inputs_naming_itself_before_it_loads_a_model(monkeypatch):
     from nodes import generate
 
     def no_models(self, model_name):
         raise AssertionError("models were loaded before the audio was checked")
 
     monkeypatch.setattr(generate.EmotiveTalkGenerate, "models", no_models)
-    with pytest.raises(ValueError, match="input 'audio'.*8000 audio samples are NaN"):
+    # The node the user placed is named, not the stage nodes it runs inside.
+    with pytest.raises(ValueError, match=r"^EmotiveTalk Generate \(all-in-one\), input 'audio'.*8000 audio samples are NaN"):
         generate.EmotiveTalkGenerate().generate(_image(1, 32, 32, 3), _audio(torch.full((1, 1, 8000), float("nan"))),
+                                                "happy", 1.0, 0, 2, 0, 0, 25.0, "default")
+    with pytest.raises(ValueError, match=r"^EmotiveTalk Generate \(all-in-one\), input 'portrait'"):
+        generate.EmotiveTalkGenerate().generate(_image(1, 32, 32, 3, fill=float("nan")), _audio(torch.zeros((1, 1, 8000))),
                                                 "happy", 1.0, 0, 2, 0, 0, 25.0, "default")

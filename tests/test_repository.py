@@ -92,3 +92,18 @@ def test_every_case_in_reliability_md_names_a_test_that_exists():
             defined[module] = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
     missing = sorted({f"{m[1]}::{m[2]}" for m in named if m[2] not in defined[m[1]]})
     assert not missing, f"docs/RELIABILITY.md names tests that do not exist: {missing}"
+
+
+def test_the_tests_run_in_a_checkout_named_like_the_pack(tmp_path):
+    """pytest imports the pack's root ``__init__.py``; in a folder named ``ComfyUI-EmotiveTalk``
+    (no Python identifier, so no package) that import must not fail every test."""
+    import shutil
+
+    checkout = tmp_path / "ComfyUI-EmotiveTalk"
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("__init__.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, checkout / name)
+    (checkout / "tests" / "test_one.py").write_text("def test_one():\n    assert True\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=checkout,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout + result.stderr
