@@ -52,10 +52,10 @@ def sampler_vs_diffusers(runs: int, steps: int) -> dict:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from transformers import CLIPImageProcessor
 
-    from emotivetalk_core.ethd import ETHD
-    from emotivetalk_core.models import build_image_encoder
+    from emotivetalk_core.networks.ethd import ETHD
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, initial_noise, karras_sigmas, sample_euler, start_latents
-    from emotivetalk_core.svd_conditioning import added_time_ids, image_embeds, reference_latent
+    from emotivetalk_core.svd.build import build_image_encoder
+    from emotivetalk_core.svd.conditioning import added_time_ids, image_embeds, reference_latent
 
     torch.manual_seed(0)
     cfg = get_config("tiny")
@@ -140,8 +140,8 @@ class _BaseUNet(torch.nn.Module):
 
 def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -> dict:
     from emotivetalk_core.emotion import EmotionSource, single
+    from emotivetalk_core.media.video_io import VideoWriter
     from emotivetalk_core.pipeline import decode_frames, encode_reference, encode_speech, expand_expression, lip_stream, prepare_audio, sample_latents
-    from emotivetalk_core.video_io import VideoWriter
     import soundfile
 
     wav = out.with_suffix(".wav")
@@ -155,7 +155,7 @@ def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -
         times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
         return result
 
-    from emotivetalk_core.audio import load_audio
+    from emotivetalk_core.media.audio import load_audio
 
     waveform = timed("audio decode", load_audio, wav)
     audio = prepare_audio(waveform, RATE, settings.fps)
@@ -246,9 +246,9 @@ def host_memory(minutes: float) -> dict:
 
 def host_memory_probe(minutes: float) -> dict:
     """RSS growth while sampling + streaming ``minutes`` of video at 512x512 latent shapes."""
+    from emotivetalk_core.media.video_io import VideoWriter
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise, karras_sigmas, sample_euler, start_latents
-    from emotivetalk_core.vae_decode import decode_latents
-    from emotivetalk_core.video_io import VideoWriter
+    from emotivetalk_core.svd.vae_decode import decode_latents
 
     fps, frames = 25, int(minutes * 60 * 25)
     baseline = _peak_rss_mb()
@@ -275,7 +275,7 @@ def adapter_flops(frames: int = 14) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from emotivetalk_core.ethd import ETHD
+    from emotivetalk_core.networks.ethd import ETHD
 
     cfg = get_config("svd-xt")
     with FakeTensorMode():

@@ -89,7 +89,7 @@ _SVD_XT = {
 # SynthTalk's demo model (``python -m emotivetalk_core synth train``): 32 px faces, small enough to
 # train every part from scratch on two CPU cores in 90 minutes. The VAE downsamples by 2 (two
 # levels), so the UNet sees 16 x 16 latents as the feasibility run's pixel model did. Its
-# GroupNorms keep only their affine part (``norm_num_groups`` 0, see models.build_vae): with 32
+# GroupNorms keep only their affine part (``norm_num_groups`` 0, see svd.build.build_vae): with 32
 # channels, diffusers' 32 groups normalise every channel alone and erase the colour of flat
 # regions; measured over 300-400 steps, test L1 0.08 without normalisation, 0.12 with one group,
 # 0.28 with 32.

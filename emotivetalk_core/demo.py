@@ -30,8 +30,8 @@ def side_by_side(pipeline, image: torch.Tensor, audio, settings, out_path: str |
     ``image`` ``[1, 3, H, W]`` in 0..1, ``audio`` a :class:`pipeline.PreparedAudio`, ``settings``
     the :class:`pipeline.GenerationSettings` of every column.
     """
+    from .media.video_io import VideoWriter
     from .pipeline import decode_frames, fit_portrait
-    from .video_io import VideoWriter
 
     settings = settings.sized_for(pipeline.model)
     labels = list(labels or pipeline.vaid.mapping.labels)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import audio as audio_lib
-from .edi import resolve_face_mask
+from .media import audio as audio_lib
+from .networks.edi import resolve_face_mask
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
     A user mask (``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``, 1 = face) wins over the Face
     Processor; it is fitted to the output exactly like the portrait.
     """
-    from .svd_conditioning import image_embeds, reference_latent
+    from .svd.conditioning import image_embeds, reference_latent
 
     noise_aug = model.settings["noise_aug"] if noise_aug is None else noise_aug
     width, height = output_size(model, width, height)
@@ -366,7 +366,7 @@ class VAIDEmotionResolver:
         """Exp codes of the video's first ``num_frames`` frames at ``fps`` (decoded 64 at a time)."""
         from itertools import islice
 
-        from .video_io import iter_video_frames
+        from .media.video_io import iter_video_frames
 
         frames = iter_video_frames(path, fps=fps)
         codes, remaining = [], num_frames
@@ -419,8 +419,8 @@ def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline
 def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                  settings: GenerationSettings):
     """ETHD's :class:`~emotivetalk_core.sampling.Conditioning` on the model's device and dtype."""
-    from .ethd import lip_windows
-    from .svd_conditioning import added_time_ids
+    from .networks.ethd import lip_windows
+    from .svd.conditioning import added_time_ids
     from .sampling import Conditioning
 
     ethd = model.ethd
@@ -486,7 +486,7 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
 def decode_frames(model, latents: torch.Tensor, settings: GenerationSettings) -> Iterator[torch.Tensor]:
     """Frames ``[n, H, W, 3]`` in 0..1, block by block (the VAE decodes overlapping chunks)."""
     from .sampling import default_overlap
-    from .vae_decode import decode_latents
+    from .svd.vae_decode import decode_latents
 
     chunk = settings.decode_chunk or settings.window or model.settings["clip_frames"]
     return decode_latents(model.vae, latents, chunk=chunk, overlap=min(default_overlap(chunk), chunk - 1))
@@ -544,7 +544,7 @@ class EmotiveTalkPipeline:
     """Both model bundles on one device, and the stages chained: what the command line runs."""
 
     def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None):
-        from .models import to_device
+        from .bundles import to_device
 
         self.device = torch.device(device)
         self.model = to_device(model, self.device)
@@ -553,7 +553,7 @@ class EmotiveTalkPipeline:
 
     @classmethod
     def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu") -> "EmotiveTalkPipeline":
-        from .models import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
+        from .bundles import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
 
         check_device(device)
         path = resolve_model_file(checkpoint)
@@ -587,7 +587,7 @@ class EmotiveTalkPipeline:
                          mask: torch.Tensor | None = None, progress=None) -> GenerationResult:
         """Write the mp4 (H.264 + AAC, the speech padded to N / fps); frames stream from the decoder."""
         from .emotion import to_json
-        from .video_io import VideoWriter
+        from .media.video_io import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
         settings = settings.sized_for(self.model)

@@ -129,10 +129,10 @@ class Guidance:
 class Conditioning:
     """ETHD's conditions for one video, on the model's device and dtype.
 
-    Per clip: ``reference_latent [B, 4, h, w]`` (:func:`svd_conditioning.reference_latent`),
+    Per clip: ``reference_latent [B, 4, h, w]`` (:func:`svd.conditioning.reference_latent`),
     ``image_embeds [B, 1, C]``, ``added_time_ids [B, 3]``, ``reference_exp [B, exp_dim]``,
     ``face_mask [B, 1, H, W]`` or ``None`` (ETHD takes one mask per clip). Per frame, over the
-    whole video: ``lip_windows [B, N, 2c+1, lip_dim]`` (``ethd.lip_windows`` over the full
+    whole video: ``lip_windows [B, N, 2c+1, lip_dim]`` (``networks.ethd.lip_windows`` over the full
     sequence, so window edges see their real neighbours) and ``driven_exp [B, N, exp_dim]``.
     """
 

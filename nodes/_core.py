@@ -19,13 +19,13 @@ _PARENT = __package__.rpartition(".")[0]  # "ComfyUI-EmotiveTalk.nodes" -> "Comf
 CORE_PACKAGE = f"{_PARENT}.emotivetalk_core" if _PARENT else "emotivetalk_core"
 
 # Light modules only (torch, numpy): diffusers, transformers and av load inside core functions.
-audio = importlib.import_module(f"{CORE_PACKAGE}.audio")
+audio = importlib.import_module(f"{CORE_PACKAGE}.media.audio")
+bundles = importlib.import_module(f"{CORE_PACKAGE}.bundles")
 configs = importlib.import_module(f"{CORE_PACKAGE}.configs")
 emotion = importlib.import_module(f"{CORE_PACKAGE}.emotion")
-models = importlib.import_module(f"{CORE_PACKAGE}.models")
 pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
 
 
 def core_module(name: str):
-    """A library module imported on first use (video_io, sampling: kept out of start-up)."""
+    """A library module imported on first use (media.video_io, sampling: kept out of start-up)."""
     return importlib.import_module(f"{CORE_PACKAGE}.{name}")

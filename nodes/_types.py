@@ -1,6 +1,6 @@
 """The pack's own ComfyUI types, and the node-side objects some of them carry.
 
-Most own types are core objects as they are (EMOTIVETALK_MODEL is ``models.EmotiveTalkModel``,
+Most own types are core objects as they are (EMOTIVETALK_MODEL is ``bundles.EmotiveTalkModel``,
 EMOTIVETALK_REFERENCE is ``pipeline.Reference``, EMOTIVETALK_LIP and EMOTIVETALK_EXPRESSION are
 tensors). Three carry a little more than the core object, because a value that travels between
 nodes must hold everything the next node needs: the A/V offset, the fps, and emotion sources

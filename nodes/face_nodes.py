@@ -1,7 +1,7 @@
 """Face crop and paste-back nodes, for portraits that are not face-centred squares.
 
 EmotiveTalk Face Crop cuts a face-centred square out of the portrait (for the generation nodes'
-portrait input) and hands on an EMOTIVETALK_CROP (core ``face_crop.FaceCrop``: the square's place
+portrait input) and hands on an EMOTIVETALK_CROP (core ``media.face_crop.FaceCrop``: the square's place
 and the full frame); EmotiveTalk Paste Back puts the animated squares back into the full frame.
 """
 
@@ -15,7 +15,7 @@ from ._types import CATEGORY, CROP, checked_images
 
 log = logging.getLogger(__name__)
 
-face_crop = core_module("face_crop")
+face_crop = core_module("media.face_crop")
 
 MAX_PIXELS = 16384
 

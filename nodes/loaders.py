@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import comfy_bridge as bridge
-from ._core import core_module, models
+from ._core import bundles, core_module
 from ._types import CATEGORY, MODEL, VAID
 
 log = logging.getLogger(__name__)
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def resolve_model(name: str):
     """"default" -> the shipped default model; anything else -> a file in models/emotivetalk."""
     if name == bridge.DEFAULT_MODEL:
-        return models.resolve_model_file(bridge.DEFAULT_MODEL)
+        return bundles.resolve_model_file(bridge.DEFAULT_MODEL)
     return bridge.resolve_file(bridge.EMOTIVETALK_FOLDER, name)
 
 
@@ -24,7 +24,7 @@ def _optional(folder: str, name: str):
 
 
 def _report(kind: str, name: str, info: dict) -> None:
-    line = models.describe(info)
+    line = bundles.describe(info)
     if info.get("trained", False):
         log.info("EmotiveTalk %s %s: %s", kind, name, line)
     else:
@@ -84,16 +84,16 @@ class EmotiveTalkModelLoader:
 
     def load(self, model_name, base_svd=bridge.NO_FILE, vae=None, clip_vision=None):
         path = resolve_model(model_name)
-        model = models.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd),
-                                              **reused_svd_parts(path, vae, clip_vision))
+        model = bundles.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd),
+                                               **reused_svd_parts(path, vae, clip_vision))
         _report("model", model_name, model.info)
         return (manage_model(model),)
 
 
 def reused_svd_parts(path, vae, clip_vision) -> dict:
     """ComfyUI's own VAE / CLIP_VISION objects as the library's modules, sharing their weights."""
-    config = models.base_config_of(path)
-    svd_convert = core_module("svd_convert")
+    config = bundles.base_config_of(path)
+    svd_convert = core_module("svd.convert")
     parts = {}
     if vae is not None:
         parts["vae"] = _converted("VAE", lambda: svd_convert.vae_from_stability_state(vae.get_sd(), config))
@@ -134,7 +134,7 @@ class EmotiveTalkVAIDLoader:
 
     def load(self, vaid_name, speech_encoder=bridge.NO_FILE):
         path = resolve_model(vaid_name)
-        vaid = models.load_vaid_model(path, speech_source=_optional(bridge.SPEECH_FOLDER, speech_encoder))
+        vaid = bundles.load_vaid_model(path, speech_source=_optional(bridge.SPEECH_FOLDER, speech_encoder))
         _report("V-AID", vaid_name, vaid.info)
         return (manage_vaid(vaid),)
 

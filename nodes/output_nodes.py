@@ -108,7 +108,7 @@ class EmotiveTalkSaveVideo:
         }
 
     def save(self, model, latent, audio, fps, filename_prefix, chunk, prompt=None, extra_pnginfo=None):
-        video_io = core_module("video_io")
+        video_io = core_module("media.video_io")
         path, filename, subfolder = bridge.output_path(filename_prefix, "mp4")
         waveform, sample_rate = mono(audio)
         blocks = decoded_blocks(model, latent, chunk, "EmotiveTalk Save Video")

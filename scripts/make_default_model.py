@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, file_digest  # noqa: E402
 from emotivetalk_core.checkpoints import load_model_file, save_model_file  # noqa: E402
-from emotivetalk_core.models import DEFAULT_MODEL_PATH, file_digest  # noqa: E402
 
 SCRIPT = "scripts/make_default_model.py"
 MIN_CLIPS = 64

@@ -32,7 +32,7 @@ def demo_person() -> world.Identity:
     """The first person of the demo world with a flat background whose portrait OpenCV's detector finds."""
     import torch
 
-    from emotivetalk_core.face_crop import NoFaceFound, locate_face
+    from emotivetalk_core.media.face_crop import NoFaceFound, locate_face
 
     for index in range(100):
         who = world.identity(identity_seed(DEMO_WORLD, index))

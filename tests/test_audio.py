@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from emotivetalk_core.audio import frame_count, frame_samples, load_audio, pad_to_frames
+from emotivetalk_core.media.audio import frame_count, frame_samples, load_audio, pad_to_frames
 
 DURATION = 1.37
 TRUE_SAMPLES = round(DURATION * 16000)  # 21920

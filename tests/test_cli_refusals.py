@@ -137,7 +137,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_keeps_the_older_file(capsys, tmp_p
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be caught on Windows")
 def test_sigterm_while_writing_leaves_no_partial_file(capsys, tmp_path, speech, monkeypatch):
-    from emotivetalk_core import video_io
+    from emotivetalk_core.media import video_io
 
     write = video_io.VideoWriter.write
 

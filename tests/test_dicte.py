@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.dicte import DiCTE, cosine_alphas_cumprod
+from emotivetalk_core.networks.dicte import DiCTE, cosine_alphas_cumprod
 
 CFG = get_config("tiny")["dicte"]
 EXP_DIM, SPEECH_DIM, ID_DIM = CFG["exp_dim"], CFG["speech_dim"], CFG["id_dim"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
-from emotivetalk_core.mapping import MAX_TEXT_BYTES, Mapping
+from emotivetalk_core.networks.encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
+from emotivetalk_core.networks.mapping import MAX_TEXT_BYTES, Mapping
 
 CFG = get_config("tiny")
 ENC = CFG["encoders"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.edi import ExpressionAdapter, SpatialAdapter, TokenCrossAttention
-from emotivetalk_core.ethd import ETHD, lip_windows
+from emotivetalk_core.networks.edi import ExpressionAdapter, SpatialAdapter, TokenCrossAttention
+from emotivetalk_core.networks.ethd import ETHD, lip_windows
 
 BATCH, FRAMES, LATENT_H, LATENT_W = 1, 4, 16, 16
 
@@ -204,7 +204,7 @@ def test_lip_windows_clamp_at_the_ends(context):
 
 
 def test_all_zero_face_mask_means_no_mask_given(caplog):
-    from emotivetalk_core.edi import resolve_face_mask
+    from emotivetalk_core.networks.edi import resolve_face_mask
 
     with caplog.at_level("WARNING"):
         assert resolve_face_mask(torch.zeros(1, 64, 64)) is None

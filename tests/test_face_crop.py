@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core import face_crop, face_detect, pipeline
+from emotivetalk_core import pipeline
+from emotivetalk_core.media import face_crop, face_detect
 from nodes import face_nodes
 
 ROOT = Path(__file__).resolve().parents[1]

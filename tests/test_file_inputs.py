@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, load_built, load_emotivetalk_model, load_vaid_model
 from emotivetalk_core.checkpoints import CheckpointError, read_metadata
 from emotivetalk_core.cli import main
-from emotivetalk_core.models import DEFAULT_MODEL_PATH, load_built, load_emotivetalk_model, load_vaid_model
 from emotivetalk_core.pipeline import load_image
 
 
@@ -126,7 +126,7 @@ def _wav_bytes(channels: int, rate: int, frames: bytes) -> bytes:
 
 
 def test_a_wav_whose_header_names_no_codec_is_refused_by_name(tmp_path):
-    from emotivetalk_core.audio import load_audio
+    from emotivetalk_core.media.audio import load_audio
 
     data = bytearray(_wav_bytes(1, 16000, b"\x00\x01" * 800))
     data[32:36] = b"\xff\xff\xff\xff"  # block align and bits per sample: FFmpeg finds no decoder
@@ -136,7 +136,7 @@ def test_a_wav_whose_header_names_no_codec_is_refused_by_name(tmp_path):
 
 
 def test_audio_too_short_for_one_sample_at_16_khz_is_refused_by_name(tmp_path):
-    from emotivetalk_core.audio import load_audio
+    from emotivetalk_core.media.audio import load_audio
 
     (tmp_path / "blip.wav").write_bytes(_wav_bytes(2, 44100, b"\x00\x00\x00\x00"))
     with pytest.raises(ValueError, match=r"blip\.wav: the audio is too short"):

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from emotivetalk_core.audio import load_audio
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, save_model_file
 from emotivetalk_core.emotion import EmotionTimeline, parse_timeline
+from emotivetalk_core.media.audio import load_audio
 from emotivetalk_core.pipeline import load_image
 
 EXAMPLES = int(os.environ.get("EMOTIVETALK_FUZZ_EXAMPLES", "150"))

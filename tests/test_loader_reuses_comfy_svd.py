@@ -4,10 +4,10 @@ instead of reading them again from the base checkpoint."""
 import pytest
 import torch
 
+from emotivetalk_core.bundles import build_emotivetalk_model
 from emotivetalk_core.checkpoints import save_model_file
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import build_emotivetalk_model
-from emotivetalk_core.svd_convert import _vae_to_stability, diffusers_to_stability
+from emotivetalk_core.svd.convert import _vae_to_stability, diffusers_to_stability
 from nodes import loaders
 
 

@@ -5,9 +5,7 @@ import json
 import pytest
 import torch
 
-from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
-from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import (
+from emotivetalk_core.bundles import (
     DEFAULT_MODEL_PATH,
     ETHD_COMPONENTS,
     VAID_COMPONENTS,
@@ -18,6 +16,8 @@ from emotivetalk_core.models import (
     save_full_model,
     build_emotivetalk_model,
 )
+from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from emotivetalk_core.configs import get_config
 
 
 def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
@@ -56,7 +56,7 @@ def _script(name: str):
 
 
 def test_make_default_model_ships_the_evaluated_weights_with_their_whole_report(tmp_path):
-    from emotivetalk_core.models import file_digest
+    from emotivetalk_core.bundles import file_digest
     from emotivetalk_core.synth.evaluate import GOALS
 
     torch.manual_seed(0)
@@ -173,7 +173,7 @@ def test_vaid_refuses_a_speech_encoder_it_was_not_trained_with(tmp_path):
 def test_adapter_file_plus_base_svd_in_stability_layout(tmp_path):
     from safetensors.torch import save_file
 
-    from emotivetalk_core.svd_convert import diffusers_to_stability
+    from emotivetalk_core.svd.convert import diffusers_to_stability
 
     torch.manual_seed(4)
     config = get_config("tiny")

@@ -13,8 +13,9 @@ import torch
 
 import nodes
 from nodes import comfy_bridge, emotion_nodes, generate, loaders, output_nodes, stages
-from emotivetalk_core import models, pipeline
-from emotivetalk_core.video_io import probe
+from emotivetalk_core import bundles as bundles_module
+from emotivetalk_core import pipeline
+from emotivetalk_core.media.video_io import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0
@@ -46,7 +47,7 @@ def bundles():
 def staged(bundles, portrait):
     """The staged chain up to Di-CTE, shared by the sampler tests."""
     model, vaid = bundles
-    assert isinstance(model, models.EmotiveTalkModel) and isinstance(vaid, models.VAIDModel)
+    assert isinstance(model, bundles_module.EmotiveTalkModel) and isinstance(vaid, bundles_module.VAIDModel)
     speech, padded, frame_count, fps = _returns(stages.EmotiveTalkAudioPrepare, stages.EmotiveTalkAudioPrepare().prepare(_speech(), FPS, 0))
     assert isinstance(speech, pipeline.PreparedAudio)
     lip, audio_exp = _returns(stages.EmotiveTalkVAIDDecouple, stages.EmotiveTalkVAIDDecouple().decouple(vaid, speech))
@@ -221,8 +222,8 @@ def test_all_in_one_node(portrait):
 def test_all_in_one_reuses_its_models_and_sizes_0_to_the_model(portrait, monkeypatch):
     node = generate.EmotiveTalkGenerate()
     loads = []
-    real_load = models.load_emotivetalk_model
-    monkeypatch.setattr(models, "load_emotivetalk_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = bundles_module.load_emotivetalk_model
+    monkeypatch.setattr(bundles_module, "load_emotivetalk_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     for seed in (1, 2):
         frames, _, _ = node.generate(portrait, _speech(0.2), "happy", 1.0, seed, 1, 0, 0, FPS, "default")
     assert len(loads) == 1  # the second run (new seed) reused the loaded model

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.audio import frame_count, frame_samples
 from emotivetalk_core.emotion import EmotionSource, parse_timeline, single
+from emotivetalk_core.media.audio import frame_count, frame_samples
+from emotivetalk_core.media.video_io import probe, read_metadata
 from emotivetalk_core.metrics import boundary_transitions, seam_ratio
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
@@ -17,7 +18,6 @@ from emotivetalk_core.pipeline import (
     prepare_audio,
     shift_frames,
 )
-from emotivetalk_core.video_io import probe, read_metadata
 
 SMALL = dict(steps=2, dicte_steps=2)  # at the default model's native size (32 px)
 
@@ -117,8 +117,8 @@ def test_generate_writes_an_mp4_of_the_audio_length_with_settings(pipeline, port
 
 
 def test_emotion_video_source_drives_the_expression(pipeline, portrait, tmp_path):
+    from emotivetalk_core.media.video_io import VideoWriter
     from emotivetalk_core.pipeline import expand_expression, encode_reference, encode_speech
-    from emotivetalk_core.video_io import VideoWriter
 
     video = tmp_path / "emotion.mp4"
     with VideoWriter(video, 25, 64, 64) as writer:
@@ -160,7 +160,7 @@ class DriftingModel(torch.nn.Module):
 
 
 def _drifting_video(fused: bool, num_frames: int = 48, window: int = 8):
-    from emotivetalk_core.ethd import lip_windows
+    from emotivetalk_core.networks.ethd import lip_windows
     from emotivetalk_core.sampling import (Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise,
                                            karras_sigmas, sample_euler, start_latents)
 
@@ -185,7 +185,7 @@ def _drifting_video(fused: bool, num_frames: int = 48, window: int = 8):
 
 
 def test_window_fusion_leaves_no_seam_in_decoded_frames_and_the_control_shows_one(pipeline):
-    from emotivetalk_core.vae_decode import decode_latents
+    from emotivetalk_core.svd.vae_decode import decode_latents
 
     ratios = {}
     for fused in (True, False):

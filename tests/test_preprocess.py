@@ -15,11 +15,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from emotivetalk_core.configs import EMOTION_LABELS
-from emotivetalk_core.face_crop import DEFAULT_LIFT, DEFAULT_SCALE
-from emotivetalk_core.face_detect import detect_face
+from emotivetalk_core.media.face_crop import DEFAULT_LIFT, DEFAULT_SCALE
+from emotivetalk_core.media.face_detect import detect_face
+from emotivetalk_core.media.video_io import iter_video_frames
 from emotivetalk_core.train import face_track, preprocess, targets
 from emotivetalk_core.train.shards import ClipDataset, read_shard_info
-from emotivetalk_core.video_io import iter_video_frames
 
 sys.path.insert(0, os.path.dirname(__file__))
 from video_fixtures import make_talking_video, mead_path, write_garbage

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.ethd import ETHD, lip_windows
+from emotivetalk_core.networks.ethd import ETHD, lip_windows
 from emotivetalk_core.sampling import (
     Conditioning,
     GuidedDenoiser,
@@ -21,7 +21,7 @@ from emotivetalk_core.sampling import (
     start_latents,
     window_spans,
 )
-from emotivetalk_core.svd_conditioning import added_time_ids, image_embeds, reference_latent
+from emotivetalk_core.svd.conditioning import added_time_ids, image_embeds, reference_latent
 
 # Image guidance > 1 so the pipeline runs its classifier-free pass (it skips it at <= 1).
 SVD_GUIDANCE = 2.5

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.audio import frame_count
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.speech_encoder import (
+from emotivetalk_core.media.audio import frame_count
+from emotivetalk_core.networks.speech_encoder import (
     LogMelSpeechEncoder,
     Wav2Vec2SpeechEncoder,
     check_speech_encoder,

@@ -1,4 +1,4 @@
-"""svd_convert: Stability's single-file SVD layout <-> diffusers/transformers modules, and load_svd."""
+"""svd.convert: Stability's single-file SVD layout <-> diffusers/transformers modules, and load_svd."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.svd_convert import STABILITY_PREFIXES, diffusers_to_stability, load_svd, stability_to_diffusers
+from emotivetalk_core.svd.convert import STABILITY_PREFIXES, diffusers_to_stability, load_svd, stability_to_diffusers
 
 # Names and shapes of every tensor in Stability's svd_xt.safetensors (no weights; see its "notes").
 REFERENCE = Path(__file__).resolve().parent / "data" / "svd_xt_stability_keys.json"
@@ -106,7 +106,7 @@ def test_svd_xt_modules_convert_to_exactly_the_reference_names_and_shapes(refere
 
 def test_reference_names_convert_back_to_exactly_the_diffusers_names_and_shapes(reference, svd_xt_meta, caplog):
     stability = {name: torch.empty(shape, device="meta") for name, shape in reference.items()}
-    with caplog.at_level(logging.DEBUG, logger="emotivetalk_core.svd_convert"):
+    with caplog.at_level(logging.DEBUG, logger="emotivetalk_core.svd.convert"):
         converted = stability_to_diffusers(stability)
     for name, module in zip(("unet", "vae", "image_encoder"), svd_xt_meta):
         assert _shapes(converted[name]) == _shapes(module.state_dict()), name

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from emotivetalk_core.cli import main
+from emotivetalk_core.media.video_io import VideoWriter
 from emotivetalk_core.synth import training, world
 from emotivetalk_core.synth.dataset import make_clip
-from emotivetalk_core.video_io import VideoWriter
 
 
 def _fails_with(capsys, argv, *phrases):
@@ -82,8 +82,8 @@ def test_the_plan_scales_with_the_budget_and_ethd_gets_most_of_it():
 
 
 def test_evaluate_refuses_the_training_world_and_too_few_clips(capsys):
+    from emotivetalk_core.bundles import DEFAULT_MODEL_PATH
     from emotivetalk_core.checkpoints import read_metadata
-    from emotivetalk_core.models import DEFAULT_MODEL_PATH
 
     trained_in = read_metadata(DEFAULT_MODEL_PATH)[1]["synthtalk"]["world_seed"]
     _fails_with(capsys, ["synth", "evaluate", "--seed", str(trained_in)], f"--seed {trained_in} is the world", "another seed")

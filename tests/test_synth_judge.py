@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from emotivetalk_core.media.video_io import VideoWriter
 from emotivetalk_core.synth import world
 from emotivetalk_core.synth.judge import (
     Judge, emotion_strength, judge_frames, judge_video, judged_emotion, load_judge, save_judge,
 )
 from emotivetalk_core.synth.render import render
 from emotivetalk_core.synth.speech import Phoneme
-from emotivetalk_core.video_io import VideoWriter
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("espeakng_loader")
 
-from emotivetalk_core import audio as audio_lib  # noqa: E402
+from emotivetalk_core.media import audio as audio_lib  # noqa: E402
 from emotivetalk_core.synth import dataset, texts, world  # noqa: E402
 from emotivetalk_core.synth.render import render  # noqa: E402
 from emotivetalk_core.synth.speech import Phoneme, Voice, available_languages, available_variants, synthesize  # noqa: E402

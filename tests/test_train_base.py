@@ -11,25 +11,23 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from train_helpers import write_synthetic_shards
 
-from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
-from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import (
-    ChannelAffine,
-    build_image_encoder,
-    build_vae,
+from emotivetalk_core.bundles import (
     build_vaid_model,
     load_built,
     load_emotivetalk_model,
     vaid_components,
     vaid_info,
 )
+from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
+from emotivetalk_core.configs import get_config
+from emotivetalk_core.svd.build import ChannelAffine, build_image_encoder, build_vae
+from emotivetalk_core.svd.vae_decode import decode_latents
 from emotivetalk_core.train.base_stage import BaseStage
 from emotivetalk_core.train.config import resolve_config
 from emotivetalk_core.train.ethd_stage import ETHDStage
 from emotivetalk_core.train.export import merge_exports
 from emotivetalk_core.train.loop import train
 from emotivetalk_core.train.shards import ClipDataset
-from emotivetalk_core.vae_decode import decode_latents
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -49,7 +47,7 @@ def _plain(config: dict) -> dict:
     return {key: value for key, value in config.items() if key != "norm_num_groups"}
 
 
-# --- models.build_vae: norm_num_groups ---------------------------------------------------------
+# --- svd.build.build_vae: norm_num_groups -------------------------------------------------
 
 @pytest.mark.parametrize("config", [SYNTHTALK_VAE, SMALL_VAE], ids=["synthtalk", "small"])
 def test_vae_without_normalisation_has_svds_parameters_and_loads_either_way(config):

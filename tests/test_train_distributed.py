@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from train_helpers import encoders_config, write_config, write_synthetic_shards
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import build_unet
+from emotivetalk_core.svd.build import build_unet
 from emotivetalk_core.train.config import load_config, resolve_config
 from emotivetalk_core.train.loop import train
 from emotivetalk_core.train.stage import get_stage

@@ -14,6 +14,7 @@ from video_fixtures import make_talking_video, mead_path
 
 from emotivetalk_core.checkpoints import read_metadata
 from emotivetalk_core.emotion import EmotionSource, single
+from emotivetalk_core.media.video_io import probe
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
     GenerationSettings,
@@ -21,7 +22,6 @@ from emotivetalk_core.pipeline import (
 )
 from emotivetalk_core.train.cli import main
 from emotivetalk_core.train.shards import ClipDataset
-from emotivetalk_core.video_io import probe
 
 SIZE = 64
 STEPS = 3

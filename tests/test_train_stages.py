@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.checkpoints import save_model_file
-from emotivetalk_core.configs import get_config
-from emotivetalk_core.edi import TokenCrossAttention
-from emotivetalk_core.ethd import lip_windows
-from emotivetalk_core.models import (
-    build_unet,
+from emotivetalk_core.bundles import (
     build_vaid_model,
     load_emotivetalk_model,
     load_vaid_model,
 )
+from emotivetalk_core.checkpoints import save_model_file
+from emotivetalk_core.configs import get_config
+from emotivetalk_core.networks.edi import TokenCrossAttention
+from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.sampling import Guidance, GuidedDenoiser
-from emotivetalk_core.svd_conditioning import image_embeds, reference_latent
+from emotivetalk_core.svd.build import build_unet
+from emotivetalk_core.svd.conditioning import image_embeds, reference_latent
 from emotivetalk_core.train.ethd_stage import ETHDStage, nested_passes
 from emotivetalk_core.train.loop import SteppedClips
 from emotivetalk_core.train.noise import SampleNoise
@@ -157,7 +157,7 @@ def test_vaid_losses_fall_on_a_learnable_toy_and_the_export_loads(shards, tmp_pa
 
 
 def test_dicte_term_of_each_clip_is_dicte_loss_on_that_clip_alone():
-    from emotivetalk_core.dicte import DiCTE
+    from emotivetalk_core.networks.dicte import DiCTE
 
     torch.manual_seed(0)
     dicte = DiCTE(get_config("tiny")["dicte"])
@@ -404,8 +404,8 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
 def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(shards, tmp_path):
     from safetensors.torch import save_file
 
-    from emotivetalk_core.models import build_emotivetalk_model
-    from emotivetalk_core.svd_convert import diffusers_to_stability
+    from emotivetalk_core.bundles import build_emotivetalk_model
+    from emotivetalk_core.svd.convert import diffusers_to_stability
 
     torch.manual_seed(11)
     base = build_emotivetalk_model(get_config("tiny"))
@@ -432,7 +432,7 @@ def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(sh
 
 
 def test_whole_unet_trained_on_a_diffusers_folder_exports_a_self_contained_file(shards, tmp_path):
-    from emotivetalk_core.models import build_emotivetalk_model
+    from emotivetalk_core.bundles import build_emotivetalk_model
 
     torch.manual_seed(12)
     base = build_emotivetalk_model(get_config("tiny"))
@@ -469,7 +469,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(shards):
 
 
 def test_vaid_conditions_are_the_pipelines_lip_stream_and_the_face_processors_mask(shards, tmp_path):
-    from emotivetalk_core.models import vaid_components, vaid_info
+    from emotivetalk_core.bundles import vaid_components, vaid_info
     from emotivetalk_core.pipeline import PreparedAudio, encode_speech, lip_stream
 
     torch.manual_seed(5)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.models import build_vae
-from emotivetalk_core.vae_decode import chunk_starts, decode_latents
+from emotivetalk_core.svd.build import build_vae
+from emotivetalk_core.svd.vae_decode import chunk_starts, decode_latents
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.dicte import DiCTE
-from emotivetalk_core.vaid import AudioLipProjector, pull_loss, push_loss
+from emotivetalk_core.networks.dicte import DiCTE
+from emotivetalk_core.networks.vaid import AudioLipProjector, pull_loss, push_loss
 
 CFG = get_config("tiny")
 SPEECH_DIM, LIP_DIM, EXP_DIM = CFG["vaid"]["speech_dim"], CFG["vaid"]["lip_dim"], CFG["dicte"]["exp_dim"]

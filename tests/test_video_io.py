@@ -1,4 +1,4 @@
-"""video_io: streamed H.264 + AAC mp4 writing, metadata, cancellation, frame reading, probing."""
+"""media.video_io: streamed H.264 + AAC mp4 writing, metadata, cancellation, frame reading, probing."""
 
 import gc
 import json
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.audio import frame_samples
-from emotivetalk_core.video_io import VideoWriter, iter_video_frames, probe, read_metadata, read_video_frames
+from emotivetalk_core.media.audio import frame_samples
+from emotivetalk_core.media.video_io import VideoWriter, iter_video_frames, probe, read_metadata, read_video_frames
 
 SR = 16000
 W, H = 64, 48
@@ -55,7 +55,7 @@ def _frame_levels(frames):
 @pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "torch"])
 def test_streamed_mp4_keeps_every_frame_and_the_whole_audio(tmp_path, fps, as_tensor):
     n = 37
-    num_samples = frame_samples(n, fps, SR)  # the length audio.pad_to_frames gives 37 frames
+    num_samples = frame_samples(n, fps, SR)  # the length media.audio.pad_to_frames gives 37 frames
     frames = _gradient_frames(n)
     path = tmp_path / "out.mp4"
     _write(path, torch.from_numpy(frames) if as_tensor else frames, fps, audio=_tone(num_samples))
@@ -166,7 +166,7 @@ def test_float_frames_are_clipped_and_non_finite_frames_refused(tmp_path):
 
 def test_audio_and_video_of_different_lengths_are_written_whole_with_a_warning(tmp_path, caplog):
     path = tmp_path / "mismatch.mp4"
-    with caplog.at_level(logging.WARNING, logger="emotivetalk_core.video_io"):
+    with caplog.at_level(logging.WARNING, logger="emotivetalk_core.media.video_io"):
         _write(path, _grey_frames([80] * 5), 25, audio=_tone(SR))  # 1 s of audio for 0.2 s of video
     assert "pad_to_frames" in caplog.text
     info = probe(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import audio as audio_lib
+from ..media import audio as audio_lib
 from . import world
 from .render import Frames, render
 

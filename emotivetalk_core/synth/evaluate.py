@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .. import audio as audio_lib
+from ..media import audio as audio_lib
 from . import world
 from .judge import emotion_strength, judge_frames, judged_emotion, load_judge
 
@@ -276,8 +276,8 @@ def drift_slope(per_frame_error: np.ndarray) -> float:
 
 def trained_world_seed(checkpoint: str) -> int | None:
     """The SynthTalk world a model file was trained in (its info records it), if any."""
+    from ..bundles import resolve_model_file
     from ..checkpoints import read_metadata
-    from ..models import resolve_model_file
 
     _, info = read_metadata(resolve_model_file(checkpoint))
     return (info.get("synthtalk") or {}).get("world_seed")
@@ -486,7 +486,7 @@ _COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a,
 def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate, routes) -> dict:
     """Every measure with its ceiling and floor; every goal of :data:`GOALS`, measured or not (an
     unmeasured goal has ``met: None`` and keeps ``all_goals_met`` false: a short run proves less)."""
-    from ..models import file_digest, resolve_model_file
+    from ..bundles import file_digest, resolve_model_file
 
     report = {}
     for name, (value, ceiling, floor) in measures.items():

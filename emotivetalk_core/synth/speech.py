@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, to_speech_rate
+from ..media.audio import SAMPLE_RATE, to_speech_rate
 
 _INSTALL_HINT = (
     "SynthTalk speech needs eSpeak NG: pip install -r requirements-dev.txt "

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import build_image_encoder, build_vae
-from ..svd_conditioning import image_embeds
+from ..svd.build import build_image_encoder, build_vae
+from ..svd.conditioning import image_embeds
 from .noise import SampleNoise
 from .vaid_stage import options, reference_frames
 

@@ -1,7 +1,7 @@
 """Stage ``encoders``: Lip Encoder, Exp Encoder and Face Processor, distilled from preprocessing.
 
 The paper freezes a Lip Encoder and an Exp Encoder and names neither; ours are small CNNs
-(``encoders.py``) taught to carry what the preprocessing tool measured per frame:
+(``networks/encoders.py``) taught to carry what the preprocessing tool measured per frame:
 
 - each encoder's embedding goes through a linear *head* (trained with it, never exported) that
   predicts the shard's ``lip_target`` / ``exp_target``; the loss is the MSE in **standardised**
@@ -83,7 +83,7 @@ class EncodersStage:
     name = "encoders"
 
     def build(self, config: dict) -> nn.ModuleDict:
-        from ..encoders import ExpEncoder, FaceProcessor, LipEncoder
+        from ..networks.encoders import ExpEncoder, FaceProcessor, LipEncoder
 
         self.options = options(config)
         encoders = config["model"]["encoders"]

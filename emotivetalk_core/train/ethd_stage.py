@@ -4,7 +4,7 @@ Modules: ``ethd`` (the SVD UNet with EmotiveTalk's zero-initialised adapters; tr
 frozen unless ``train_unet``), the frozen SVD ``vae`` and ``image_encoder``, and the frozen
 ``lip_encoder``, ``exp_encoder`` and ``face_processor`` (from ``init.encoders``, else from the
 ``init.vaid`` file, else random with a warning). The base is ``init.base_svd`` (Stability's
-single file or a diffusers folder, loaded in float32 by ``svd_convert.load_svd``), else a random
+single file or a diffusers folder, loaded in float32 by ``svd.convert.load_svd``), else a random
 UNet/VAE/image encoder of ``model`` (the tiny test models). The window ``data.window`` must
 equal ``model.ethd.clip_frames``: SVD's conditioning and frame positions are per clip, so the
 training clip length is the inference window.
@@ -13,15 +13,15 @@ One batch, conditioned exactly as ``pipeline.encode_reference`` / ``pipeline.con
 condition inference:
 
 - target latents: the VAE posterior mean of every frame times the VAE's scaling factor: the
-  space the sampler works in (``vae_decode`` divides by that factor before decoding);
+  space the sampler works in (``svd.vae_decode`` divides by that factor before decoding);
 - reference (``batch["reference"]``, a frame from outside the window, added by the loop):
-  ``svd_conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
-  ``svd_conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
+  ``svd.conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
+  ``svd.conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
   bucket, noise augmentation);
 - lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
   V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
   what inference feeds it, imperfections and scale included); windows of ``lip_context`` frames
-  by ``ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
+  by ``networks.ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
   neighbours there);
 - driven expression: Exp Encoder of the ground-truth frames in both modes (it is what Di-CTE is
   trained to reproduce; Di-CTE samples would not match the frames' expression and would teach
@@ -29,7 +29,7 @@ condition inference:
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
   reference frame (``"face_processor"``, what inference computes). An all-zero mask means "no
-  mask" (everywhere), as ``edi.resolve_face_mask`` treats it at inference.
+  mask" (everywhere), as ``networks.edi.resolve_face_mask`` treats it at inference.
 
 Guidance nulls: each clip trains one of the four passes of the guidance (docs/ARCHITECTURE.md,
 "Guidance"), built with ``sampling.Conditioning.for_pass``, the very function inference uses, so
@@ -67,7 +67,7 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
 
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
-all four when ``train_unet`` (``models.load_emotivetalk_model`` reads a UNet only together with
+all four when ``train_unet`` (``bundles.load_emotivetalk_model`` reads a UNet only together with
 its VAE and image encoder). The adapter's settings are ``model.ethd`` with ``resolution`` = the
 shards' crop size, the size the model was trained at.
 """
@@ -80,16 +80,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ethd import ETHD, lip_windows
-from ..models import (
+from ..bundles import (
     ETHD_COMPONENTS,
     EmotiveTalkModel,
-    build_image_encoder,
-    build_unet,
-    build_vae,
     ethd_components,
     file_digest,
 )
+from ..networks.ethd import ETHD, lip_windows
 from ..sampling import (
     Conditioning,
     Guidance,
@@ -99,8 +96,9 @@ from ..sampling import (
     sample_euler,
     start_latents,
 )
-from ..svd_conditioning import added_time_ids, image_embeds, reference_latent
-from ..vae_decode import decode_latents
+from ..svd.build import build_image_encoder, build_unet, build_vae
+from ..svd.conditioning import added_time_ids, image_embeds, reference_latent
+from ..svd.vae_decode import decode_latents
 from .noise import SampleNoise
 from .shards import read_shard_info, shard_paths
 from .vaid_stage import (
@@ -255,7 +253,7 @@ class ETHDStage:
         model = config["model"]
         base = init_path(config, "base_svd")
         if base:
-            from ..svd_convert import load_svd
+            from ..svd.convert import load_svd
 
             # float32 master weights whatever the file stores (SVD files are often fp16).
             return load_svd(base, config=model, dtype=torch.float32)
@@ -267,8 +265,8 @@ class ETHDStage:
     def _trained_base(self, config: dict):
         """The VAE and image encoder of a ``base`` stage export (their own configs: the VAE's
         records the scaling factor measured on the data); the UNet then trains from scratch."""
+        from ..bundles import load_built
         from ..checkpoints import load_model_file
-        from ..models import load_built
 
         path = init_path(config, "base")
         if not self.options["train_unet"]:
@@ -280,7 +278,7 @@ class ETHDStage:
                 load_built(build_image_encoder(configs["image_encoder"]), states["image_encoder"], "image_encoder", Path(path)))
 
     def _vaid_projector(self, config: dict) -> nn.Module:
-        from ..models import load_vaid_model
+        from ..bundles import load_vaid_model
 
         path = init_path(config, "vaid")
         if not path:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..bundles import VAID_COMPONENTS
 from ..checkpoints import (
     CheckpointError,
     load_model_file,
     read_metadata,
     save_model_file,
 )
-from ..models import VAID_COMPONENTS
 from .config import STAGES
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """Face tracking for training videos: one stable, face-centred square crop box per frame.
 
 Training crops must look like what the pack crops at inference, so the face is found and framed
-as the face crop node does it (``face_crop``): its detector (``face_detect.detect_face``: the Haar
-cascade on a locally contrast-equalised image, the most-supported detection), and a square
-:data:`face_crop.DEFAULT_SCALE` (2.2) times the face box's side, centred :data:`face_crop.DEFAULT_LIFT` (0.1) box sides
-above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
+as the face crop node does it (``media.face_crop``): its detector
+(``media.face_detect.detect_face``: the Haar cascade on a locally contrast-equalised image, the
+most-supported detection), and a square :data:`media.face_crop.DEFAULT_SCALE` (2.2) times the
+face box's side, centred :data:`media.face_crop.DEFAULT_LIFT` (0.1) box sides above the box's centre. The Haar box spans mid-forehead to just under the lower lip, so the
 square holds the whole head with hair, neck and a little background, the eyes near 0.48 and the
-mouth near 0.70 of its height, inside :data:`encoders.MOUTH_BOX`.
+mouth near 0.70 of its height, inside :data:`networks.encoders.MOUTH_BOX`.
 
 One video goes through these steps, all on per-frame numbers (frames are never kept):
 
@@ -40,8 +40,8 @@ import math
 
 import numpy as np
 
-from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE
-from ..face_detect import Box, detect_in_grey, equalised_grey
+from ..media.face_crop import DEFAULT_LIFT, DEFAULT_SCALE
+from ..media.face_detect import Box, detect_in_grey, equalised_grey
 
 # Region searched around the last face, in face sides; resized to about ROI_PIXELS wide.
 ROI_SCALE = 2.5

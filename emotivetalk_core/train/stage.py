@@ -77,7 +77,7 @@ class Stage(Protocol):
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
         """Facts for the exported file's ``info`` besides what the loop records (``trained``,
         ``note``, ``stage``, ``steps``, ``config``): e.g. V-AID's speech encoder fingerprint
-        (``models.vaid_info``) or ETHD's clip length, fps id and motion bucket. JSON-serialisable;
+        (``bundles.vaid_info``) or ETHD's clip length, fps id and motion bucket. JSON-serialisable;
         called with the EMA weights in ``modules``."""
 
     def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:

@@ -22,18 +22,18 @@ shard's ``targets`` info, so training knows what it distils toward.
     Grey image patches at fixed places of the face. The places are given in units of the Haar
     face box (``(0, 0)`` its top-left, ``(1, 1)`` its bottom-right: eyes near v = 0.38, mouth
     corners near v = 0.78, chin near v = 1.2) and mapped into the crop through its framing
-    (``face_crop.DEFAULT_SCALE``, ``DEFAULT_LIFT``). Each patch is area-averaged to a small grid and
+    (``media.face_crop.DEFAULT_SCALE``, ``DEFAULT_LIFT``). Each patch is area-averaged to a small grid and
     standardised per frame (zero mean, unit spread), so lighting and skin tone matter less than
     the pattern of dark and light:
 
     - ``lip_target`` [64]: an 8x8 grid of the mouth and jaw (:data:`LIP_REGION`, inside the Lip
-      Encoder's :data:`encoders.MOUTH_BOX` for the default framing); an opening mouth darkens its
+      Encoder's :data:`networks.encoders.MOUTH_BOX` for the default framing); an opening mouth darkens its
       middle rows, a dropping jaw moves the chin's edge.
     - ``exp_target`` [80]: a 4x12 grid of the brows and eyes (:data:`EYES_REGION`) plus a 4x4 grid
       at each mouth corner (:data:`CORNER_REGIONS`): raised or knitted brows, eye opening, the
       corners of a smile. The mouth's middle is left out (it moves with speech); the corner patches
       still see some lip motion.
-    - mask: the face crop node's ellipse around the face box (``face_crop.FACE_ELLIPSE``),
+    - mask: the face crop node's ellipse around the face box (``media.face_crop.FACE_ELLIPSE``),
       forehead to chin, cheek to cheek.
 
     These patches carry identity too (a beard, glasses); they exist so that the whole path runs
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..face_crop import DEFAULT_LIFT, DEFAULT_SCALE, FACE_ELLIPSE
+from ..media.face_crop import DEFAULT_LIFT, DEFAULT_SCALE, FACE_ELLIPSE
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ One batch, fed the way the inference pipeline feeds these networks:
 - speech ``[B, T, L, D]``: the frozen encoder's ``encode(window audio, T, fps)`` per clip, as
   ``pipeline.encode_speech`` (fps follows from the 16 kHz audio length of the window);
 - ``l_v`` / ``e_v``: Lip / Exp Encoder of every frame; ``l_a`` = projector(speech);
-- **pull** = ``vaid.pull_loss(l_a, l_v)`` (InfoNCE);
+- **pull** = ``networks.vaid.pull_loss(l_a, l_v)`` (InfoNCE);
 - **lip_scale** = mean over frames of ``(log |l_a| - log |l_v|)^2``. InfoNCE compares directions
   only, so without it the lip stream's norm is arbitrary, yet ETHD (trained on ``l_v``) reads the
   tokens through linear maps, where the norm matters;
@@ -18,7 +18,7 @@ One batch, fed the way the inference pipeline feeds these networks:
   identity = Identity Encoder(reference frame), condition = an emotion source mapped by the
   Mapping, replaced with probability ``condition_dropout`` by Exp Encoder(reference frame) (the
   portrait's own expression, the "unconditional" that intensity and guidance interpolate from);
-- **push** = ``vaid.push_loss(l_a, e_a)`` with e_a Di-CTE's prediction;
+- **push** = ``networks.vaid.push_loss(l_a, e_a)`` with e_a Di-CTE's prediction;
 - **mapping**: every route a clip has (the image route always, label and text when it is
   labelled) regressed onto the clip's mean ``e_v``. The Mapping's docstring promises that every
   source lands where a face showing that emotion would land, and the emotion timeline mixes
@@ -86,10 +86,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bundles import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
 from ..checkpoints import load_model_file
-from ..models import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
-from ..speech_encoder import SAMPLE_RATE, load_speech_encoder
-from ..vaid import pull_loss, push_loss
+from ..networks.speech_encoder import SAMPLE_RATE, load_speech_encoder
+from ..networks.vaid import pull_loss, push_loss
 from .noise import SampleNoise
 from .shards import clip_emotion, read_shard_info, shard_paths
 

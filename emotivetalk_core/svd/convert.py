@@ -514,7 +514,7 @@ def _check_names_and_shapes(what: str, expected: Mapping[str, tuple], found: Map
 
 
 def _resolve_config(config: str | Mapping) -> Mapping:
-    from .configs import get_config
+    from ..configs import get_config
 
     resolved = get_config(config) if isinstance(config, str) else config
     absent = [name for name in STABILITY_PREFIXES if name not in resolved]
@@ -591,7 +591,7 @@ def _finish(modules: dict[str, torch.nn.Module], state_dicts: Mapping[str, Mappi
 
 def _load_stability_file(path: Path, names: tuple[str, ...], config: str | Mapping, device: torch.device,
                          dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
-    from .checkpoints import open_safetensors
+    from ..checkpoints import open_safetensors
 
     factories = _config_factories(_resolve_config(config))
     modules = _build_empty({name: factories[name] for name in names})
@@ -636,7 +636,7 @@ def _weight_files(folder: Path, stem: str, dtype: torch.dtype | None) -> list[Pa
 
 def _load_diffusers_folder(folder: Path, names: tuple[str, ...], device: torch.device,
                            dtype: torch.dtype | None) -> dict[str, torch.nn.Module]:
-    from .checkpoints import open_safetensors
+    from ..checkpoints import open_safetensors
 
     for sub in _FOLDER_WEIGHT_STEMS:
         if not (folder / sub / "config.json").is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .encoders import check_images
+from ..networks.encoders import check_images
 
 # OpenAI CLIP normalisation: the image_mean / image_std of SVD's feature_extractor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

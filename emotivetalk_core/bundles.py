@@ -1,6 +1,8 @@
-"""Model bundles the pipeline and the nodes hold, and how model files become them.
+"""Bundles, not networks: the loaded networks grouped as the pipeline and nodes hold them, and their loading.
 
-Two bundles, matching the two halves of the paper's figure and the two loader nodes:
+Named for what it holds: dataclasses of ready modules and the model files they load from; the
+networks themselves are in ``networks/`` (the paper's) and ``svd/build.py`` (SVD's). Two bundles,
+matching the two halves of the paper's figure and the two loader nodes:
 
 - :class:`EmotiveTalkModel` (ETHD + VAE + image encoder): the video diffusion side.
 - :class:`VAIDModel` (speech encoder + Audio-lip Projector + Di-CTE + visual encoders + Mapping):
@@ -25,6 +27,8 @@ from .checkpoints import (
     read_metadata,
     save_model_file,
 )
+from .networks.ethd import ETHD
+from .svd.build import build_image_encoder, build_unet, build_vae
 
 log = logging.getLogger(__name__)
 
@@ -65,58 +69,8 @@ class EmotiveTalkModel:
     info: dict = field(default_factory=dict)
 
 
-def build_unet(config: dict) -> nn.Module:
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    return UNetSpatioTemporalConditionModel(**config)
-
-
-class ChannelAffine(nn.Module):
-    """A GroupNorm's per-channel scale and shift without the normalisation (same parameter names)."""
-
-    def __init__(self, norm: nn.GroupNorm):
-        super().__init__()
-        self.weight, self.bias = norm.weight, norm.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.weight.view(shape) + self.bias.view(shape)
-
-
-def build_vae(config: dict) -> nn.Module:
-    """SVD's VAE class. ``norm_num_groups`` (ours; diffusers fixes 32) regroups every GroupNorm, and
-    0 keeps only their affine part: a VAE 32 channels wide, trained from scratch in minutes, learns
-    colour several times faster without per-image normalisation, which erases the colour of flat
-    regions (see configs.py). The parameter names and shapes are SVD's either way."""
-    from diffusers import AutoencoderKLTemporalDecoder
-
-    config = dict(config)
-    groups = config.pop("norm_num_groups", None)
-    vae = AutoencoderKLTemporalDecoder(**config)
-    if groups is not None:
-        for parent in list(vae.modules()):
-            for name, module in list(parent.named_children()):
-                if not isinstance(module, nn.GroupNorm):
-                    continue
-                if groups == 0:
-                    setattr(parent, name, ChannelAffine(module))
-                elif module.num_channels % groups:
-                    raise ValueError(f"vae norm_num_groups {groups} does not divide a {module.num_channels}-channel GroupNorm")
-                else:
-                    module.num_groups = groups
-    return vae
-
-
-def build_image_encoder(config: dict) -> nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
-
-
 def build_emotivetalk_model(config: dict, info: dict | None = None) -> EmotiveTalkModel:
     """A randomly initialised model of a named config's shape (tests, the default-model script)."""
-    from .ethd import ETHD
-
     return EmotiveTalkModel(
         ethd=ETHD(build_unet(config["unet"]), config["adapter"]),
         vae=build_vae(config["vae"]),
@@ -154,8 +108,6 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
     ``base_config`` names (default: what the file records, else SVD-XT); only the parts still
     missing are read from ``base``.
     """
-    from .ethd import ETHD
-
     path = resolve_model_file(source)
     configs, info = read_metadata(path)
     if "adapter" not in configs:
@@ -174,7 +126,7 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
             "weights too (svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
         )
     if missing:
-        from .svd_convert import load_svd_parts
+        from .svd.convert import load_svd_parts
 
         parts.update(load_svd_parts(base, missing, config=base_config or info.get("base_config", "svd-xt")))
     ethd = ETHD(parts["unet"], configs["adapter"]["adapter"])
@@ -227,10 +179,10 @@ class VAIDModel:
 
 def vaid_classes() -> dict:
     """``{component: (class, config section)}`` of the V-AID side, as files name them."""
-    from .dicte import DiCTE
-    from .encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
-    from .mapping import Mapping
-    from .vaid import AudioLipProjector
+    from .networks.dicte import DiCTE
+    from .networks.encoders import ExpEncoder, FaceProcessor, IdentityEncoder, LipEncoder
+    from .networks.mapping import Mapping
+    from .networks.vaid import AudioLipProjector
 
     return {
         "lip_projector": (AudioLipProjector, "vaid"),
@@ -245,7 +197,7 @@ def vaid_classes() -> dict:
 
 def build_vaid_model(config: dict, speech_source: str | Path | None = None, info: dict | None = None) -> VAIDModel:
     """A randomly initialised V-AID bundle of a named config's shape."""
-    from .speech_encoder import load_speech_encoder
+    from .networks.speech_encoder import load_speech_encoder
 
     modules = {name: cls(config[section]) for name, (cls, section) in vaid_classes().items()}
     speech = load_speech_encoder(config["speech"], speech_source)
@@ -264,7 +216,7 @@ def vaid_info(model: VAIDModel) -> dict:
 
 def load_vaid_model(source: str | Path = "default", speech_source: str | Path | None = None) -> VAIDModel:
     """Load the V-AID side; refuses a speech encoder other than the one it was trained with."""
-    from .speech_encoder import check_speech_encoder, load_speech_encoder
+    from .networks.speech_encoder import check_speech_encoder, load_speech_encoder
 
     path = resolve_model_file(source)
     states, configs, info = load_model_file(path, list(VAID_COMPONENTS))

@@ -4,9 +4,9 @@ Backbone: diffusers ``UNetSpatioTemporalConditionModel`` (the portrait's VAE lat
 to the noisy latents: SVD's 8 input channels). In **every** ``TransformerSpatioTemporalModel``:
 
 - after each spatial ``BasicTransformerBlock`` (before the spatial/temporal blend): lip
-  cross-attention, then EDI (:class:`~emotivetalk_core.edi.SpatialAdapter`);
+  cross-attention, then EDI (:class:`~emotivetalk_core.networks.edi.SpatialAdapter`);
 - after the ``time_mixer`` blend: masked driven-expression cross-attention
-  (:class:`~emotivetalk_core.edi.ExpressionAdapter`).
+  (:class:`~emotivetalk_core.networks.edi.ExpressionAdapter`).
 
 diffusers' SVD forward has no ``cross_attention_kwargs``, so the per-frame tokens and the face mask
 reach the adapters through one explicit mechanism: :meth:`ETHD.forward` binds them to a
@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ..svd.build import build_unet
 from .edi import ExpressionAdapter, SpatialAdapter, level_mask
 
 
@@ -161,8 +162,6 @@ class ETHD(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "ETHD":
         """Random base UNet + adapters from a full config (``configs.get_config``)."""
-        from .models import build_unet
-
         return cls(build_unet(config["unet"]), config["adapter"])
 
     # --- weights -------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class SpeechEncoder(nn.Module, abc.ABC):
         """Features at the centre of each of ``num_frames`` video frames at ``fps``.
 
         ``waveform`` is mono float at 16 kHz, shape ``[T]``. Frames past the end of the audio get
-        the last feature frame; pad the audio first (``audio.pad_to_frames``) to encode silence.
+        the last feature frame; pad the audio first (``media.audio.pad_to_frames``) to encode silence.
         """
         waveform = torch.as_tensor(waveform)
         if waveform.dim() != 1:
@@ -296,7 +296,7 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
         """A ComfyUI ``models/audio_encoders`` file: bare state dict, architecture read from shapes."""
         from transformers import Wav2Vec2Model
 
-        from .checkpoints import open_safetensors
+        from ..checkpoints import open_safetensors
 
         path = Path(path)
         with open_safetensors(path) as handle:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .memory import is_out_of_memory, release_cached_memory
+from ..memory import is_out_of_memory, release_cached_memory
 
 log = logging.getLogger(__name__)
 
