@@ -208,6 +208,23 @@ def test_change_weights_have_mean_one_per_clip_and_grow_with_the_change_from_the
     torch.testing.assert_close(change_weights(x0, reference, 0.0), torch.ones_like(weight))
 
 
+def test_motion_weights_mark_the_moving_mouth_in_frames_that_match_the_portrait_too():
+    g = torch.Generator().manual_seed(1)
+    reference = torch.randn(2, 1, 4, 5, 5, generator=g)
+    x0 = reference.expand(-1, 6, -1, -1, -1).clone()
+    x0[:, 1::2, :, 1:3, 1:3] += 1.5  # the mouth opens in odd frames and closes (as in the portrait) in even ones
+    closed, mouth = slice(0, None, 2), (slice(1, 3), slice(1, 3))
+    change_only = change_weights(x0, reference, 8.0)
+    with_motion = change_weights(x0, reference, 8.0, motion=8.0)
+    torch.testing.assert_close(with_motion.mean(dim=(1, 2, 3, 4)), torch.ones(2))
+    # change from the portrait alone: a closed mouth weighs what the background weighs
+    torch.testing.assert_close(change_only[:, closed, 0, mouth[0], mouth[1]].amax(), change_only[:, closed, 0, 0, 0].amax())
+    # with the motion term the closed mouth weighs more than twice the background, in every frame
+    assert with_motion[:, closed, 0, mouth[0], mouth[1]].amin() > 2 * with_motion[:, :, 0, 0, 0].amax()
+    still = reference.expand(-1, 6, -1, -1, -1)  # nothing moves: the motion term adds nothing
+    torch.testing.assert_close(change_weights(still, reference, 0.0, motion=8.0), torch.ones(2, 6, 1, 5, 5))
+
+
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory):
     """32 px random faces: 2 videos x 2 clips x 16 frames (so an 8-frame window has a portrait outside it)."""
@@ -242,12 +259,13 @@ def test_ethd_loss_weights_the_error_by_the_change_from_the_portrait(small_shard
     losses = {}
     try:
         with torch.no_grad():
-            for strength in (0.0, 8.0):
-                stage.options["change_weight"] = strength
-                losses[strength] = stage.loss(modules, batch, noise)["loss"]
+            for strength, motion in ((0.0, 0.0), (8.0, 0.0), (8.0, 8.0)):
+                stage.options["change_weight"], stage.options["motion_weight"] = strength, motion
+                losses[strength, motion] = stage.loss(modules, batch, noise)["loss"]
     finally:
         del ethd.forward
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)  # the weight changes the loss, not the network
+    torch.testing.assert_close(outputs[0], outputs[2], rtol=0, atol=0)
     # The v-prediction error by hand (EDM, SVD's noise-level distribution; see test_train_stages).
     index = batch["index"]
     with torch.no_grad():
@@ -256,12 +274,16 @@ def test_ethd_loss_weights_the_error_by_the_change_from_the_portrait(small_shard
     sigma = (0.7 + 1.6 * noise.normal("ethd.sigma", index)).exp().view(-1, 1, 1, 1, 1)
     epsilon = noise.normal("ethd.noise", index, tuple(x0.shape[1:]))
     error = (outputs[0].float() - (epsilon - sigma * x0) / (sigma**2 + 1).sqrt()).square()
-    torch.testing.assert_close(losses[0.0], error.mean(), rtol=1e-5, atol=0)  # change_weight 0: the plain mean
-    weighted = (change_weights(x0, portrait, 8.0) * error).mean(dim=(1, 2, 3, 4)).mean()
-    torch.testing.assert_close(losses[8.0], weighted, rtol=1e-5, atol=0)
-    assert abs(float(losses[8.0] / losses[0.0]) - 1) > 1e-3
+    torch.testing.assert_close(losses[0.0, 0.0], error.mean(), rtol=1e-5, atol=0)  # no weights: the plain mean
+    for strength, motion in ((8.0, 0.0), (8.0, 8.0)):
+        weighted = (change_weights(x0, portrait, strength, motion) * error).mean(dim=(1, 2, 3, 4)).mean()
+        torch.testing.assert_close(losses[strength, motion], weighted, rtol=1e-5, atol=0)
+    assert abs(float(losses[8.0, 0.0] / losses[0.0, 0.0]) - 1) > 1e-3
+    assert abs(float(losses[8.0, 8.0] / losses[8.0, 0.0]) - 1) > 1e-4
     with pytest.raises(ValueError, match="ethd.change_weight must be >= 0"):
         ETHDStage().build(_stage_config(small_shards, "ethd", 8, {"change_weight": -1.0}))
+    with pytest.raises(ValueError, match="ethd.motion_weight must be >= 0"):
+        ETHDStage().build(_stage_config(small_shards, "ethd", 8, {"motion_weight": -1.0}))
 
 
 # --- V-AID: the unconditional condition's source ---------------------------------------------
