@@ -165,7 +165,7 @@ def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -
     driven = timed("Di-CTE", expand_expression, pipeline.vaid, speech, reference, timeline, settings.fps, 0, settings.dicte_steps)
     latents = timed("UNet", sample_latents, pipeline.model, reference, lip, driven, settings)
     with VideoWriter(out, settings.fps, settings.width, settings.height, audio=audio.waveform) as writer:
-        blocks = decode_frames(pipeline.model, latents, settings)
+        blocks = decode_frames(pipeline.model, latents, settings.decode_chunk_for(pipeline.model))
         while True:
             block = timed("VAE decode", next, blocks, None)
             if block is None:

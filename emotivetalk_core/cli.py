@@ -26,14 +26,16 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line too, same status
+class Parser(argparse.ArgumentParser):
+    """argparse with its own errors reported like every other usage error (one line, status 2)."""
+
+    def error(self, message):
         raise UsageError(f"{message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m emotivetalk_core", description="EmotiveTalk: talking-head video from one portrait and speech.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m emotivetalk_core", description="EmotiveTalk: talking-head video from one portrait and speech.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     generate = commands.add_parser("generate", help="portrait + speech (+ emotion) -> mp4")
     generate.add_argument("--image", required=True, type=Path, help="portrait image (a face-centred square works best)")

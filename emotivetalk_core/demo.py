@@ -39,7 +39,7 @@ def side_by_side(pipeline, image: torch.Tensor, audio, settings, out_path: str |
     for index, label in enumerate(labels):
         latents, _ = pipeline.latents(image, audio, settings, single(EmotionSource("label", label)),
                                       progress=None if progress is None else _column_progress(progress, index, len(labels)))
-        columns.append(torch.cat(list(decode_frames(pipeline.model, latents, settings))))
+        columns.append(torch.cat(list(decode_frames(pipeline.model, latents, settings.decode_chunk_for(pipeline.model)))))
     portrait = fit_portrait(image, settings.width, settings.height)[0].permute(1, 2, 0)
     scale = tile_scale(max(settings.width, settings.height), min_tile)
     width, height = settings.width * scale * (len(labels) + 1), settings.height * scale

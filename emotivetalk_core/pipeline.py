@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from .media import audio as audio_lib
 from .networks.edi import resolve_face_mask
+from .placement import placement
+from .sampling import Guidance, default_overlap, window_spans
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +133,51 @@ class GenerationSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def guidance(self) -> Guidance:
+        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength)
+
+    def windowing(self, model) -> tuple[int, int]:
+        """``(window, overlap)`` in frames: the training clip length and a quarter of it unless set."""
+        window = self.window or model.settings["clip_frames"]
+        return window, self.overlap or default_overlap(window)
+
+    def decode_chunk_for(self, model) -> int:
+        """Frames the VAE decodes at once: ``decode_chunk``, else the sampling window."""
+        return self.decode_chunk or self.windowing(model)[0]
+
+    def sampling_plan(self, model, num_frames: int) -> "SamplingPlan":
+        """What ETHD sampling of ``num_frames`` frames will do with these settings."""
+        window, overlap = self.windowing(model)
+        # Heun's last step is Euler's: 2 * steps - 1 model calls per window.
+        calls_per_window = 2 * self.steps - 1 if self.sampler == "heun" else self.steps
+        return SamplingPlan(window, overlap, len(window_spans(num_frames, window, overlap)), calls_per_window,
+                            self.guidance())
+
     def sized_for(self, model) -> "GenerationSettings":
-        """A copy with a 0 width or height replaced by the model's native size; refuses a size the
-        model cannot generate (not a multiple of its VAE's and UNet's downsampling)."""
+        """A copy with the size :func:`output_size` resolves (0 = the model's native size)."""
         width, height = output_size(model, self.width, self.height)
-        multiple = size_multiple(model)
-        for name, value in (("width", width), ("height", height)):
-            if value % multiple:
-                raise ValueError(f"{name} must be a multiple of {multiple} for this model (or 0 for its native size "
-                                 f"{native_size(model)[0 if name == 'width' else 1]}), got {value}")
         return replace(self, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """ETHD sampling of one video: its windows, the sampler's model calls per window and the
+    guidance (each call evaluates the UNet once per active guidance pass, batched)."""
+
+    window: int
+    overlap: int
+    windows: int
+    calls_per_window: int
+    guidance: Guidance
+
+    @property
+    def unet_calls(self) -> int:
+        """Batched UNet calls of the whole video (what progress bars count)."""
+        return self.windows * self.calls_per_window
+
+    @property
+    def passes(self) -> int:
+        return len(self.guidance.active_passes())
 
 
 # Models exported before files recorded their training resolution are SVD-size: 512 x 512.
@@ -161,9 +198,15 @@ def size_multiple(model) -> int:
 
 
 def output_size(model, width: int, height: int) -> tuple[int, int]:
-    """Width and height to generate at: 0 means the model's native size."""
-    native_width, native_height = native_size(model)
-    return width or native_width, height or native_height
+    """Width and height to generate at, 0 meaning the model's native size; refuses a size the
+    model cannot generate (not a multiple of its VAE's and UNet's downsampling)."""
+    native, multiple = native_size(model), size_multiple(model)
+    size = (width or native[0], height or native[1])
+    for name, value, default in zip(("width", "height"), size, native):
+        if value % multiple:
+            raise SettingError(name, f"{name} must be a multiple of {multiple} for this model (or 0 for its native "
+                                     f"size {default}), got {value}")
+    return size
 
 
 def _samplers() -> dict:
@@ -211,7 +254,7 @@ def load_prepared_audio(path, fps: float) -> PreparedAudio:
 
 def encode_speech(vaid, audio: PreparedAudio, av_offset: int = 0) -> torch.Tensor:
     """Speech features at every video frame centre, ``[N, L, D]``, shifted by ``av_offset`` frames."""
-    device = _device(vaid.speech_encoder)
+    device = placement(vaid.speech_encoder)["device"]
     waveform = torch.from_numpy(audio.waveform).to(device)
     features = vaid.speech_encoder.encode(waveform, audio.num_frames, audio.fps)
     return shift_frames(features, av_offset)
@@ -227,10 +270,8 @@ def shift_frames(sequence: torch.Tensor, offset: int) -> torch.Tensor:
 
 def lip_stream(vaid, speech: torch.Tensor) -> torch.Tensor:
     """V-AID lip stream ``[N, lip_dim]`` from speech features ``[N, L, D]``."""
-    projector = vaid.lip_projector
-    param = next(projector.parameters())
-    return over_chunks(lambda part: projector(speech[part][None].to(param.device, param.dtype))[0].float().cpu(),
-                       speech.shape[0])
+    projector, on = vaid.lip_projector, placement(vaid.lip_projector)
+    return over_chunks(lambda part: projector(speech[part][None].to(**on))[0].float().cpu(), speech.shape[0])
 
 
 def over_chunks(fn: Callable[[slice], torch.Tensor], total: int,
@@ -326,28 +367,30 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
 
 
 def _run_on(module, images: torch.Tensor) -> torch.Tensor:
-    param = next(module.parameters())
-    return module(images.to(param.device, param.dtype)).float().cpu()
-
-
-def _device(module) -> torch.device:
-    param = next(module.parameters(), None)
-    buffer = next(module.buffers(), None)
-    tensor = param if param is not None else buffer
-    return tensor.device if tensor is not None else torch.device("cpu")
+    return module(images.to(**placement(module))).float().cpu()
 
 
 # --- Di-CTE: the expression stream ----------------------------------------------------------
+
+# Emotion video frames go through the Exp Encoder this many at a time (bounded memory for long videos).
+VIDEO_BLOCK = 64
+
 
 class VAIDEmotionResolver:
     """Emotion sources -> vectors in Di-CTE's condition space, with the V-AID bundle's models.
 
     Labels and texts go through the Mapping; an image through the Exp Encoder then the Mapping;
-    a video's frames through the Exp Encoder (a temporal source bypasses Di-CTE).
+    a video's frames through the Exp Encoder (a temporal source bypasses Di-CTE). Images and
+    videos are files, or tensors held in memory under the value of their EmotionSource (what the
+    ComfyUI nodes and the SynthTalk evaluation pass): ``images`` maps a key to ``[B, 3, H, W]``
+    in 0..1 (several example faces: the mean of their expressions), ``videos`` to
+    ``(frames [T, 3, H, W] in 0..1, their fps)``.
     """
 
-    def __init__(self, vaid):
+    def __init__(self, vaid, images: dict | None = None, videos: dict | None = None):
         self.vaid = vaid
+        self.images = dict(images or {})
+        self.videos = dict(videos or {})
 
     def label(self, name: str) -> torch.Tensor:
         with torch.no_grad():
@@ -357,24 +400,24 @@ class VAIDEmotionResolver:
         with torch.no_grad():
             return self.vaid.mapping.from_text([prompt])[0].float().cpu()
 
-    def image(self, path) -> torch.Tensor:
-        code = self.expressions(load_image(path))
+    def image(self, value) -> torch.Tensor:
+        images = self.images[value] if value in self.images else load_image(value)
+        code = self.expressions(images).mean(0, keepdim=True)
         with torch.no_grad():
-            return self.vaid.mapping.from_image(code.to(_device(self.vaid.mapping)))[0].float().cpu()
+            return self.vaid.mapping.from_image(code.to(placement(self.vaid.mapping)["device"]))[0].float().cpu()
 
-    def video(self, path, num_frames: int, fps: float) -> torch.Tensor:
-        """Exp codes of the video's first ``num_frames`` frames at ``fps`` (decoded 64 at a time)."""
-        from itertools import islice
+    def video(self, value, num_frames: int, fps: float) -> torch.Tensor:
+        """Exp codes of the video's first ``num_frames`` frames at ``fps``."""
+        if value in self.videos:
+            frames, source_fps = self.videos[value]
+            from .media.video_io import frames_at
 
-        from .media.video_io import iter_video_frames
-
-        frames = iter_video_frames(path, fps=fps)
-        codes, remaining = [], num_frames
-        while remaining > 0 and (block := list(islice(frames, min(64, remaining)))):
-            codes.append(self.expressions(torch.from_numpy(np.stack(block)).permute(0, 3, 1, 2)))
-            remaining -= len(block)
+            blocks = frames_at(frames, source_fps, fps, num_frames).split(VIDEO_BLOCK)
+        else:
+            blocks = _video_file_blocks(value, num_frames, fps)
+        codes = [self.expressions(block) for block in blocks]
         if not codes:
-            raise ValueError(f"emotion video {path} has no frames")
+            raise ValueError(f"emotion video {value} has no frames")
         return torch.cat(codes)
 
     def expressions(self, images: torch.Tensor) -> torch.Tensor:
@@ -382,6 +425,18 @@ class VAIDEmotionResolver:
         side = min(images.shape[-2:])
         with torch.no_grad():
             return _run_on(self.vaid.exp_encoder, fit_portrait(images, side, side))
+
+
+def _video_file_blocks(path, num_frames: int, fps: float) -> Iterator[torch.Tensor]:
+    """The first ``num_frames`` frames of a video file at ``fps``, ``[n, 3, H, W]`` blocks, decoded as needed."""
+    from itertools import islice
+
+    from .media.video_io import iter_video_frames
+
+    frames, remaining = iter_video_frames(path, fps=fps), num_frames
+    while remaining > 0 and (block := list(islice(frames, min(VIDEO_BLOCK, remaining)))):
+        yield torch.from_numpy(np.stack(block)).permute(0, 3, 1, 2)
+        remaining -= len(block)
 
 
 def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline, fps: float,
@@ -397,9 +452,9 @@ def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline
 
     num_frames = speech.shape[0]
     expression_plan = plan(timeline, num_frames, fps, resolver or VAIDEmotionResolver(vaid), reference.expression)
-    dicte = vaid.dicte
-    param = next(dicte.parameters())
-    on = {"device": param.device, "dtype": param.dtype}
+    if not expression_plan.uses_dicte:  # emotion videos drive every frame
+        return expression_plan.combine()
+    dicte, on = vaid.dicte, placement(vaid.dicte)
     identity = reference.identity[None].to(**on)
 
     def sample(frames: slice) -> torch.Tensor:
@@ -424,7 +479,6 @@ def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.T
     from .sampling import Conditioning
 
     ethd = model.ethd
-    param = next(ethd.parameters())
     model_context = ethd.lip_context
     context = model_context if settings.lip_context is None else settings.lip_context
     if not 0 <= context <= model_context:
@@ -435,7 +489,7 @@ def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.T
         slots = torch.arange(-model_context, model_context + 1).clamp(-context, context) + context
         windows = windows[:, :, slots]
     motion = model.settings["motion_bucket"] if settings.motion is None else settings.motion
-    on = {"device": param.device, "dtype": param.dtype}
+    on = placement(ethd)
     return Conditioning(
         reference_latent=reference.latent.to(**on),
         image_embeds=reference.image_embeds.to(**on),
@@ -453,28 +507,24 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
 
     ``progress(done, total)`` counts window x step UNet evaluations (per sampler model call).
     """
-    from .sampling import (GuidedDenoiser, Guidance, WindowedDenoiser, default_overlap, initial_noise, karras_sigmas,
-                           start_latents, window_spans)
+    from .sampling import GuidedDenoiser, WindowedDenoiser, initial_noise, karras_sigmas, start_latents
 
     settings.validate()
     num_frames = driven.shape[0]
     if lip.shape[0] != num_frames:
         raise ValueError(f"lip stream has {lip.shape[0]} frames, the expression stream {num_frames}")
-    window = settings.window or model.settings["clip_frames"]
-    overlap = settings.overlap or default_overlap(window)
-    guidance = Guidance(settings.reference_strength, settings.lip_strength, settings.expression_strength)
-    denoiser = GuidedDenoiser(model.ethd, conditioning(model, reference, lip, driven, settings), guidance, settings.max_batch)
-    spans = len(window_spans(num_frames, window, overlap))
-    calls = spans * (2 * settings.steps - 1 if settings.sampler == "heun" else settings.steps)  # Heun ends on Euler
+    plan = settings.sampling_plan(model, num_frames)
+    denoiser = GuidedDenoiser(model.ethd, conditioning(model, reference, lip, driven, settings), plan.guidance,
+                              settings.max_batch)
     done = 0
 
     def tick() -> None:
         nonlocal done
         done += 1
         if progress is not None:
-            progress(done, calls)
+            progress(done, plan.unet_calls)
 
-    windowed = WindowedDenoiser(denoiser, window, overlap, on_window=tick)
+    windowed = WindowedDenoiser(denoiser, plan.window, plan.overlap, on_window=tick)
     sigmas = karras_sigmas(settings.steps)
     height, width = reference.latent.shape[-2:]
     x = start_latents(initial_noise(settings.seed, num_frames, (4, height, width)), sigmas)
@@ -483,12 +533,12 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
 
 # --- frames --------------------------------------------------------------------------------
 
-def decode_frames(model, latents: torch.Tensor, settings: GenerationSettings) -> Iterator[torch.Tensor]:
-    """Frames ``[n, H, W, 3]`` in 0..1, block by block (the VAE decodes overlapping chunks)."""
-    from .sampling import default_overlap
+def decode_frames(model, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
+    """Frames ``[n, H, W, 3]`` in 0..1, block by block: the VAE decodes overlapping chunks of
+    ``chunk`` frames (default: the model's training clip length)."""
     from .svd.vae_decode import decode_latents
 
-    chunk = settings.decode_chunk or settings.window or model.settings["clip_frames"]
+    chunk = chunk or model.settings["clip_frames"]
     return decode_latents(model.vae, latents, chunk=chunk, overlap=min(default_overlap(chunk), chunk - 1))
 
 
@@ -600,7 +650,7 @@ class EmotiveTalkPipeline:
         }
         with VideoWriter(out_path, prepared.fps, settings.width, settings.height, audio=prepared.waveform,
                          sample_rate=prepared.sample_rate, metadata=metadata) as writer:
-            for block in decode_frames(self.model, latents, settings):
+            for block in decode_frames(self.model, latents, settings.decode_chunk_for(self.model)):
                 writer.write(block)
         return GenerationResult(out_path, prepared.num_frames, prepared.fps, prepared.num_frames / prepared.fps, metadata)
 

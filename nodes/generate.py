@@ -5,11 +5,12 @@ It runs the same stage nodes a staged workflow wires up, so both give the same f
 
 from __future__ import annotations
 
-from ._core import configs, emotion, pipeline
+from . import _widgets as widgets
+from ._core import configs, emotion
 from ._types import CATEGORY, EmotionInput, checked_images
 from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input, resolve_model
 from .output_nodes import EmotiveTalkDecode
-from .stages import (_SEED, EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference, EmotiveTalkETHDSampler,
+from .stages import (EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference, EmotiveTalkETHDSampler,
                      EmotiveTalkVAIDDecouple, comfy_audio, prepare_speech)
 
 NAME = "EmotiveTalk Generate (all-in-one)"
@@ -35,7 +36,6 @@ class EmotiveTalkGenerate:
 
     @classmethod
     def INPUT_TYPES(cls):
-        size = {"default": 0, "min": 0, "max": 2048, "step": 64}
         return {
             "required": {
                 "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; scaled to cover width x height and centre-cropped."}),
@@ -43,11 +43,11 @@ class EmotiveTalkGenerate:
                 "emotion": (list(configs.EMOTION_LABELS), {"default": "neutral", "tooltip": "The emotion to show (ignored when emotion_text is filled in)."}),
                 "intensity": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                         "tooltip": "0 = the portrait's own expression, 1 = as requested, above 1 = exaggerated."}),
-                "seed": _SEED,
-                "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps of the video model (and of Di-CTE)."}),
-                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64); 0 = the model's native size (512 for SVD-size models)."}),
-                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64); 0 = the model's native size."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Output frame rate (EmotiveTalk is trained at 25)."}),
+                "seed": widgets.seed(),
+                "steps": widgets.steps("Denoising steps of the video model (and of Di-CTE)."),
+                "width": widgets.size("width"),
+                "height": widgets.size("height"),
+                "fps": widgets.fps("Output frame rate (EmotiveTalk is trained at 25)."),
                 "model_name": model_file_input("A self-contained EmotiveTalk model file from models/emotivetalk"),
             },
             "optional": {
@@ -78,7 +78,7 @@ class EmotiveTalkGenerate:
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
         (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),
                                                        seed, steps)
-        defaults = pipeline.GenerationSettings()
+        defaults = widgets.DEFAULTS
         (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, defaults.sampler, seed,
                                                     defaults.reference_strength, defaults.lip_strength,
                                                     defaults.expression_strength, -1, 0, 0, -1)

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from . import _widgets as widgets
 from . import comfy_bridge as bridge
 from ._core import core_module, pipeline
 from ._types import CATEGORY, MODEL
@@ -38,7 +39,7 @@ def decoded_blocks(model, latent: dict, chunk: int, node: str):
     bridge.use(model, "vae")
     progress = bridge.Progress(samples.shape[0])
     done = 0
-    for block in pipeline.decode_frames(model, samples, pipeline.GenerationSettings(decode_chunk=chunk or None)):
+    for block in pipeline.decode_frames(model, samples, chunk or None):
         done += block.shape[0]
         progress(done, samples.shape[0])
         yield block
@@ -98,8 +99,7 @@ class EmotiveTalkSaveVideo:
                 "model": (MODEL, {"tooltip": "The EmotiveTalk model that made the LATENT (its VAE decodes it)."}),
                 "latent": ("LATENT", {"tooltip": "From EmotiveTalk ETHD Sampler."}),
                 "audio": ("AUDIO", {"tooltip": "The padded speech from EmotiveTalk Audio Prepare, so audio and video end together."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                                  "tooltip": "Frame rate: the fps given to EmotiveTalk Audio Prepare."}),
+                "fps": widgets.fps("Frame rate: the fps given to EmotiveTalk Audio Prepare."),
                 "filename_prefix": ("STRING", {"default": "EmotiveTalk/video",
                                                "tooltip": "File name prefix inside ComfyUI's output folder (may contain a subfolder)."}),
                 "chunk": _CHUNK,

@@ -14,8 +14,9 @@ import time
 import numpy as np
 import torch
 
+from . import _widgets as widgets
 from . import comfy_bridge as bridge
-from ._core import core_module, pipeline
+from ._core import pipeline
 from ._types import (
     AUDIO_EXP,
     AUDIO_PREPARED,
@@ -34,9 +35,6 @@ from ._types import (
 )
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
-_SEED = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Random seed; the same seed and inputs give the same result."})
 
 
 # --- audio -----------------------------------------------------------------------------------
@@ -86,8 +84,7 @@ class EmotiveTalkAudioPrepare:
     def INPUT_TYPES(cls):
         return {"required": {
             "audio": ("AUDIO", {"tooltip": "The speech to animate (e.g. from Load Audio); stereo is mixed down."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                              "tooltip": "Frame rate of the video to make (EmotiveTalk is trained at 25)."}),
+            "fps": widgets.fps(),
             "av_offset": ("INT", {"default": 0, "min": -50, "max": 50,
                                   "tooltip": "Lip-sync shift in frames: above 0 moves the mouth later than the audio, below 0 earlier."}),
         }}
@@ -137,17 +134,16 @@ class EmotiveTalkEDIReference:
 
     @classmethod
     def INPUT_TYPES(cls):
-        size = {"default": 0, "min": 0, "max": 2048, "step": 64}
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
                 "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader (its encoders read the portrait)."}),
                 "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; it is scaled to cover width x height and centre-cropped."}),
-                "width": ("INT", {**size, "tooltip": "Output width in pixels (a multiple of 64); 0 = the model's native size (512 for SVD-size models)."}),
-                "height": ("INT", {**size, "tooltip": "Output height in pixels (a multiple of 64); 0 = the model's native size."}),
+                "width": widgets.size("width"),
+                "height": widgets.size("height"),
                 "noise_aug": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01,
                                         "tooltip": "Noise added to the portrait latent (SVD's augmentation); -1 = the value the model was trained with."}),
-                "seed": _SEED,
+                "seed": widgets.seed(),
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Face mask (1 = face) used instead of the computed one; an all-zero mask counts as no mask."}),
@@ -159,6 +155,10 @@ class EmotiveTalkEDIReference:
         noise_aug = checked_number(noise_aug, "EmotiveTalk EDI Reference, input 'noise_aug'")
         if portrait.shape[0] > 1:
             log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
+        try:  # a size the model cannot make is named before any model moves to the GPU
+            pipeline.output_size(model, width, height)
+        except pipeline.SettingError as error:
+            raise ValueError(f"EmotiveTalk EDI Reference, input '{error.setting}': {error}") from error
         bridge.use(model, "vae", "image_encoder")
         bridge.use(vaid, "vaid")
         reference = pipeline.encode_reference(
@@ -173,41 +173,12 @@ class EmotiveTalkEDIReference:
 
 # --- Di-CTE ----------------------------------------------------------------------------------
 
-class TensorEmotionResolver(pipeline.VAIDEmotionResolver):
-    """The pipeline's resolver, plus emotion images and videos that arrive as ComfyUI tensors
-    (looked up by the key their EmotionSource carries; other values are files, as in the library)."""
-
-    def __init__(self, vaid, emotion_input: EmotionInput):
-        super().__init__(vaid)
-        self.images = emotion_input.images
-        self.videos = emotion_input.videos
-
-    def image(self, value):
-        if value not in self.images:
-            return super().image(value)
-        # A batch of example faces: the mean of their expression codes.
-        codes = self.expressions(image_to_nchw(self.images[value])).mean(0, keepdim=True)
-        mapping = self.vaid.mapping
-        with torch.no_grad():
-            return mapping.from_image(codes.to(next(mapping.parameters()).device))[0].float().cpu()
-
-    def video(self, value, num_frames, fps):
-        if value not in self.videos:
-            return super().video(value, num_frames, fps)
-        frames, source_fps = self.videos[value]
-        picked = frames_at(frames, source_fps, fps, num_frames)
-        return torch.cat([self.expressions(image_to_nchw(picked[start:start + 64]))
-                          for start in range(0, picked.shape[0], 64)])
-
-
-def frames_at(frames: torch.Tensor, source_fps: float, fps: float, limit: int) -> torch.Tensor:
-    """The source frame showing at each output frame's centre, at most ``limit`` frames."""
-    duration = frames.shape[0] / source_fps
-    count = max(1, min(limit, math.floor(duration * fps)))
-    centres = (torch.arange(count, dtype=torch.float64) + 0.5) / fps
-    index = (centres * source_fps).floor().long().clamp(0, frames.shape[0] - 1)
-    return frames[index]
-
+def emotion_resolver(vaid, emotion: EmotionInput):
+    """The library's resolver, with the emotion images and videos that arrive as ComfyUI IMAGEs
+    (kept under the key their EmotionSource carries)."""
+    return pipeline.VAIDEmotionResolver(
+        vaid, images={key: image_to_nchw(images) for key, images in emotion.images.items()},
+        videos={key: (image_to_nchw(frames), fps) for key, (frames, fps) in emotion.videos.items()})
 
 
 class EmotiveTalkDiCTEExpand:
@@ -225,14 +196,14 @@ class EmotiveTalkDiCTEExpand:
             "audio_exp": (AUDIO_EXP, {"tooltip": "Speech features from EmotiveTalk V-AID Decouple."}),
             "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (Di-CTE reads the portrait's identity and expression)."}),
             "emotion": (EMOTION, {"tooltip": "An emotion source or an emotion timeline."}),
-            "seed": _SEED,
-            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Di-CTE sampling steps (capped at the model's training steps)."}),
+            "seed": widgets.seed(),
+            "steps": widgets.steps("Di-CTE sampling steps (capped at the model's training steps).", "dicte_steps"),
         }}
 
     def expand(self, vaid, audio_exp, reference, emotion, seed, steps):
         bridge.use(vaid, "vaid")
         expression = pipeline.expand_expression(vaid, audio_exp.features, reference, emotion.timeline, audio_exp.fps,
-                                                seed, steps, resolver=TensorEmotionResolver(vaid, emotion))
+                                                seed, steps, resolver=emotion_resolver(vaid, emotion))
         return (expression,)
 
 
@@ -244,29 +215,18 @@ def model_tag(model) -> str:
     return f"{model.info.get('config', 'custom')}:{type(vae).__name__}:{vae.config.scaling_factor:g}"
 
 
-def settings_for(reference, **knobs) -> pipeline.GenerationSettings:
-    height, width = reference.image.shape[-2:]
-    return pipeline.GenerationSettings(width=width, height=height, **knobs)
-
-
 def log_estimate(model, settings: pipeline.GenerationSettings, num_frames: int, latent_shape) -> int:
     """Log what the sampler is about to cost; returns the number of UNet calls."""
-    sampling = core_module("sampling")
-    window = settings.window or model.settings["clip_frames"]
-    overlap = settings.overlap or sampling.default_overlap(window)
-    windows = len(sampling.window_spans(num_frames, window, overlap))
-    passes = len(sampling.Guidance(settings.reference_strength, settings.lip_strength,
-                                   settings.expression_strength).active_passes())
-    steps = 2 * settings.steps - 1 if settings.sampler == "heun" else settings.steps
-    calls = windows * steps
+    plan = settings.sampling_plan(model, num_frames)
     state = num_frames * math.prod(latent_shape) * 4
     weights = sum(p.numel() * p.element_size() for p in model.ethd.parameters())
     rate = bridge.notes(model).get("seconds_per_call")
-    timing = f", about {calls * rate:.0f} s at the last run's speed" if rate else ""
+    timing = f", about {plan.unet_calls * rate:.0f} s at the last run's speed" if rate else ""
     log.info("EmotiveTalk ETHD: %d frames, %d windows of %d x %d steps = %d UNet calls of batch %d%s; "
              "ETHD weights %.0f MiB on the device; host latent state %.1f MiB (x2 while stepping)",
-             num_frames, windows, window, steps, calls, passes * window, timing, weights / 2**20, state / 2**20)
-    return calls
+             num_frames, plan.windows, plan.window, plan.calls_per_window, plan.unet_calls, plan.passes * plan.window,
+             timing, weights / 2**20, state / 2**20)
+    return plan.unet_calls
 
 
 class EmotiveTalkETHDSampler:
@@ -279,24 +239,17 @@ class EmotiveTalkETHDSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        defaults = pipeline.GenerationSettings()  # the library owns every default and range
-
-        def strength(name: str, tooltip: str):
-            low, high = pipeline.LIMITS[name]
-            return ("FLOAT", {"default": getattr(defaults, name), "min": low, "max": high, "step": 0.05, "tooltip": tooltip})
-
         return {"required": {
             "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
             "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (sets the output size)."}),
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
-            "steps": ("INT", {"default": defaults.steps, "min": pipeline.LIMITS["steps"][0], "max": pipeline.LIMITS["steps"][1],
-                              "tooltip": "Denoising steps."}),
-            "sampler": (list(pipeline.SAMPLERS), {"default": defaults.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
-            "seed": _SEED,
-            "reference_strength": strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
-            "lip_strength": strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
-            "expression_strength": strength("expression_strength", "Guidance toward the driven expression."),
+            "steps": widgets.steps("Denoising steps."),
+            "sampler": (list(pipeline.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
+            "seed": widgets.seed(),
+            "reference_strength": widgets.strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
+            "lip_strength": widgets.strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
+            "expression_strength": widgets.strength("expression_strength", "Guidance toward the driven expression."),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
             "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
             "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
@@ -305,8 +258,8 @@ class EmotiveTalkETHDSampler:
 
     def sample(self, model, reference, lip, expression, steps, sampler, seed, reference_strength, lip_strength,
                expression_strength, motion, window, overlap, lip_context):
-        settings = settings_for(
-            reference, steps=steps, sampler=sampler, seed=seed, reference_strength=reference_strength,
+        settings = pipeline.GenerationSettings(
+            steps=steps, sampler=sampler, seed=seed, reference_strength=reference_strength,
             lip_strength=lip_strength, expression_strength=expression_strength,
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
             lip_context=None if lip_context < 0 else lip_context,

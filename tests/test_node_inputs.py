@@ -80,6 +80,15 @@ def test_a_nan_noise_augmentation_is_refused():
         stages.EmotiveTalkEDIReference().encode(NO_MODEL, NO_MODEL, _image(1, 32, 32, 3), 0, 0, float("nan"), 0)
 
 
+@pytest.mark.parametrize("width, height, culprit", [(100, 0, "width"), (64, 96, "height")])
+def test_a_size_the_model_cannot_make_is_refused_before_a_model_moves(monkeypatch, width, height, culprit):
+    monkeypatch.setattr(stages.bridge, "use", lambda *args: pytest.fail("a model moved before the size was checked"))
+    levels = SimpleNamespace(config=SimpleNamespace(block_out_channels=[32] * 4))  # 8 x 8 = multiples of 64
+    model = SimpleNamespace(settings={"resolution": [512, 512]}, vae=levels, ethd=SimpleNamespace(unet=levels))
+    with pytest.raises(ValueError, match=f"EmotiveTalk EDI Reference, input '{culprit}': {culprit} must be a multiple of 64"):
+        stages.EmotiveTalkEDIReference().encode(model, NO_MODEL, _image(1, 32, 32, 3), width, height, -1.0, 0)
+
+
 @pytest.mark.parametrize("knob", ["reference_strength", "lip_strength", "expression_strength"])
 def test_a_nan_strength_is_refused_before_sampling(knob):
     strengths = {"reference_strength": 2.0, "lip_strength": 1.0, "expression_strength": 1.0, knob: float("nan")}

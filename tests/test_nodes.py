@@ -111,6 +111,26 @@ def test_node_schema_is_well_formed(node_id):
         assert takes_any or parameters[name].default is not inspect.Parameter.empty, f"optional {name} needs a default"
 
 
+def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
+    """One owner for each setting: a widget's default is the library's, its range inside the library's."""
+    defaults = pipeline.GenerationSettings()
+    library = {"seed": "seed", "fps": "fps", "reference_strength": "reference_strength", "lip_strength": "lip_strength",
+               "expression_strength": "expression_strength"}
+    checked = 0
+    for node_id in ("EmotiveTalkAudioPrepare", "EmotiveTalkEDIReference", "EmotiveTalkDiCTEExpand",
+                    "EmotiveTalkETHDSampler", "EmotiveTalkSaveVideo", "EmotiveTalkGenerate"):
+        inputs, _ = _inputs(nodes.NODE_CLASS_MAPPINGS[node_id])
+        steps = "dicte_steps" if node_id == "EmotiveTalkDiCTEExpand" else "steps"
+        for widget, setting in {**library, "steps": steps}.items():
+            if widget not in inputs:
+                continue
+            options, (low, high) = inputs[widget][1], pipeline.LIMITS[setting]
+            assert options["default"] == getattr(defaults, setting), (node_id, widget)
+            assert low <= options["min"] and options["max"] <= high, (node_id, widget)
+            checked += 1
+    assert checked >= 12
+
+
 def test_module_table_matches_the_modules():
     for module_name, node_ids in nodes.NODE_MODULES.items():
         module = sys.modules[f"nodes.{module_name}"]
@@ -201,13 +221,6 @@ def test_tensor_emotion_sources_and_timeline(bundles, staged, portrait):
     (expression,) = stages.EmotiveTalkDiCTEExpand().expand(vaid, staged["audio_exp"], staged["reference"], timeline, 0, STEPS)
     assert expression.shape == staged["expression"].shape and torch.isfinite(expression).all()
     assert not torch.equal(expression, staged["expression"])
-
-
-def test_video_frames_are_timed_by_their_fps():
-    frames = torch.arange(10.0)[:, None, None, None].expand(10, 2, 2, 3)
-    picked = stages.frames_at(frames, 10.0, 5.0, 100)  # 1 s of video at 5 fps: every other frame
-    assert picked[:, 0, 0, 0].tolist() == [1, 3, 5, 7, 9]
-    assert stages.frames_at(frames, 10.0, 20.0, 4).shape[0] == 4
 
 
 def test_all_in_one_node(portrait):

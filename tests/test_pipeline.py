@@ -132,6 +132,22 @@ def test_emotion_video_source_drives_the_expression(pipeline, portrait, tmp_path
     torch.testing.assert_close(neutral, reference.expression.expand_as(neutral))  # intensity 0 = own expression
 
 
+def test_emotion_videos_that_drive_every_frame_skip_dicte(pipeline, portrait, monkeypatch):
+    from emotivetalk_core.pipeline import VAIDEmotionResolver, encode_reference, encode_speech, expand_expression
+
+    def not_needed(*args, **kwargs):
+        raise AssertionError("Di-CTE ran although the emotion video drives every frame")
+
+    monkeypatch.setattr(pipeline.vaid.dicte, "sample", not_needed)
+    audio = prepare_audio(_tone(0.8), 16000, 25)  # 20 frames
+    frames = torch.rand(25, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # 1 s in memory, 25 fps
+    resolver = VAIDEmotionResolver(pipeline.vaid, videos={"clip": (frames, 25)})
+    reference = encode_reference(pipeline.model, pipeline.vaid, portrait, 64, 64)
+    codes = expand_expression(pipeline.vaid, encode_speech(pipeline.vaid, audio), reference,
+                              single(EmotionSource("video", "clip")), 25, steps=2, resolver=resolver)
+    torch.testing.assert_close(codes, resolver.expressions(frames[:20]).to(codes.dtype), rtol=0, atol=1e-5)
+
+
 # --- seams -------------------------------------------------------------------------------------
 
 class DriftingModel(torch.nn.Module):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from emotivetalk_core.media.audio import frame_samples
-from emotivetalk_core.media.video_io import VideoWriter, iter_video_frames, probe, read_metadata, read_video_frames
+from emotivetalk_core.media.video_io import (VideoWriter, frames_at, iter_video_frames, probe, read_metadata,
+                                             read_video_frames)
 
 SR = 16000
 W, H = 64, 48
@@ -194,20 +195,28 @@ def fifty_fps_video(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize(
-    "fps,expected",
-    [
-        (None, list(range(20))),
-        (50, list(range(20))),
-        (25, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]),  # centres 0.02, 0.06, ... start frames 1, 3, ...
-        (100, [k // 2 for k in range(40)]),
-        (Fraction(30000, 1001), [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]),
-    ],
-)
+RESAMPLED = [
+    (50, list(range(20))),
+    (25, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]),  # centres 0.02, 0.06, ... start frames 1, 3, ...
+    (100, [k // 2 for k in range(40)]),
+    (Fraction(30000, 1001), [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]),
+]
+
+
+@pytest.mark.parametrize("fps,expected", [(None, list(range(20))), *RESAMPLED])
 def test_reading_resamples_by_timestamp(fifty_fps_video, fps, expected):
     frames = read_video_frames(fifty_fps_video, fps=fps)
     assert frames.dtype == np.float32 and frames.shape[1:] == (H, W, 3)
     assert _frame_levels(frames) == expected
+
+
+@pytest.mark.parametrize("fps,expected", RESAMPLED)
+def test_frames_in_memory_are_resampled_as_a_file_is(fps, expected):
+    """An emotion video that arrives as a ComfyUI IMAGE batch drives the same frames as its file."""
+    frames = torch.arange(20)
+    assert frames_at(frames, 50, fps, 1000).tolist() == expected
+    assert frames_at(frames.numpy(), 50, fps, 1000).tolist() == expected
+    assert frames_at(frames, 50, fps, 3).tolist() == expected[:3]  # at most the frames the speech needs
 
 
 def test_reading_resizes_with_antialiasing(tmp_path):

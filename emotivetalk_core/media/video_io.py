@@ -292,6 +292,17 @@ def iter_video_frames(path: str | Path, fps=None, size: tuple[int, int] | None =
     return _decode_frames(container, path, target_fps, size)
 
 
+def frames_at(frames, source_fps: float, fps: float, limit: int):
+    """Frames held in memory (``[M, ...]`` tensor or array at ``source_fps``) resampled to ``fps``
+    as :func:`iter_video_frames` resamples a file: frame ``k`` is the source frame on screen at
+    ``(k + 1/2) / fps``, while that centre lies inside the video; at most ``limit`` frames (at
+    least one)."""
+    source, rate = exact_rate(source_fps, "source_fps"), exact_rate(fps, "fps")
+    centres = [(k + Fraction(1, 2)) / rate for k in range(max(1, limit))]
+    shown = [math.floor(centre * source) for centre in centres if centre * source < len(frames)]
+    return frames[shown or [0]]
+
+
 def probe(path: str | Path) -> dict:
     """Frame count, rate, size and exact track durations of a video file, without decoding.
 

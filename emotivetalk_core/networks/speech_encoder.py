@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..placement import placement
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -312,7 +314,7 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
         return cls(model, layers, source=path.name, **kwargs)
 
     def features(self, waveform: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        device = next(self.model.parameters()).device
+        device = placement(self.model)["device"]
         waveform = waveform.to(device)
         waveform = (waveform - waveform.mean()) / torch.sqrt(waveform.var(correction=0) + _NORMALISATION_EPS)
         if waveform.shape[0] < self.receptive_field:

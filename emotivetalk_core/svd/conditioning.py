@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..networks.encoders import check_images
+from ..placement import placement
 
 # OpenAI CLIP normalisation: the image_mean / image_std of SVD's feature_extractor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,8 +34,7 @@ def image_embeds(image_encoder, image: torch.Tensor) -> torch.Tensor:
     mean = resized.new_tensor(CLIP_MEAN)[:, None, None]
     std = resized.new_tensor(CLIP_STD)[:, None, None]
     pixels = (resized - mean) / std
-    parameter = next(image_encoder.parameters())
-    embeds = image_encoder(pixels.to(device=parameter.device, dtype=parameter.dtype)).image_embeds
+    embeds = image_encoder(pixels.to(**placement(image_encoder))).image_embeds
     return embeds[:, None]
 
 
@@ -51,8 +51,7 @@ def reference_latent(vae, image: torch.Tensor, noise_aug: float, generator: torc
     noise_device = generator.device if generator is not None else pixels.device
     noise = torch.randn(pixels.shape, generator=generator, device=noise_device, dtype=pixels.dtype)
     pixels = pixels + noise_aug * noise.to(pixels.device)
-    parameter = next(vae.parameters())
-    return vae.encode(pixels.to(device=parameter.device, dtype=parameter.dtype)).latent_dist.mode()
+    return vae.encode(pixels.to(**placement(vae))).latent_dist.mode()
 
 
 def added_time_ids(

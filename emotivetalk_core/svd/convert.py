@@ -524,13 +524,12 @@ def _resolve_config(config: str | Mapping) -> Mapping:
 
 
 def _config_factories(config: Mapping) -> dict[str, Callable[[], torch.nn.Module]]:
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from .build import build_image_encoder, build_unet, build_vae
 
     return {
-        "unet": lambda: UNetSpatioTemporalConditionModel(**config["unet"]),
-        "vae": lambda: AutoencoderKLTemporalDecoder(**config["vae"]),
-        "image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"])),
+        "unet": lambda: build_unet(config["unet"]),
+        "vae": lambda: build_vae(config["vae"]),
+        "image_encoder": lambda: build_image_encoder(config["image_encoder"]),
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from ..memory import is_out_of_memory, release_cached_memory
+from ..placement import placement
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ def _smaller_chunk(chunk: int, overlap: int, error: BaseException) -> tuple[int,
 
 
 def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    param = next(vae.parameters())
-    scaled = latents.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
+    scaled = latents.to(**placement(vae)) / vae.config.scaling_factor
     with torch.no_grad():
         images = vae.decode(scaled, num_frames=scaled.shape[0]).sample
     return ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()

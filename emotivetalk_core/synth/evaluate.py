@@ -103,32 +103,6 @@ def _nchw(frames_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames_uint8)).permute(0, 3, 1, 2).float() / 255.0
 
 
-class _HeldOutResolver:
-    """The pipeline's resolver for emotion images and videos held in memory (keyed by the value
-    of their EmotionSource) rather than in files."""
-
-    def __init__(self, vaid, images: dict, videos: dict):
-        from ..pipeline import VAIDEmotionResolver
-
-        self.files = VAIDEmotionResolver(vaid)
-        self.vaid, self.images, self.videos = vaid, images, videos
-
-    def label(self, name):
-        return self.files.label(name)
-
-    def text(self, prompt):
-        return self.files.text(prompt)
-
-    def image(self, key):
-        mapping = self.vaid.mapping
-        with torch.no_grad():
-            code = self.files.expressions(_nchw(self.images[key]))
-            return mapping.from_image(code.to(next(mapping.parameters()).device))[0].float().cpu()
-
-    def video(self, key, num_frames, fps):
-        return self.files.expressions(_nchw(self.videos[key][:num_frames]))
-
-
 class Generator:
     """The full pipeline on one model, frames kept in memory (uint8, as a video file holds them)."""
 
@@ -142,7 +116,7 @@ class Generator:
                  lip_strength: float | None = None) -> np.ndarray:
         """Frames as a user gets them: every setting the library's default but the steps, the seed
         and, where a measure asks for it, the lip strength."""
-        from ..pipeline import GenerationSettings, decode_frames, prepare_audio
+        from ..pipeline import GenerationSettings, VAIDEmotionResolver, decode_frames, prepare_audio
 
         pipe = self.pipeline
         settings = GenerationSettings(steps=self.steps, seed=seed)
@@ -150,16 +124,19 @@ class Generator:
             settings = replace(settings, lip_strength=lip_strength)
         settings = settings.sized_for(pipe.model)
         audio = prepare_audio(waveform, audio_lib.SAMPLE_RATE, world.FPS)
-        latents, _ = pipe.latents(_nchw(portrait[None]), audio, settings, timeline,
-                                  resolver=_HeldOutResolver(pipe.vaid, images or {}, videos or {}))
-        frames = torch.cat(list(decode_frames(pipe.model, latents, settings)))
+        resolver = VAIDEmotionResolver(pipe.vaid, images={key: _nchw(image) for key, image in (images or {}).items()},
+                                       videos={key: (_nchw(frames), world.FPS) for key, frames in (videos or {}).items()})
+        latents, _ = pipe.latents(_nchw(portrait[None]), audio, settings, timeline, resolver=resolver)
+        frames = torch.cat(list(decode_frames(pipe.model, latents, settings.decode_chunk_for(pipe.model))))
         return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
     def spans(self, num_frames: int) -> list[tuple[int, int]]:
-        from ..sampling import default_overlap, window_spans
+        """The ETHD windows of a video of ``num_frames`` frames (where its seams are)."""
+        from ..pipeline import GenerationSettings
+        from ..sampling import window_spans
 
-        window = self.pipeline.model.settings["clip_frames"]
-        return window_spans(num_frames, window, default_overlap(window))
+        plan = GenerationSettings(steps=self.steps).sampling_plan(self.pipeline.model, num_frames)
+        return window_spans(num_frames, plan.window, plan.overlap)
 
     @property
     def size(self) -> int:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..placement import placement
 from ..svd.build import build_image_encoder, build_vae
 from ..svd.conditioning import image_embeds
 from .noise import SampleNoise
@@ -92,8 +93,7 @@ def start_frame_by_frame(vae: nn.Module, mix_logit: float) -> None:
 
 def pixels(frames: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Frames in 0..1 -> -1..1 in the module's dtype and device."""
-    parameter = next(module.parameters())
-    return (frames * 2 - 1).to(parameter.device, parameter.dtype)
+    return (frames * 2 - 1).to(**placement(module))
 
 
 class BaseStage:

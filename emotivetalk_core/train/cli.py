@@ -16,23 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import run_reporting_errors
+from ..cli import Parser, UsageError, run_reporting_errors
 from .config import STAGES, TrainingError
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line too, same status
-        raise UsageError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m emotivetalk_core.train",
+    parser = Parser(prog="python -m emotivetalk_core.train",
                      description="Train EmotiveTalk: preprocess videos, train each stage, export the inference file.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     commands.add_parser("preprocess", help="talking-head videos -> training shards (see 'preprocess --help')", add_help=False)
     helps = {"base": "SVD's VAE and image encoder from scratch (for a model with no pretrained SVD base)",
              "encoders": "Lip Encoder, Exp Encoder, Face Processor from the preprocessing targets",
@@ -62,7 +53,7 @@ def _preprocess(argv: list[str]) -> int:
         from .preprocess import add_arguments, run
     except ImportError as error:
         raise UsageError(f"preprocessing is not available in this install ({error})") from error
-    parser = _Parser(prog="python -m emotivetalk_core.train preprocess",
+    parser = Parser(prog="python -m emotivetalk_core.train preprocess",
                      description="Talking-head videos -> training shards.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -91,6 +91,7 @@ from ..bundles import (
     file_digest,
 )
 from ..networks.ethd import ETHD, lip_windows
+from ..placement import placement
 from ..sampling import (
     Conditioning,
     Guidance,
@@ -187,9 +188,9 @@ def edm_v_loss(ethd: ETHD, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch
     s = sigma.view(-1, 1, 1, 1, 1)
     scale = (s**2 + 1).sqrt()
     noisy = x0 + s * epsilon
-    parameter = next(ethd.parameters())
-    sample = torch.cat([noisy / scale, inputs["latent"].float()], dim=2).to(parameter.dtype)
-    v = ethd(sample, (0.25 * sigma.log()).to(parameter.dtype), inputs["image_embeds"], inputs["added_time_ids"],
+    dtype = placement(ethd)["dtype"]
+    sample = torch.cat([noisy / scale, inputs["latent"].float()], dim=2).to(dtype)
+    v = ethd(sample, (0.25 * sigma.log()).to(dtype), inputs["image_embeds"], inputs["added_time_ids"],
              inputs["lip_windows"], inputs["driven_exp"], inputs["reference_exp"], inputs["face_mask"])
     target = (epsilon - s * x0) / scale
     error = (v.float() - target).square()
@@ -216,8 +217,7 @@ def change_weights(x0: torch.Tensor, reference: torch.Tensor, strength: float, m
 
 def encode_latents(vae, frames: torch.Tensor) -> torch.Tensor:
     """``[B, T, 3, S, S]`` in 0..1 -> the sampler's latents ``[B, T, 4, S/8, S/8]`` (float32)."""
-    parameter = next(vae.parameters())
-    pixels = frames.flatten(0, 1).to(parameter.device, parameter.dtype) * 2 - 1
+    pixels = frames.flatten(0, 1).to(**placement(vae)) * 2 - 1
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
     return latents.float().unflatten(0, frames.shape[:2])
@@ -334,8 +334,7 @@ class ETHDStage:
         frames = batch["frames"]
         reference = reference_frames(batch)
         vae, ethd = modules["vae"], modules["ethd"]
-        parameter = next(ethd.parameters())
-        on = {"device": parameter.device, "dtype": parameter.dtype}
+        on = placement(ethd)
         with torch.no_grad():
             latent = torch.cat([reference_latent(vae, image[None], settings["noise_aug"], generator)
                                 for image, generator in zip(reference, generators, strict=True)])

@@ -89,6 +89,7 @@ from torch import nn
 from ..bundles import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
 from ..checkpoints import load_model_file
 from ..networks.speech_encoder import SAMPLE_RATE, load_speech_encoder
+from ..placement import placement
 from ..networks.vaid import pull_loss, push_loss
 from .noise import SampleNoise
 from .shards import clip_emotion, read_shard_info, shard_paths
@@ -209,14 +210,9 @@ class SpeechHolder:
         self.encoder = frozen(encoder).float()
 
     def features(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
-        if _device(self.encoder) != audio.device:
+        if placement(self.encoder)["device"] != audio.device:
             self.encoder.to(audio.device)
         return speech_features(self.encoder, audio, frames)
-
-
-def _device(module: nn.Module) -> torch.device:
-    tensor = next(iter([*module.parameters(), *module.buffers()]), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 # --- the stage -----------------------------------------------------------------------------

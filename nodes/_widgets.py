@@ -1,0 +1,40 @@
+"""Widgets that more than one node shows, built from the library's defaults and ranges
+(``pipeline.GenerationSettings``, ``pipeline.LIMITS``): a default or a range changes in one place,
+and a widget never offers a value the library would then refuse."""
+
+from __future__ import annotations
+
+from ._core import pipeline
+
+DEFAULTS = pipeline.GenerationSettings()
+LIMITS = pipeline.LIMITS
+
+
+def seed() -> tuple:
+    low, high = LIMITS["seed"]
+    return ("INT", {"default": DEFAULTS.seed, "min": low, "max": high,
+                    "tooltip": "Random seed; the same seed and inputs give the same result."})
+
+
+def size(side: str) -> tuple:
+    """The output ``width`` or ``height`` (0 = the model's native size)."""
+    native = " (512 for SVD-size models)" if side == "width" else ""
+    return ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
+                    "tooltip": f"Output {side} in pixels (a multiple of 64); 0 = the model's native size{native}."})
+
+
+def fps(tooltip: str = "Frame rate of the video to make (EmotiveTalk is trained at 25).") -> tuple:
+    low, high = LIMITS["fps"]
+    return ("FLOAT", {"default": DEFAULTS.fps, "min": float(low), "max": float(high), "step": 0.01, "tooltip": tooltip})
+
+
+def steps(tooltip: str, setting: str = "steps") -> tuple:
+    """Sampling steps of the video model (``steps``) or of Di-CTE (``dicte_steps``)."""
+    low, high = LIMITS[setting]
+    return ("INT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "tooltip": tooltip})
+
+
+def strength(setting: str, tooltip: str) -> tuple:
+    """One of the guidance strengths (reference, lip, expression)."""
+    low, high = LIMITS[setting]
+    return ("FLOAT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "step": 0.05, "tooltip": tooltip})
