@@ -372,7 +372,7 @@ def _randomise_adapters(modules, seed: int = 7) -> None:
                 module.to_out.weight.copy_(torch.randn(module.to_out.weight.shape, generator=g) * 0.1)
 
 
-def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, tmp_path):
+def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, tmp_path, monkeypatch):
     from emotivetalk_core.pipeline import (
         GenerationSettings,
         encode_reference,
@@ -394,11 +394,17 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
         lip, driven = vaid.lip_encoder(batch["frames"][0]), vaid.exp_encoder(batch["frames"][0])
     latents = sample_latents(model, reference, lip, driven, GenerationSettings(steps=1))
     assert latents.shape == (WINDOW, 4, SIZE // 8, SIZE // 8) and torch.isfinite(latents).all()
+    from emotivetalk_core.train import ethd_stage
+
+    guidances = []
+    monkeypatch.setattr(ethd_stage, "GuidedDenoiser",
+                        lambda model, conditioning, guidance: guidances.append(guidance) or GuidedDenoiser(model, conditioning, guidance))
     with torch.no_grad():
         (png,) = stage.sample(modules, batch, tmp_path, 1)
     from PIL import Image
 
     assert Image.open(png).size == (WINDOW * SIZE, 2 * SIZE)
+    assert guidances == [GenerationSettings().guidance()]  # the preview shows what a user's generation does
 
 
 def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(shards, tmp_path):

@@ -67,7 +67,8 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
   counts more in every frame, the closed ones included: the change from the portrait alone
   weights a closed mouth like the background when the portrait's mouth is closed too;
 - ``sample_steps`` 4: Euler steps of :meth:`ETHDStage.sample`;
-- ``sample_guidance`` ``[2.0, 1.0, 1.0]``: its (reference, lip, expression) strengths.
+- ``sample_guidance`` null: its (reference, lip, expression) strengths; null = the library's
+  default guidance (``pipeline.GenerationSettings``), what a user's generation uses.
 
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
@@ -91,6 +92,7 @@ from ..bundles import (
     file_digest,
 )
 from ..networks.ethd import ETHD, lip_windows
+from ..pipeline import GenerationSettings
 from ..placement import placement
 from ..sampling import (
     Conditioning,
@@ -130,7 +132,7 @@ ETHD_DEFAULTS = {
     "change_weight": 0.0,
     "motion_weight": 0.0,
     "sample_steps": 4,
-    "sample_guidance": [2.0, 1.0, 1.0],
+    "sample_guidance": None,
 }
 CONDITION_SOURCES = ("encoders", "vaid")
 MASK_SOURCES = ("shard", "face_processor")
@@ -401,7 +403,9 @@ class ETHDStage:
         frames = first["frames"].shape[1]
         sigmas = karras_sigmas(opts["sample_steps"])
         x = start_latents(initial_noise(0, frames, (4, *conditioning.reference_latent.shape[-2:])), sigmas)
-        denoiser = GuidedDenoiser(modules["ethd"], conditioning, Guidance(*opts["sample_guidance"]))
+        strengths = opts["sample_guidance"]
+        guidance = GenerationSettings().guidance() if strengths is None else Guidance(*strengths)
+        denoiser = GuidedDenoiser(modules["ethd"], conditioning, guidance)
         latents = sample_euler(denoiser, x, sigmas)[0]
         generated = torch.cat(list(decode_latents(modules["vae"], latents, chunk=frames, overlap=0)))
         truth = first["frames"][0].permute(0, 2, 3, 1).float().cpu()
