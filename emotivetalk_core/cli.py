@@ -58,13 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
+    from .emotion import DEFAULT_INTENSITY
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--emotion", default=default_label, help="an emotion label, e.g. happy, angry, sad, surprised, neutral")
     source.add_argument("--emotion-text", help="a text prompt, e.g. 'speak seriously'")
     source.add_argument("--emotion-image", type=Path, help="an image whose facial expression to use")
     source.add_argument("--emotion-video", type=Path, help="a video whose expressions to follow frame by frame")
     source.add_argument("--timeline", help="keyframes '0:neutral,3.5:happy@0.8~0.5,8:sad' (time:label@intensity~blend) or a JSON file")
-    parser.add_argument("--intensity", type=float, default=1.0, help="0 = the portrait's own expression, 1 = as requested, >1 exaggerated")
+    parser.add_argument("--intensity", type=float, default=DEFAULT_INTENSITY, help="0 = the portrait's own expression, 1 = as requested, >1 exaggerated")
     parser.add_argument("--neutralise", action="store_true", help="start from a neutral face instead of the portrait's expression")
 
 
@@ -89,7 +91,7 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
                         help="guidance toward the lip stream (default: %(default)s)")
     parser.add_argument("--expression-strength", type=float, default=defaults.expression_strength,
                         help="guidance toward the driven expression (default: %(default)s)")
-    parser.add_argument("--av-offset", type=int, default=0, help="frames; > 0 moves the mouth later than the audio")
+    parser.add_argument("--av-offset", type=int, default=defaults.av_offset, help="frames; > 0 moves the mouth later than the audio")
     parser.add_argument("--lip-context", type=int, default=None, help="lip frames either side each frame sees (default: the model's)")
     parser.add_argument("--window", type=int, default=None, help="frames per ETHD window (default: the model's clip length)")
     parser.add_argument("--overlap", type=int, default=None, help="window overlap in frames (default: 25%% of the window)")

@@ -64,6 +64,8 @@ SOURCE_KINDS = ("label", "text", "image", "video")
 _FILE_KINDS = ("image", "video")
 _NEUTRAL = "neutral"
 
+# 1 = the emotion as requested (0 = the baseline, above 1 exaggerated: see the module docstring).
+DEFAULT_INTENSITY = 1.0
 COMPACT_SYNTAX = 'TIME:LABEL[@INTENSITY][~BLEND], comma-separated, e.g. "0:neutral,3.5:happy@0.8~0.5,8:sad"'
 JSON_SYNTAX = (
     '{"keyframes": [{"time": 0, "label": "happy", "intensity": 0.8, "blend": 0.5}, '
@@ -110,7 +112,7 @@ class Keyframe:
 
     time: float
     source: EmotionSource
-    intensity: float = 1.0
+    intensity: float = DEFAULT_INTENSITY
     blend: float = 0.0
 
     def __post_init__(self):
@@ -155,7 +157,7 @@ class EmotionTimeline:
         self.keyframes = keyframes
 
 
-def single(source: EmotionSource, intensity: float = 1.0, neutralise_portrait: bool = False) -> EmotionTimeline:
+def single(source: EmotionSource, intensity: float = DEFAULT_INTENSITY, neutralise_portrait: bool = False) -> EmotionTimeline:
     """One source for the whole video."""
     return EmotionTimeline((Keyframe(0.0, source, intensity),), neutralise_portrait)
 

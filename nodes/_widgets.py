@@ -4,7 +4,7 @@ and a widget never offers a value the library would then refuse."""
 
 from __future__ import annotations
 
-from ._core import pipeline
+from ._core import emotion, pipeline
 
 DEFAULTS = pipeline.GenerationSettings()
 LIMITS = pipeline.LIMITS
@@ -32,6 +32,11 @@ def steps(tooltip: str, setting: str = "steps") -> tuple:
     """Sampling steps of the video model (``steps``) or of Di-CTE (``dicte_steps``)."""
     low, high = LIMITS[setting]
     return ("INT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "tooltip": tooltip})
+
+
+def intensity() -> tuple:
+    return ("FLOAT", {"default": emotion.DEFAULT_INTENSITY, "min": 0.0, "max": 3.0, "step": 0.05,
+                      "tooltip": "0 = the portrait's own expression, 1 = the emotion as requested, above 1 = exaggerated."})
 
 
 def strength(setting: str, tooltip: str) -> tuple:

@@ -8,16 +8,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from . import _widgets as widgets
 from ._core import configs, emotion
 from ._types import CATEGORY, EMOTION, EmotionInput, checked_images
 
 MAX_TIMELINE_INPUTS = 4
-
-_INTENSITY = ("FLOAT", {
-    "default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-    "tooltip": "0 = the portrait's own expression, 1 = the emotion as requested, above 1 = exaggerated.",
-})
-
 
 def _single(source: emotion.EmotionSource, intensity: float, **tensors) -> tuple[EmotionInput]:
     return (EmotionInput(emotion.single(source, intensity), **tensors),)
@@ -44,7 +39,7 @@ class EmotiveTalkEmotionLabel(_EmotionNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "label": (list(configs.EMOTION_LABELS), {"default": "neutral", "tooltip": "The emotion to show."}),
-            "intensity": _INTENSITY,
+            "intensity": widgets.intensity(),
         }}
 
     def make(self, label, intensity):
@@ -59,7 +54,7 @@ class EmotiveTalkEmotionText(_EmotionNode):
         return {"required": {
             "text": ("STRING", {"multiline": True, "default": "a cheerful, smiling speaker",
                                 "tooltip": "A description of the emotion, e.g. 'calm but slightly sad'."}),
-            "intensity": _INTENSITY,
+            "intensity": widgets.intensity(),
         }}
 
     def make(self, text, intensity):
@@ -73,7 +68,7 @@ class EmotiveTalkEmotionImage(_EmotionNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "A face showing the emotion (face-centred works best); a batch averages the expressions of its images."}),
-            "intensity": _INTENSITY,
+            "intensity": widgets.intensity(),
         }}
 
     def make(self, image, intensity):
@@ -91,7 +86,7 @@ class EmotiveTalkEmotionVideo(_EmotionNode):
             "frames": ("IMAGE", {"tooltip": "The video's frames (e.g. from Load Video); face-centred works best. Played forward then backward if shorter than the speech."}),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
                               "tooltip": "Frame rate of these frames, so they are timed correctly against the output video."}),
-            "intensity": _INTENSITY,
+            "intensity": widgets.intensity(),
         }}
 
     def make(self, frames, fps, intensity):

@@ -85,7 +85,7 @@ class EmotiveTalkAudioPrepare:
         return {"required": {
             "audio": ("AUDIO", {"tooltip": "The speech to animate (e.g. from Load Audio); stereo is mixed down."}),
             "fps": widgets.fps(),
-            "av_offset": ("INT", {"default": 0, "min": -50, "max": 50,
+            "av_offset": ("INT", {"default": widgets.DEFAULTS.av_offset, "min": -50, "max": 50,
                                   "tooltip": "Lip-sync shift in frames: above 0 moves the mouth later than the audio, below 0 earlier."}),
         }}
 
