@@ -140,7 +140,7 @@ class _BaseUNet(torch.nn.Module):
 
 def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -> dict:
     from emotivetalk_core.emotion import EmotionSource, single
-    from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.media.video_writer import VideoWriter
     from emotivetalk_core.pipeline import decode_frames, encode_reference, encode_speech, expand_expression, lip_stream, prepare_audio, sample_latents
     import soundfile
 
@@ -246,7 +246,7 @@ def host_memory(minutes: float) -> dict:
 
 def host_memory_probe(minutes: float) -> dict:
     """RSS growth while sampling + streaming ``minutes`` of video at 512x512 latent shapes."""
-    from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.media.video_writer import VideoWriter
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise, karras_sigmas, sample_euler, start_latents
     from emotivetalk_core.svd.vae_decode import decode_latents
 

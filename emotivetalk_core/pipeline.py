@@ -410,7 +410,7 @@ class VAIDEmotionResolver:
         """Exp codes of the video's first ``num_frames`` frames at ``fps``."""
         if value in self.videos:
             frames, source_fps = self.videos[value]
-            from .media.video_io import frames_at
+            from .media.video_reader import frames_at
 
             blocks = frames_at(frames, source_fps, fps, num_frames).split(VIDEO_BLOCK)
         else:
@@ -431,7 +431,7 @@ def _video_file_blocks(path, num_frames: int, fps: float) -> Iterator[torch.Tens
     """The first ``num_frames`` frames of a video file at ``fps``, ``[n, 3, H, W]`` blocks, decoded as needed."""
     from itertools import islice
 
-    from .media.video_io import iter_video_frames
+    from .media.video_reader import iter_video_frames
 
     frames, remaining = iter_video_frames(path, fps=fps), num_frames
     while remaining > 0 and (block := list(islice(frames, min(VIDEO_BLOCK, remaining)))):
@@ -637,7 +637,7 @@ class EmotiveTalkPipeline:
                          mask: torch.Tensor | None = None, progress=None) -> GenerationResult:
         """Write the mp4 (H.264 + AAC, the speech padded to N / fps); frames stream from the decoder."""
         from .emotion import to_json
-        from .media.video_io import VideoWriter
+        from .media.video_writer import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
         settings = settings.sized_for(self.model)

@@ -27,5 +27,5 @@ pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
 
 
 def core_module(name: str):
-    """A library module imported on first use (media.video_io, sampling: kept out of start-up)."""
+    """A library module imported on first use (media.video_writer, sampling: kept out of start-up)."""
     return importlib.import_module(f"{CORE_PACKAGE}.{name}")

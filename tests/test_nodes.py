@@ -15,7 +15,7 @@ import nodes
 from nodes import comfy_bridge, emotion_nodes, generate, loaders, output_nodes, stages
 from emotivetalk_core import bundles as bundles_module
 from emotivetalk_core import pipeline
-from emotivetalk_core.media.video_io import probe
+from emotivetalk_core.media.video_reader import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0
