@@ -126,7 +126,7 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
             "weights too (svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
         )
     if missing:
-        from .svd.convert import load_svd_parts
+        from .svd.load import load_svd_parts
 
         parts.update(load_svd_parts(base, missing, config=base_config or info.get("base_config", "svd-xt")))
     ethd = ETHD(parts["unet"], configs["adapter"]["adapter"])

@@ -4,7 +4,7 @@ Modules: ``ethd`` (the SVD UNet with EmotiveTalk's zero-initialised adapters; tr
 frozen unless ``train_unet``), the frozen SVD ``vae`` and ``image_encoder``, and the frozen
 ``lip_encoder``, ``exp_encoder`` and ``face_processor`` (from ``init.encoders``, else from the
 ``init.vaid`` file, else random with a warning). The base is ``init.base_svd`` (Stability's
-single file or a diffusers folder, loaded in float32 by ``svd.convert.load_svd``), else a random
+single file or a diffusers folder, loaded in float32 by ``svd.load.load_svd``), else a random
 UNet/VAE/image encoder of ``model`` (the tiny test models). The window ``data.window`` must
 equal ``model.ethd.clip_frames``: SVD's conditioning and frame positions are per clip, so the
 training clip length is the inference window.
@@ -265,7 +265,7 @@ class ETHDStage:
         model = config["model"]
         base = init_path(config, "base_svd")
         if base:
-            from ..svd.convert import load_svd
+            from ..svd.load import load_svd
 
             # float32 master weights whatever the file stores (SVD files are often fp16).
             return load_svd(base, config=model, dtype=torch.float32)
