@@ -176,7 +176,9 @@ def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -
 
 
 def default_model_figures(long_s: float, short_s: float) -> dict:
-    from emotivetalk_core.pipeline import EmotiveTalkPipeline, GenerationSettings, load_image
+    from emotivetalk_core.media.image import load_image
+    from emotivetalk_core.pipeline import EmotiveTalkPipeline
+    from emotivetalk_core.settings import GenerationSettings
     from emotivetalk_core.cli import DEMO_PORTRAIT
 
     pipeline = EmotiveTalkPipeline.from_files("default")

@@ -24,6 +24,7 @@ bundles = importlib.import_module(f"{CORE_PACKAGE}.bundles")
 configs = importlib.import_module(f"{CORE_PACKAGE}.configs")
 emotion = importlib.import_module(f"{CORE_PACKAGE}.emotion")
 pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
+settings = importlib.import_module(f"{CORE_PACKAGE}.settings")
 
 
 def core_module(name: str):

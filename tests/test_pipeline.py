@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from emotivetalk_core.chunking import over_chunks
 from emotivetalk_core.emotion import EmotionSource, parse_timeline, single
 from emotivetalk_core.media.audio import frame_count, frame_samples
 from emotivetalk_core.media.video_reader import probe, read_metadata
 from emotivetalk_core.metrics import boundary_transitions, seam_ratio
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
-    GenerationSettings,
     fit_portrait,
-    over_chunks,
     prepare_audio,
     shift_frames,
 )
+from emotivetalk_core.settings import GenerationSettings
 
 SMALL = dict(steps=2, dicte_steps=2)  # at the default model's native size (32 px)
 

@@ -17,9 +17,9 @@ from emotivetalk_core.emotion import EmotionSource, single
 from emotivetalk_core.media.video_reader import probe
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
-    GenerationSettings,
     prepare_audio,
 )
+from emotivetalk_core.settings import GenerationSettings
 from emotivetalk_core.train.cli import main
 from emotivetalk_core.train.shards import ClipDataset
 
