@@ -140,7 +140,7 @@ class _BaseUNet(torch.nn.Module):
 
 def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -> dict:
     from emotivetalk_core.emotion import EmotionSource, single
-    from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.media.video_writer import VideoWriter
     from emotivetalk_core.pipeline import decode_frames, encode_reference, encode_speech, expand_expression, lip_stream, prepare_audio, sample_latents
     import soundfile
 
@@ -176,7 +176,9 @@ def _timed_generation(pipeline, portrait, seconds: float, settings, out: Path) -
 
 
 def default_model_figures(long_s: float, short_s: float) -> dict:
-    from emotivetalk_core.pipeline import EmotiveTalkPipeline, GenerationSettings, load_image
+    from emotivetalk_core.media.image import load_image
+    from emotivetalk_core.pipeline import EmotiveTalkPipeline
+    from emotivetalk_core.settings import GenerationSettings
     from emotivetalk_core.cli import DEMO_PORTRAIT
 
     pipeline = EmotiveTalkPipeline.from_files("default")
@@ -246,7 +248,7 @@ def host_memory(minutes: float) -> dict:
 
 def host_memory_probe(minutes: float) -> dict:
     """RSS growth while sampling + streaming ``minutes`` of video at 512x512 latent shapes."""
-    from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.media.video_writer import VideoWriter
     from emotivetalk_core.sampling import Conditioning, GuidedDenoiser, Guidance, WindowedDenoiser, initial_noise, karras_sigmas, sample_euler, start_latents
     from emotivetalk_core.svd.vae_decode import decode_latents
 

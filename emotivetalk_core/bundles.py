@@ -126,7 +126,7 @@ def load_emotivetalk_model(source: str | Path = "default", base: str | Path | No
             "weights too (svd_xt.safetensors from ComfyUI's models/checkpoints, or a diffusers SVD folder)"
         )
     if missing:
-        from .svd.convert import load_svd_parts
+        from .svd.load import load_svd_parts
 
         parts.update(load_svd_parts(base, missing, config=base_config or info.get("base_config", "svd-xt")))
     ethd = ETHD(parts["unet"], configs["adapter"]["adapter"])
@@ -197,7 +197,7 @@ def vaid_classes() -> dict:
 
 def build_vaid_model(config: dict, speech_source: str | Path | None = None, info: dict | None = None) -> VAIDModel:
     """A randomly initialised V-AID bundle of a named config's shape."""
-    from .networks.speech_encoder import load_speech_encoder
+    from .networks.speech.load import load_speech_encoder
 
     modules = {name: cls(config[section]) for name, (cls, section) in vaid_classes().items()}
     speech = load_speech_encoder(config["speech"], speech_source)
@@ -216,7 +216,7 @@ def vaid_info(model: VAIDModel) -> dict:
 
 def load_vaid_model(source: str | Path = "default", speech_source: str | Path | None = None) -> VAIDModel:
     """Load the V-AID side; refuses a speech encoder other than the one it was trained with."""
-    from .networks.speech_encoder import check_speech_encoder, load_speech_encoder
+    from .networks.speech.load import check_speech_encoder, load_speech_encoder
 
     path = resolve_model_file(source)
     states, configs, info = load_model_file(path, list(VAID_COMPONENTS))

@@ -74,7 +74,7 @@ def read_metadata(path: str | Path) -> tuple[dict, dict]:
     if _COMPONENTS_KEY not in metadata:
         raise CheckpointError(
             f"{path} is not an EmotiveTalk model file (no '{_COMPONENTS_KEY}' metadata). "
-            "Base SVD checkpoints go through emotivetalk_core.svd.convert; EmotiveTalk files are "
+            "Base SVD checkpoints go through emotivetalk_core.svd.load; EmotiveTalk files are "
             "written by the pack's training/export code."
         )
     try:

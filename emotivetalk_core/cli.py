@@ -72,7 +72,7 @@ def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
 
 def _add_common_arguments(parser, steps: int | None = None) -> None:
     """Generation flags; their defaults are GenerationSettings' (``steps`` overrides for the demo)."""
-    from .pipeline import SAMPLERS, GenerationSettings  # the one owner of every generation setting
+    from .settings import SAMPLERS, GenerationSettings  # the one owner of every generation setting
 
     defaults = GenerationSettings()
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -128,7 +128,7 @@ def _existing(path: Path, flag: str) -> Path:
 
 
 def _settings(args):
-    from .pipeline import GenerationSettings, SettingError
+    from .settings import GenerationSettings, SettingError
 
     settings = GenerationSettings(
         fps=args.fps, width=args.width, height=args.height, steps=args.steps, sampler=args.sampler, seed=args.seed,
@@ -177,7 +177,8 @@ def _run(args) -> Path:
         from .synth.cli import run
 
         return run(args)
-    from .pipeline import EmotiveTalkPipeline, load_image, load_prepared_audio
+    from .media.image import load_image
+    from .pipeline import EmotiveTalkPipeline, load_prepared_audio
 
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
     audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")

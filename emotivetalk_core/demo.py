@@ -28,9 +28,9 @@ def side_by_side(pipeline, image: torch.Tensor, audio, settings, out_path: str |
     """Write the side-by-side mp4; returns ``{"path", "labels", "frames", "tile"}``.
 
     ``image`` ``[1, 3, H, W]`` in 0..1, ``audio`` a :class:`pipeline.PreparedAudio`, ``settings``
-    the :class:`pipeline.GenerationSettings` of every column.
+    the :class:`settings.GenerationSettings` of every column.
     """
-    from .media.video_io import VideoWriter
+    from .media.video_writer import VideoWriter
     from .pipeline import decode_frames, fit_portrait
 
     settings = settings.sized_for(pipeline.model)

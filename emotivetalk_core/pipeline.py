@@ -12,210 +12,33 @@ by one; :class:`EmotiveTalkPipeline` chains them for the command line.
     decode_frames        VAE decoder in overlapping chunks, streaming
 
 Long audio: the speech encoder chunks internally, the lip projector and Di-CTE run in
-overlapping chunks here, ETHD runs one window at a time, the VAE one chunk at a time; the latent
-state stays on the host (about 94 MiB per minute of video at 512 px, 25 fps, float32).
+overlapping chunks (:mod:`.chunking`), ETHD runs one window at a time, the VAE one chunk at a
+time; the latent state stays on the host (about 94 MiB per minute of video at 512 px, 25 fps,
+float32).
+
+The settings of a generation (defaults, ranges, what they resolve to) are :mod:`.settings`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
-from fractions import Fraction
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .chunking import over_chunks
 from .media import audio as audio_lib
+from .media.image import load_image
 from .networks.edi import resolve_face_mask
 from .placement import placement
-from .sampling import Guidance, default_overlap, window_spans
+from .sampling import default_overlap
+from .settings import GenerationSettings, output_size
 
 log = logging.getLogger(__name__)
-
-# Long sequences through the frame-wise V-AID models: chunk length and the context kept on
-# each side (the projector's receptive field is far below it; Di-CTE's attention sees 2 s).
-SEQUENCE_CHUNK = 250
-SEQUENCE_CONTEXT = 50
-
-
-# --- settings ------------------------------------------------------------------------------
-
-# Allowed ranges (inclusive) of GenerationSettings' numbers. Upper bounds keep a typo from asking
-# for memory no machine has (65536 px, fps 1e-6 = 60 GB of frames) or hours of sampling.
-LIMITS = {
-    "fps": (1, 120),
-    "width": (0, 4096), "height": (0, 4096),  # 0 = the model's native size
-    "steps": (1, 500), "dicte_steps": (1, 1000),
-    "seed": (0, 2**63 - 1),
-    "window": (2, 1000), "overlap": (1, 999), "lip_context": (0, 100), "motion": (0, 1023),
-    "decode_chunk": (1, 1000), "max_batch": (1, 1000),
-    "av_offset": (-250, 250),
-    "reference_strength": (0.0, 30.0), "lip_strength": (0.0, 30.0), "expression_strength": (0.0, 30.0),
-    "noise_aug": (0.0, 10.0),
-}
-
-
-class SettingError(ValueError):
-    """A generation setting out of its allowed range; ``setting`` names it (the command line
-    turns it into its flag, ``--`` + the name with dashes)."""
-
-    def __init__(self, setting: str, message: str):
-        super().__init__(message)
-        self.setting = setting
-
-
-def _in_range(name: str, value, low, high) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)) or not math.isfinite(value):
-        raise SettingError(name, f"{name} must be a number in {low}..{high}, got {value!r}")
-    if not low <= value <= high:
-        raise SettingError(name, f"{name} must be in {low}..{high}, got {float(value):g}")
-
-
-def _whole_in_range(name: str, value, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise SettingError(name, f"{name} must be a whole number in {low}..{high}, got {value!r}")
-    if not low <= value <= high:
-        raise SettingError(name, f"{name} must be in {low}..{high}, got {value}")
-
-
-@dataclass
-class GenerationSettings:
-    """Every knob of a generation. ``None`` means "what the model was trained with"."""
-
-    fps: float = 25.0
-    width: int = 0  # 0 = the model's native size (see native_size)
-    height: int = 0
-    steps: int = 25
-    sampler: str = "euler"
-    seed: int = 0
-    motion: int | None = None  # SVD's motion bucket
-    noise_aug: float | None = None
-    # Lip 4 / expression 2 (docs/ARCHITECTURE.md, "Guidance"): on held-out SynthTalk clips lip
-    # strength 4 doubles lip sync over 1, and expression 2 gives back the emotion strength the
-    # stronger lip pass takes (BENCHMARKS.md, "Lip guidance"). Costs a fourth UNet pass per step.
-    reference_strength: float = 2.0
-    lip_strength: float = 4.0
-    expression_strength: float = 2.0
-    av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
-    lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
-    window: int | None = None  # ETHD window in frames (default: the training clip length)
-    overlap: int | None = None  # default: 25 % of the window, rounded up
-    dicte_steps: int = 25
-    decode_chunk: int | None = None  # default: the window
-    max_batch: int | None = None  # split guidance passes only under memory pressure
-
-    def validate(self) -> None:
-        """Refuse values no generation can use, naming the setting and its allowed range
-        (:class:`SettingError`); sizes the model cannot make are refused by :meth:`sized_for`."""
-        try:
-            fps = audio_lib.exact_rate(self.fps, "fps")
-        except (TypeError, ValueError) as error:
-            raise SettingError("fps", str(error)) from error
-        _in_range("fps", fps, *LIMITS["fps"])
-        for name in ("width", "height", "steps", "dicte_steps", "seed"):
-            _whole_in_range(name, getattr(self, name), *LIMITS[name])
-        for name in ("window", "overlap", "lip_context", "motion", "decode_chunk", "max_batch"):
-            if getattr(self, name) is not None:
-                _whole_in_range(name, getattr(self, name), *LIMITS[name])
-        _whole_in_range("av_offset", self.av_offset, *LIMITS["av_offset"])
-        for name in ("reference_strength", "lip_strength", "expression_strength", "noise_aug"):
-            if getattr(self, name) is not None:
-                _in_range(name, getattr(self, name), *LIMITS[name])
-        if self.window is not None and self.overlap is not None and self.overlap >= self.window:
-            raise SettingError("overlap", f"overlap must be less than the window ({self.window} frames), got {self.overlap}")
-        if self.sampler not in SAMPLERS:
-            raise SettingError("sampler", f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def guidance(self) -> Guidance:
-        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength)
-
-    def windowing(self, model) -> tuple[int, int]:
-        """``(window, overlap)`` in frames: the training clip length and a quarter of it unless set."""
-        window = self.window or model.settings["clip_frames"]
-        return window, self.overlap or default_overlap(window)
-
-    def decode_chunk_for(self, model) -> int:
-        """Frames the VAE decodes at once: ``decode_chunk``, else the sampling window."""
-        return self.decode_chunk or self.windowing(model)[0]
-
-    def sampling_plan(self, model, num_frames: int) -> "SamplingPlan":
-        """What ETHD sampling of ``num_frames`` frames will do with these settings."""
-        window, overlap = self.windowing(model)
-        # Heun's last step is Euler's: 2 * steps - 1 model calls per window.
-        calls_per_window = 2 * self.steps - 1 if self.sampler == "heun" else self.steps
-        return SamplingPlan(window, overlap, len(window_spans(num_frames, window, overlap)), calls_per_window,
-                            self.guidance())
-
-    def sized_for(self, model) -> "GenerationSettings":
-        """A copy with the size :func:`output_size` resolves (0 = the model's native size)."""
-        width, height = output_size(model, self.width, self.height)
-        return replace(self, width=width, height=height)
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """ETHD sampling of one video: its windows, the sampler's model calls per window and the
-    guidance (each call evaluates the UNet once per active guidance pass, batched)."""
-
-    window: int
-    overlap: int
-    windows: int
-    calls_per_window: int
-    guidance: Guidance
-
-    @property
-    def unet_calls(self) -> int:
-        """Batched UNet calls of the whole video (what progress bars count)."""
-        return self.windows * self.calls_per_window
-
-    @property
-    def passes(self) -> int:
-        return len(self.guidance.active_passes())
-
-
-# Models exported before files recorded their training resolution are SVD-size: 512 x 512.
-DEFAULT_RESOLUTION = (512, 512)
-
-
-def native_size(model) -> tuple[int, int]:
-    """``(width, height)`` the model was trained at, as its file records it."""
-    width, height = model.settings.get("resolution", DEFAULT_RESOLUTION)
-    return int(width), int(height)
-
-
-def size_multiple(model) -> int:
-    """Pixels a side must be a multiple of: the VAE's downsampling times the UNet's (64 for SVD)."""
-    vae_levels = len(model.vae.config.block_out_channels)
-    unet_levels = len(model.ethd.unet.config.block_out_channels)
-    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
-
-
-def output_size(model, width: int, height: int) -> tuple[int, int]:
-    """Width and height to generate at, 0 meaning the model's native size; refuses a size the
-    model cannot generate (not a multiple of its VAE's and UNet's downsampling)."""
-    native, multiple = native_size(model), size_multiple(model)
-    size = (width or native[0], height or native[1])
-    for name, value, default in zip(("width", "height"), size, native):
-        if value % multiple:
-            raise SettingError(name, f"{name} must be a multiple of {multiple} for this model (or 0 for its native "
-                                     f"size {default}), got {value}")
-    return size
-
-
-def _samplers() -> dict:
-    from .sampling import sample_euler, sample_heun
-
-    return {"euler": sample_euler, "heun": sample_heun}
-
-
-SAMPLERS = ("euler", "heun")
 
 
 # --- audio ---------------------------------------------------------------------------------
@@ -272,42 +95,6 @@ def lip_stream(vaid, speech: torch.Tensor) -> torch.Tensor:
     """V-AID lip stream ``[N, lip_dim]`` from speech features ``[N, L, D]``."""
     projector, on = vaid.lip_projector, placement(vaid.lip_projector)
     return over_chunks(lambda part: projector(speech[part][None].to(**on))[0].float().cpu(), speech.shape[0])
-
-
-def over_chunks(fn: Callable[[slice], torch.Tensor], total: int,
-                chunk: int = SEQUENCE_CHUNK, context: int = SEQUENCE_CONTEXT) -> torch.Tensor:
-    """Run a frame-sequence model over ``total`` frames in overlapping chunks.
-
-    ``fn(frames)`` returns the outputs ``[n, ...]`` of the frames in the slice. Each chunk sees
-    ``context`` extra frames on both sides, and neighbouring chunks are crossfaded linearly
-    over their shared frames, so there is no step between chunks. A sequence no longer than
-    ``chunk + 2 * context`` is one call.
-    """
-    if total <= chunk + 2 * context:
-        with torch.no_grad():
-            return fn(slice(0, total))
-    output = weight_sum = None
-    for start in range(0, total, chunk):
-        lo, hi = max(0, start - context), min(total, start + chunk + context)
-        with torch.no_grad():
-            part = fn(slice(lo, hi))
-        weight = _crossfade_weights(lo, hi, total, context).to(part.dtype)
-        if output is None:
-            output = part.new_zeros((total, *part.shape[1:]))
-            weight_sum = part.new_zeros(total)
-        output[lo:hi] += weight.view(-1, *([1] * (part.dim() - 1))) * part
-        weight_sum[lo:hi] += weight
-    return output / weight_sum.view(-1, *([1] * (output.dim() - 1)))
-
-
-def _crossfade_weights(lo: int, hi: int, total: int, context: int) -> torch.Tensor:
-    # Ramps up over the leading 2*context frames (unless at the sequence start) and down over
-    # the trailing ones (unless at the end); strictly positive so every frame has weight.
-    k = torch.arange(hi - lo, dtype=torch.float64)
-    ramp = 2 * context
-    up = torch.ones_like(k) if lo == 0 else ((k + 0.5) / ramp).clamp(max=1)
-    down = torch.ones_like(k) if hi == total else ((hi - lo - k - 0.5) / ramp).clamp(max=1)
-    return (up * down).float()
 
 
 # --- reference (EDI's inputs from the portrait) ----------------------------------------------
@@ -410,7 +197,7 @@ class VAIDEmotionResolver:
         """Exp codes of the video's first ``num_frames`` frames at ``fps``."""
         if value in self.videos:
             frames, source_fps = self.videos[value]
-            from .media.video_io import frames_at
+            from .media.video_reader import frames_at
 
             blocks = frames_at(frames, source_fps, fps, num_frames).split(VIDEO_BLOCK)
         else:
@@ -431,7 +218,7 @@ def _video_file_blocks(path, num_frames: int, fps: float) -> Iterator[torch.Tens
     """The first ``num_frames`` frames of a video file at ``fps``, ``[n, 3, H, W]`` blocks, decoded as needed."""
     from itertools import islice
 
-    from .media.video_io import iter_video_frames
+    from .media.video_reader import iter_video_frames
 
     frames, remaining = iter_video_frames(path, fps=fps), num_frames
     while remaining > 0 and (block := list(islice(frames, min(VIDEO_BLOCK, remaining)))):
@@ -501,6 +288,12 @@ def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.T
     )
 
 
+def _samplers() -> dict:
+    from .sampling import sample_euler, sample_heun
+
+    return {"euler": sample_euler, "heun": sample_heun}
+
+
 def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                    settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """ETHD reverse process over the whole video: raw SVD latents ``[N, 4, h, w]`` on the host.
@@ -543,43 +336,6 @@ def decode_frames(model, latents: torch.Tensor, chunk: int | None = None) -> Ite
 
 
 # --- the whole job -------------------------------------------------------------------------
-
-def load_image(path) -> torch.Tensor:
-    """An image file as ``[1, 3, H, W]`` float in 0..1 (RGB; alpha dropped), upright.
-
-    Phone photos are turned as their EXIF orientation says; 16-bit and 32-bit integer images are
-    scaled from their full range and float images read as 0..1 (PIL's RGB conversion would clip
-    them to white or black).
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = _rgb_array(ImageOps.exif_transpose(image))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image this machine can read (try PNG or JPEG)") from None
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path} is too large to read safely ({error}); resize it below 8000 x 8000 pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # PIL's words for truncated or damaged files
-        raise ValueError(f"{path}: cannot read the image ({error}); the file is damaged or incomplete: export it again") from None
-    if not np.isfinite(rgb).all():
-        raise ValueError(f"{path}: the image has NaN or infinite pixels; export it again as an 8-bit PNG or JPEG")
-    return torch.from_numpy(np.clip(rgb, 0.0, 1.0)).permute(2, 0, 1)[None]
-
-
-def _rgb_array(image) -> np.ndarray:
-    """``[H, W, 3]`` float32 in 0..1 of any PIL image."""
-    if image.mode == "F":  # float images are 0..1
-        grey = np.asarray(image, dtype=np.float32)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit (PNG) or 32-bit integer grey
-        grey = np.asarray(image, dtype=np.float64)
-        full = 65535.0 if grey.max(initial=0) <= 65535 else 2.0**31 - 1
-        return np.repeat((grey / full).astype(np.float32)[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
 
 @dataclass
 class GenerationResult:
@@ -637,7 +393,7 @@ class EmotiveTalkPipeline:
                          mask: torch.Tensor | None = None, progress=None) -> GenerationResult:
         """Write the mp4 (H.264 + AAC, the speech padded to N / fps); frames stream from the decoder."""
         from .emotion import to_json
-        from .media.video_io import VideoWriter
+        from .media.video_writer import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
         settings = settings.sized_for(self.model)

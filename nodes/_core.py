@@ -24,8 +24,9 @@ bundles = importlib.import_module(f"{CORE_PACKAGE}.bundles")
 configs = importlib.import_module(f"{CORE_PACKAGE}.configs")
 emotion = importlib.import_module(f"{CORE_PACKAGE}.emotion")
 pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
+settings = importlib.import_module(f"{CORE_PACKAGE}.settings")
 
 
 def core_module(name: str):
-    """A library module imported on first use (media.video_io, sampling: kept out of start-up)."""
+    """A library module imported on first use (media.video_writer, sampling: kept out of start-up)."""
     return importlib.import_module(f"{CORE_PACKAGE}.{name}")

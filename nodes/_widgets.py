@@ -1,13 +1,13 @@
 """Widgets that more than one node shows, built from the library's defaults and ranges
-(``pipeline.GenerationSettings``, ``pipeline.LIMITS``): a default or a range changes in one place,
+(``settings.GenerationSettings``, ``settings.LIMITS``): a default or a range changes in one place,
 and a widget never offers a value the library would then refuse."""
 
 from __future__ import annotations
 
-from ._core import emotion, pipeline
+from ._core import emotion, settings
 
-DEFAULTS = pipeline.GenerationSettings()
-LIMITS = pipeline.LIMITS
+DEFAULTS = settings.GenerationSettings()
+LIMITS = settings.LIMITS
 
 
 def seed() -> tuple:

@@ -93,13 +93,13 @@ class EmotiveTalkModelLoader:
 def reused_svd_parts(path, vae, clip_vision) -> dict:
     """ComfyUI's own VAE / CLIP_VISION objects as the library's modules, sharing their weights."""
     config = bundles.base_config_of(path)
-    svd_convert = core_module("svd.convert")
+    svd_load = core_module("svd.load")
     parts = {}
     if vae is not None:
-        parts["vae"] = _converted("VAE", lambda: svd_convert.vae_from_stability_state(vae.get_sd(), config))
+        parts["vae"] = _converted("VAE", lambda: svd_load.vae_from_stability_state(vae.get_sd(), config))
     if clip_vision is not None:
         parts["image_encoder"] = _converted(
-            "CLIP_VISION", lambda: svd_convert.image_encoder_from_transformers_state(clip_vision.get_sd(), config))
+            "CLIP_VISION", lambda: svd_load.image_encoder_from_transformers_state(clip_vision.get_sd(), config))
     return parts
 
 

@@ -108,14 +108,14 @@ class EmotiveTalkSaveVideo:
         }
 
     def save(self, model, latent, audio, fps, filename_prefix, chunk, prompt=None, extra_pnginfo=None):
-        video_io = core_module("media.video_io")
+        video_writer = core_module("media.video_writer")
         path, filename, subfolder = bridge.output_path(filename_prefix, "mp4")
         waveform, sample_rate = mono(audio)
         blocks = decoded_blocks(model, latent, chunk, "EmotiveTalk Save Video")
         first = next(blocks)
         height, width = first.shape[1:3]
-        with video_io.VideoWriter(path, fps, width, height, audio=waveform, sample_rate=sample_rate,
-                                  metadata=video_metadata(model, prompt, extra_pnginfo)) as writer:
+        with video_writer.VideoWriter(path, fps, width, height, audio=waveform, sample_rate=sample_rate,
+                                      metadata=video_metadata(model, prompt, extra_pnginfo)) as writer:
             writer.write(first)
             for block in blocks:
                 writer.write(block)

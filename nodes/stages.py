@@ -17,6 +17,7 @@ import torch
 from . import _widgets as widgets
 from . import comfy_bridge as bridge
 from ._core import pipeline
+from ._core import settings as settings_lib  # "settings" is a node's GenerationSettings
 from ._types import (
     AUDIO_EXP,
     AUDIO_PREPARED,
@@ -156,8 +157,8 @@ class EmotiveTalkEDIReference:
         if portrait.shape[0] > 1:
             log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
         try:  # a size the model cannot make is named before any model moves to the GPU
-            pipeline.output_size(model, width, height)
-        except pipeline.SettingError as error:
+            settings_lib.output_size(model, width, height)
+        except settings_lib.SettingError as error:
             raise ValueError(f"EmotiveTalk EDI Reference, input '{error.setting}': {error}") from error
         bridge.use(model, "vae", "image_encoder")
         bridge.use(vaid, "vaid")
@@ -215,7 +216,7 @@ def model_tag(model) -> str:
     return f"{model.info.get('config', 'custom')}:{type(vae).__name__}:{vae.config.scaling_factor:g}"
 
 
-def log_estimate(model, settings: pipeline.GenerationSettings, num_frames: int, latent_shape) -> int:
+def log_estimate(model, settings: settings_lib.GenerationSettings, num_frames: int, latent_shape) -> int:
     """Log what the sampler is about to cost; returns the number of UNet calls."""
     plan = settings.sampling_plan(model, num_frames)
     state = num_frames * math.prod(latent_shape) * 4
@@ -245,7 +246,7 @@ class EmotiveTalkETHDSampler:
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
             "steps": widgets.steps("Denoising steps."),
-            "sampler": (list(pipeline.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
+            "sampler": (list(settings_lib.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
             "seed": widgets.seed(),
             "reference_strength": widgets.strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
             "lip_strength": widgets.strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
@@ -258,7 +259,7 @@ class EmotiveTalkETHDSampler:
 
     def sample(self, model, reference, lip, expression, steps, sampler, seed, reference_strength, lip_strength,
                expression_strength, motion, window, overlap, lip_context):
-        settings = pipeline.GenerationSettings(
+        settings = settings_lib.GenerationSettings(
             steps=steps, sampler=sampler, seed=seed, reference_strength=reference_strength,
             lip_strength=lip_strength, expression_strength=expression_strength,
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
@@ -266,7 +267,7 @@ class EmotiveTalkETHDSampler:
         )
         try:  # before any work: a bad window/overlap pair is named, not found mid-sampling
             settings.validate()
-        except pipeline.SettingError as error:  # every setting here is the widget of the same name
+        except settings_lib.SettingError as error:  # every setting here is the widget of the same name
             raise ValueError(f"EmotiveTalk ETHD Sampler, input '{error.setting}': {error}") from error
         latents = run_sampler(model, reference, lip, expression, settings)
         return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)

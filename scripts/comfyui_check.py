@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emotivetalk_core.media.audio import frame_count, load_audio
-from emotivetalk_core.media.video_io import probe
+from emotivetalk_core.media.video_reader import probe
 
 UPSCALE_MODEL = "upscale_x2.safetensors"
 UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png", "nan_speech.wav")

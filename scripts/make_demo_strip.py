@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotivetalk_core.media.video_io import read_video_frames  # noqa: E402
+from emotivetalk_core.media.video_reader import read_video_frames  # noqa: E402
 
 
 def strip(video: Path, rows: int) -> np.ndarray:

@@ -66,7 +66,7 @@ def test_bad_timeline_and_sizes(capsys, tmp_path, speech):
 
 
 def test_generate_writes_the_video(capsys, tmp_path, speech):
-    from emotivetalk_core.media.video_io import probe
+    from emotivetalk_core.media.video_reader import probe
 
     out = tmp_path / "talk.mp4"
     assert main(["generate", "--image", str(PORTRAIT), "--audio", str(speech), "--out", str(out),

@@ -137,15 +137,15 @@ def test_ctrl_c_prints_one_line_exits_130_and_keeps_the_older_file(capsys, tmp_p
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM cannot be caught on Windows")
 def test_sigterm_while_writing_leaves_no_partial_file(capsys, tmp_path, speech, monkeypatch):
-    from emotivetalk_core.media import video_io
+    from emotivetalk_core.media import video_writer
 
-    write = video_io.VideoWriter.write
+    write = video_writer.VideoWriter.write
 
     def write_then_terminated(self, frames):
         write(self, frames)
         os.kill(os.getpid(), signal.SIGTERM)  # as a service manager or `kill` would, mid-video
 
-    monkeypatch.setattr(video_io.VideoWriter, "write", write_then_terminated)
+    monkeypatch.setattr(video_writer.VideoWriter, "write", write_then_terminated)
     previous = signal.getsignal(signal.SIGTERM)
     assert main(_generate(speech, tmp_path / "talk.mp4")) == 143
     assert capsys.readouterr().err.strip() == "terminated"

@@ -11,7 +11,7 @@ from PIL import Image
 from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, load_built, load_emotivetalk_model, load_vaid_model
 from emotivetalk_core.checkpoints import CheckpointError, read_metadata
 from emotivetalk_core.cli import main
-from emotivetalk_core.pipeline import load_image
+from emotivetalk_core.media.image import load_image
 
 
 def test_a_16_bit_png_keeps_its_grey_levels(tmp_path):
@@ -157,13 +157,13 @@ def test_damaged_model_metadata_names_the_file(tmp_path):
 
 def test_an_image_pil_cannot_lay_out_is_refused_by_name(tmp_path, monkeypatch):
     """PIL raises ValueError ("tile cannot extend outside image") for some damaged GIFs and TIFFs."""
-    import emotivetalk_core.pipeline as pipeline
+    import emotivetalk_core.media.image as image_module
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "tiles.gif")
 
     def damaged(image):
         raise ValueError("tile cannot extend outside image")
 
-    monkeypatch.setattr(pipeline, "_rgb_array", damaged)
+    monkeypatch.setattr(image_module, "_rgb_array", damaged)
     with pytest.raises(ValueError, match=r"tiles\.gif: cannot read the image \(tile cannot extend outside image\)"):
         load_image(tmp_path / "tiles.gif")

@@ -27,7 +27,7 @@ from PIL import Image
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, save_model_file
 from emotivetalk_core.emotion import EmotionTimeline, parse_timeline
 from emotivetalk_core.media.audio import load_audio
-from emotivetalk_core.pipeline import load_image
+from emotivetalk_core.media.image import load_image
 
 EXAMPLES = int(os.environ.get("EMOTIVETALK_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,

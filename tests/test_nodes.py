@@ -14,8 +14,8 @@ import torch
 import nodes
 from nodes import comfy_bridge, emotion_nodes, generate, loaders, output_nodes, stages
 from emotivetalk_core import bundles as bundles_module
-from emotivetalk_core import pipeline
-from emotivetalk_core.media.video_io import probe
+from emotivetalk_core import pipeline, settings
+from emotivetalk_core.media.video_reader import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0
@@ -113,7 +113,7 @@ def test_node_schema_is_well_formed(node_id):
 
 def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
     """One owner for each setting: a widget's default is the library's, its range inside the library's."""
-    defaults = pipeline.GenerationSettings()
+    defaults = settings.GenerationSettings()
     library = {"seed": "seed", "fps": "fps", "reference_strength": "reference_strength", "lip_strength": "lip_strength",
                "expression_strength": "expression_strength"}
     checked = 0
@@ -124,7 +124,7 @@ def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
         for widget, setting in {**library, "steps": steps}.items():
             if widget not in inputs:
                 continue
-            options, (low, high) = inputs[widget][1], pipeline.LIMITS[setting]
+            options, (low, high) = inputs[widget][1], settings.LIMITS[setting]
             assert options["default"] == getattr(defaults, setting), (node_id, widget)
             assert low <= options["min"] and options["max"] <= high, (node_id, widget)
             checked += 1

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from emotivetalk_core.chunking import over_chunks
 from emotivetalk_core.emotion import EmotionSource, parse_timeline, single
 from emotivetalk_core.media.audio import frame_count, frame_samples
-from emotivetalk_core.media.video_io import probe, read_metadata
+from emotivetalk_core.media.video_reader import probe, read_metadata
 from emotivetalk_core.metrics import boundary_transitions, seam_ratio
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
-    GenerationSettings,
     fit_portrait,
-    over_chunks,
     prepare_audio,
     shift_frames,
 )
+from emotivetalk_core.settings import GenerationSettings
 
 SMALL = dict(steps=2, dicte_steps=2)  # at the default model's native size (32 px)
 
@@ -117,7 +117,7 @@ def test_generate_writes_an_mp4_of_the_audio_length_with_settings(pipeline, port
 
 
 def test_emotion_video_source_drives_the_expression(pipeline, portrait, tmp_path):
-    from emotivetalk_core.media.video_io import VideoWriter
+    from emotivetalk_core.media.video_writer import VideoWriter
     from emotivetalk_core.pipeline import expand_expression, encode_reference, encode_speech
 
     video = tmp_path / "emotion.mp4"

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from emotivetalk_core.configs import EMOTION_LABELS
 from emotivetalk_core.media.face_crop import DEFAULT_LIFT, DEFAULT_SCALE
 from emotivetalk_core.media.face_detect import detect_face
-from emotivetalk_core.media.video_io import iter_video_frames
+from emotivetalk_core.media.video_reader import iter_video_frames
 from emotivetalk_core.train import face_track, preprocess, targets
 from emotivetalk_core.train.shards import ClipDataset, read_shard_info
 

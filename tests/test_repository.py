@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The library proper: its top level and its subpackages networks/, svd/ and media/ (train/ and synth/
-# are tools with imports of their own).
-LIBRARY_FILES = sorted(path for folder in ("", "networks", "svd", "media") for path in (ROOT / "emotivetalk_core" / folder).glob("*.py"))
+# The library proper: its top level and its subpackages networks/ (with networks/speech/), svd/ and
+# media/ (train/ and synth/ are tools with imports of their own).
+LIBRARY_FILES = sorted(path for folder in ("", "networks", "networks/speech", "svd", "media")
+                       for path in (ROOT / "emotivetalk_core" / folder).glob("*.py"))
 
 
 def _requirements(name):

@@ -8,17 +8,16 @@ import torch
 
 from emotivetalk_core.configs import get_config
 from emotivetalk_core.media.audio import frame_count
-from emotivetalk_core.networks.speech_encoder import (
-    LogMelSpeechEncoder,
-    Wav2Vec2SpeechEncoder,
-    check_speech_encoder,
+from emotivetalk_core.networks.speech.base import weights_sha256
+from emotivetalk_core.networks.speech.load import check_speech_encoder, load_speech_encoder
+from emotivetalk_core.networks.speech.logmel import LogMelSpeechEncoder
+from emotivetalk_core.networks.speech.timing import (
     conv_frame_count,
     conv_frame_times,
     conv_receptive_field,
     interpolate_frames,
-    load_speech_encoder,
-    weights_sha256,
 )
+from emotivetalk_core.networks.speech.wav2vec2 import Wav2Vec2SpeechEncoder
 
 STYLES = {
     # wav2vec2-base layout: group norm on the first conv, post-norm transformer, no conv bias.

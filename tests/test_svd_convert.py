@@ -1,4 +1,4 @@
-"""svd.convert: Stability's single-file SVD layout <-> diffusers/transformers modules, and load_svd."""
+"""svd.convert: Stability's single-file SVD layout <-> diffusers/transformers modules; svd.load: load_svd."""
 
 import json
 import logging
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.svd.convert import STABILITY_PREFIXES, diffusers_to_stability, load_svd, stability_to_diffusers
+from emotivetalk_core.svd.convert import STABILITY_PREFIXES, diffusers_to_stability, stability_to_diffusers
+from emotivetalk_core.svd.load import load_svd
 
 # Names and shapes of every tensor in Stability's svd_xt.safetensors (no weights; see its "notes").
 REFERENCE = Path(__file__).resolve().parent / "data" / "svd_xt_stability_keys.json"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from emotivetalk_core.cli import main
-from emotivetalk_core.media.video_io import VideoWriter
+from emotivetalk_core.media.video_writer import VideoWriter
 from emotivetalk_core.synth import training, world
 from emotivetalk_core.synth.dataset import make_clip
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotivetalk_core.media.video_io import VideoWriter
+from emotivetalk_core.media.video_writer import VideoWriter
 from emotivetalk_core.synth import world
 from emotivetalk_core.synth.judge import (
     Judge, emotion_strength, judge_frames, judge_video, judged_emotion, load_judge, save_judge,

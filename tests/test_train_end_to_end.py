@@ -14,12 +14,12 @@ from video_fixtures import make_talking_video, mead_path
 
 from emotivetalk_core.checkpoints import read_metadata
 from emotivetalk_core.emotion import EmotionSource, single
-from emotivetalk_core.media.video_io import probe
+from emotivetalk_core.media.video_reader import probe
 from emotivetalk_core.pipeline import (
     EmotiveTalkPipeline,
-    GenerationSettings,
     prepare_audio,
 )
+from emotivetalk_core.settings import GenerationSettings
 from emotivetalk_core.train.cli import main
 from emotivetalk_core.train.shards import ClipDataset
 

@@ -374,10 +374,10 @@ def _randomise_adapters(modules, seed: int = 7) -> None:
 
 def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, tmp_path, monkeypatch):
     from emotivetalk_core.pipeline import (
-        GenerationSettings,
         encode_reference,
         sample_latents,
     )
+    from emotivetalk_core.settings import GenerationSettings
 
     config = _config(shards, "ethd")
     stage, modules = _build(ETHDStage, config)

@@ -1,4 +1,5 @@
-"""media.video_io: streamed H.264 + AAC mp4 writing, metadata, cancellation, frame reading, probing."""
+"""media.video_writer and media.video_reader: streamed H.264 + AAC mp4 writing, metadata, cancellation,
+frame reading, probing."""
 
 import gc
 import json
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 from emotivetalk_core.media.audio import frame_samples
-from emotivetalk_core.media.video_io import (VideoWriter, frames_at, iter_video_frames, probe, read_metadata,
-                                             read_video_frames)
+from emotivetalk_core.media.video_reader import frames_at, iter_video_frames, probe, read_metadata, read_video_frames
+from emotivetalk_core.media.video_writer import VideoWriter
 
 SR = 16000
 W, H = 64, 48
@@ -167,7 +168,7 @@ def test_float_frames_are_clipped_and_non_finite_frames_refused(tmp_path):
 
 def test_audio_and_video_of_different_lengths_are_written_whole_with_a_warning(tmp_path, caplog):
     path = tmp_path / "mismatch.mp4"
-    with caplog.at_level(logging.WARNING, logger="emotivetalk_core.media.video_io"):
+    with caplog.at_level(logging.WARNING, logger="emotivetalk_core.media.video_writer"):
         _write(path, _grey_frames([80] * 5), 25, audio=_tone(SR))  # 1 s of audio for 0.2 s of video
     assert "pad_to_frames" in caplog.text
     info = probe(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotivetalk_core.media.video_io import VideoWriter
+from emotivetalk_core.media.video_writer import VideoWriter
 
 # The astronaut's Haar face box (x0, y0, x1, y1) and the middle of her lips (x, y), in the 512x512 photo.
 ASTRONAUT_FACE = (177.0, 67.0, 270.0, 160.0)

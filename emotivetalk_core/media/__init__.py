@@ -1,2 +1,3 @@
-"""Media input and output: decoding audio (``audio``), writing and reading video (``video_io``),
-finding the face in a portrait (``face_detect``) and cropping to it and pasting back (``face_crop``)."""
+"""Media input and output: decoding audio (``audio``), reading images (``image``), writing video
+(``video_writer``) and reading it (``video_reader``), finding the face in a portrait
+(``face_detect``) and cropping to it and pasting back (``face_crop``)."""

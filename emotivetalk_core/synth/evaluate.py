@@ -116,7 +116,8 @@ class Generator:
                  lip_strength: float | None = None) -> np.ndarray:
         """Frames as a user gets them: every setting the library's default but the steps, the seed
         and, where a measure asks for it, the lip strength."""
-        from ..pipeline import GenerationSettings, VAIDEmotionResolver, decode_frames, prepare_audio
+        from ..pipeline import VAIDEmotionResolver, decode_frames, prepare_audio
+        from ..settings import GenerationSettings
 
         pipe = self.pipeline
         settings = GenerationSettings(steps=self.steps, seed=seed)
@@ -132,7 +133,7 @@ class Generator:
 
     def spans(self, num_frames: int) -> list[tuple[int, int]]:
         """The ETHD windows of a video of ``num_frames`` frames (where its seams are)."""
-        from ..pipeline import GenerationSettings
+        from ..settings import GenerationSettings
         from ..sampling import window_spans
 
         plan = GenerationSettings(steps=self.steps).sampling_plan(self.pipeline.model, num_frames)
@@ -140,7 +141,7 @@ class Generator:
 
     @property
     def size(self) -> int:
-        from ..pipeline import native_size
+        from ..settings import native_size
 
         return native_size(self.pipeline.model)[0]
 
@@ -483,7 +484,7 @@ def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds
 
 def default_guidance() -> dict:
     """The guidance strengths every generation of the report used (lip strength 0 aside)."""
-    from ..pipeline import GenerationSettings
+    from ..settings import GenerationSettings
 
     defaults = GenerationSettings()
     return {name: getattr(defaults, f"{name}_strength") for name in ("reference", "lip", "expression")}

@@ -159,7 +159,7 @@ def _judge_batch(judge: Judge, frames: np.ndarray) -> np.ndarray:
 
 def judge_video(path: str | Path, judge: Judge | None = None) -> dict[str, np.ndarray]:
     """Per-frame parameters of a video file (decoded by the repository's reader, resized to :data:`SIZE`)."""
-    from ..media.video_io import iter_video_frames
+    from ..media.video_reader import iter_video_frames
 
     judge = load_judge() if judge is None else judge
     outputs, chunk = [], []

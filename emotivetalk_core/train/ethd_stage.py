@@ -4,7 +4,7 @@ Modules: ``ethd`` (the SVD UNet with EmotiveTalk's zero-initialised adapters; tr
 frozen unless ``train_unet``), the frozen SVD ``vae`` and ``image_encoder``, and the frozen
 ``lip_encoder``, ``exp_encoder`` and ``face_processor`` (from ``init.encoders``, else from the
 ``init.vaid`` file, else random with a warning). The base is ``init.base_svd`` (Stability's
-single file or a diffusers folder, loaded in float32 by ``svd.convert.load_svd``), else a random
+single file or a diffusers folder, loaded in float32 by ``svd.load.load_svd``), else a random
 UNet/VAE/image encoder of ``model`` (the tiny test models). The window ``data.window`` must
 equal ``model.ethd.clip_frames``: SVD's conditioning and frame positions are per clip, so the
 training clip length is the inference window.
@@ -68,7 +68,7 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
   weights a closed mouth like the background when the portrait's mouth is closed too;
 - ``sample_steps`` 4: Euler steps of :meth:`ETHDStage.sample`;
 - ``sample_guidance`` null: its (reference, lip, expression) strengths; null = the library's
-  default guidance (``pipeline.GenerationSettings``), what a user's generation uses.
+  default guidance (``settings.GenerationSettings``), what a user's generation uses.
 
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
@@ -92,7 +92,6 @@ from ..bundles import (
     file_digest,
 )
 from ..networks.ethd import ETHD, lip_windows
-from ..pipeline import GenerationSettings
 from ..placement import placement
 from ..sampling import (
     Conditioning,
@@ -103,6 +102,7 @@ from ..sampling import (
     sample_euler,
     start_latents,
 )
+from ..settings import GenerationSettings
 from ..svd.build import build_image_encoder, build_unet, build_vae
 from ..svd.conditioning import added_time_ids, image_embeds, reference_latent
 from ..svd.vae_decode import decode_latents
@@ -267,7 +267,7 @@ class ETHDStage:
         model = config["model"]
         base = init_path(config, "base_svd")
         if base:
-            from ..svd.convert import load_svd
+            from ..svd.load import load_svd
 
             # float32 master weights whatever the file stores (SVD files are often fp16).
             return load_svd(base, config=model, dtype=torch.float32)

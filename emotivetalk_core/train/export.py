@@ -1,20 +1,29 @@
-"""``train export``: merge the stage exports into the one inference file the nodes load.
+"""Stage exports: what each training run writes at its end, and ``train export``, which merges them
+into the one inference file the nodes load.
 
-Each training run writes ``RUN/export/<stage>.safetensors`` (EMA weights). The inference file
-needs the V-AID side (``lip_projector``, ``dicte``, ``identity_encoder``, ``mapping`` from the
-``vaid`` stage; ``lip_encoder``, ``exp_encoder``, ``face_processor`` from ``encoders``; the
-speech encoder's fingerprint in ``info``) and the ETHD side (``adapter`` from ``ethd``, plus
-``unet``/``vae``/``image_encoder`` when the file is to be self-contained; without them it is an
-adapter file that loads with the user's base SVD). A component is taken from the stage that
-makes it for the inference file (the ETHD stage's export carries the VAE and image encoder it was
-trained with, which a ``base`` run made); a stage's export may carry a copy (the frozen encoders),
-which is used only when the maker's export is not given, and a copy that differs is reported.
+Each training run writes ``RUN/export/<stage>.safetensors`` at its end (:func:`export_run`): the
+stage's components with the EMA weights, via ``checkpoints.save_model_file``, and in its info the
+facts every stage export records (:func:`export_facts`) beside the stage's own; the nodes and
+``train export`` read it.
+
+The inference file (:func:`merge_exports`) needs the V-AID side (``lip_projector``, ``dicte``,
+``identity_encoder``, ``mapping`` from the ``vaid`` stage; ``lip_encoder``, ``exp_encoder``,
+``face_processor`` from ``encoders``; the speech encoder's fingerprint in ``info``) and the ETHD
+side (``adapter`` from ``ethd``, plus ``unet``/``vae``/``image_encoder`` when the file is to be
+self-contained; without them it is an adapter file that loads with the user's base SVD). A
+component is taken from the stage that makes it for the inference file (the ETHD stage's export
+carries the VAE and image encoder it was trained with, which a ``base`` run made); a stage's export
+may carry a copy (the frozen encoders), which is used only when the maker's export is not given,
+and a copy that differs is reported.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from ..bundles import VAID_COMPONENTS
 from ..checkpoints import (
@@ -23,7 +32,10 @@ from ..checkpoints import (
     read_metadata,
     save_model_file,
 )
+from .accelerator import _params_sharded
 from .config import STAGES
+from .ema import EMA
+from .stage import Stage, StageModel
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +46,65 @@ PRODUCERS = {
 }
 REQUIRED = (*VAID_COMPONENTS, "adapter")
 BASE = ("unet", "vae", "image_encoder")
-# Facts the loop records in every stage export; the rest of a stage export's info is the stage's.
+# Facts every stage export records (export_facts); the rest of a stage export's info is the stage's.
 _LOOP_FACTS = ("trained", "note", "stage", "steps", "samples", "config")
 
+
+# --- a stage export, written at the end of its run -------------------------------------------
+
+def export_path(run: Path, stage: str) -> Path:
+    return Path(run) / "export" / f"{stage}.safetensors"
+
+
+def export_run(accelerator, stage: Stage, model: nn.Module, ema: EMA, config: dict, state: dict) -> Path:
+    """Write ``RUN/export/<stage>.safetensors`` with the EMA weights (main process writes; every
+    process must call it, the FSDP gather is collective)."""
+    path = export_path(config["output"], config["stage"])
+    unwrapped = accelerator.unwrap_model(model)
+    if _params_sharded(accelerator):
+        with ema.applied():
+            full = accelerator.get_state_dict(model)  # gathered onto the main process
+        if accelerator.is_main_process:
+            _write_export(path, stage, _rebuilt(stage, config, list(unwrapped.trainable), full), config, state)
+    elif accelerator.is_main_process:
+        with ema.applied():
+            _write_export(path, stage, unwrapped.modules_view(), config, state)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _rebuilt(stage: Stage, config: dict, trainable: list[str], weights: dict) -> nn.ModuleDict:
+    """The stage's modules built afresh on the CPU with ``weights`` (a full container state dict)
+    in the trainable ones: the export path when the live parameters are sharded."""
+    modules = stage.build(config)
+    StageModel(stage, modules, trainable).load_state_dict(weights)
+    return modules
+
+
+def _write_export(path: Path, stage: Stage, modules: nn.ModuleDict, config: dict, state: dict) -> None:
+    from ..checkpoints import save_model_file
+
+    with torch.no_grad():
+        components = stage.export(modules, config)
+        info = stage.export_info(modules, config)
+    save_model_file(path, components, {**export_facts(config, state), **info})
+    log.info("wrote %s", path)
+
+
+def export_facts(config: dict, state: dict) -> dict:
+    """What every stage export records besides the stage's own facts."""
+    data = config["data"]["shards"]
+    return {
+        "trained": True,
+        "note": f"EmotiveTalk {config['stage']} stage, {state['step']} steps ({state['samples']} windows) on {data}",
+        "stage": config["stage"],
+        "steps": state["step"],
+        "samples": state["samples"],
+        "config": config,
+    }
+
+
+# --- the inference file, merged from stage exports (train export) ----------------------------
 
 class StageExport:
     """One stage export file, its components and info (tensors not read)."""

@@ -2,7 +2,7 @@
 
 One process per device (``accelerate launch``); the same code runs on one CPU, one GPU, several
 GPUs or several machines, under DDP, DeepSpeed ZeRO-2 or FSDP (the shipped configs in
-``train/accelerate/``).
+``train/accelerate/``; the Accelerator is made and checked in :mod:`.accelerator`).
 
 **Data order.** The data is an endless stream: the concatenation of one permutation of the
 dataset per epoch, each seeded by ``(seed, epoch)``. Optimizer step ``s`` consumes the next
@@ -16,13 +16,8 @@ run starts the stream there without reading the skipped items.
 a sample's noise does not depend on the process split or on a resume. Global RNG states are
 still saved and restored (accelerate's ``save_state``), so anything else is exact on resume too.
 
-**Checkpoints** (``RUN/checkpoints/step-XXXXXX``): accelerate's state (trainable weights as
-safetensors, optimizer, RNG, grad scaler), ``ema.safetensors`` and ``state.json`` (step, data
-position, EMA updates, config), written last, so a folder without it is incomplete and ignored.
-The last ``keep_checkpoints`` are kept.
-
-**Export** (``RUN/export/<stage>.safetensors``, at the end): the stage's components with the EMA
-weights, via ``checkpoints.save_model_file``; the nodes and ``train export`` read it.
+The checkpoints the loop writes and resumes from are :mod:`.resume`'s; the export it writes at
+the end is :mod:`.export`'s.
 """
 
 from __future__ import annotations
@@ -30,25 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .accelerator import _params_sharded, _weight_dtype, check_accelerator, make_accelerator
 from .config import TrainingError
 from .ema import EMA
+from .export import export_run
 from .noise import SampleNoise, sample_seed
+from .resume import complete_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .shards import ClipDataset
-from .stage import Stage, get_stage
+from .stage import Stage, StageModel, get_stage
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
-EMA_FILE = "ema.safetensors"
 
 
 # --- data order ----------------------------------------------------------------------------
@@ -105,26 +97,7 @@ class SteppedClips(torch.utils.data.Dataset):
         return item
 
 
-# --- the module the optimizer sees -----------------------------------------------------------
-
-class StageModel(nn.Module):
-    """The trainable modules as one ``nn.Module`` (what DDP/FSDP/DeepSpeed wrap); frozen modules
-    are held but not registered, so they stay out of the wrapper, its state and its checkpoints.
-    ``forward`` is the stage's loss, so the wrapper's forward hooks run around the whole step."""
-
-    def __init__(self, stage: Stage, modules: nn.ModuleDict, trainable: list[str]):
-        super().__init__()
-        self.stage = stage
-        self.trainable = nn.ModuleDict({name: modules[name] for name in trainable})
-        self.__dict__["frozen"] = {name: module for name, module in modules.items() if name not in trainable}
-
-    def modules_view(self) -> nn.ModuleDict:
-        """Every module under its stage name (children as currently wrapped, if a wrapper did so)."""
-        return nn.ModuleDict({**self.frozen, **dict(self.trainable.items())})
-
-    def forward(self, batch: dict, noise: SampleNoise) -> dict[str, torch.Tensor]:
-        return self.stage.loss(self.modules_view(), batch, noise)
-
+# --- the stage's modules: which train, which are frozen --------------------------------------
 
 def _trainable_names(stage: Stage, modules: nn.ModuleDict) -> list[str]:
     names = list(stage.trainable(modules))
@@ -137,149 +110,6 @@ def _trainable_names(stage: Stage, modules: nn.ModuleDict) -> list[str]:
 def _freeze(modules: dict[str, nn.Module], device: torch.device, dtype: torch.dtype | None) -> None:
     for module in modules.values():
         module.requires_grad_(False).eval().to(device=device, dtype=dtype)
-
-
-# --- the accelerator -------------------------------------------------------------------------
-
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_accelerator(config: dict):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import ProjectConfiguration
-
-    train = config["train"]
-    run = Path(config["output"])
-    return Accelerator(
-        mixed_precision=train["mixed_precision"],
-        gradient_accumulation_steps=train["grad_accum"],
-        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
-        log_with="tensorboard" if _tensorboard_available() else None,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train["find_unused_parameters"])],
-    )
-
-
-def check_accelerator(accelerator, config: dict) -> None:
-    """Refuse launches whose accelerate settings contradict the training config.
-
-    - ``accelerate launch --multi_gpu`` on a machine without GPUs starts several processes that
-      each train alone on the same run folder; on CPU, ``ACCELERATE_USE_CPU=true`` makes them one
-      gloo run (``--cpu`` alone starts a single process unless mpirun is set up).
-    - An accelerate config's ``gradient_accumulation_steps`` overrides the Accelerator's; the
-      data order follows ``train.grad_accum``, so the two must agree.
-    - DeepSpeed ZeRO-3 leaves no parameters for the EMA (see :func:`_params_sharded`).
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes != launched:
-        raise TrainingError(f"{launched} processes were launched but accelerate runs {accelerator.num_processes} "
-                            "as one job (no GPU?): on CPU set ACCELERATE_USE_CPU=true for a gloo run")
-    if accelerator.gradient_accumulation_steps != config["train"]["grad_accum"]:
-        raise TrainingError(f"accelerate is set to {accelerator.gradient_accumulation_steps} gradient accumulation "
-                            f"steps, the config to train.grad_accum = {config['train']['grad_accum']}: remove "
-                            "gradient_accumulation_steps from the accelerate config (train.grad_accum decides)")
-    _params_sharded(accelerator)
-
-
-def _weight_dtype(accelerator) -> torch.dtype | None:
-    """The dtype frozen modules run in: half under mixed precision (memory), else unchanged."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
-
-
-def _params_sharded(accelerator) -> bool:
-    """True under FSDP, where each process holds a shard of the parameters (and so of the EMA);
-    DDP and DeepSpeed ZeRO-1/2 keep a full replica on every process."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        # ZeRO-3 leaves empty placeholders where the parameters were: no EMA, no export.
-        raise TrainingError("DeepSpeed ZeRO-3 is not supported (the EMA needs the parameters): "
-                            "use train/accelerate/deepspeed_zero2.yaml or fsdp.yaml")
-    return accelerator.distributed_type == DistributedType.FSDP
-
-
-# --- checkpoints -----------------------------------------------------------------------------
-
-def checkpoint_dir(run: Path, step: int) -> Path:
-    return Path(run) / CHECKPOINTS / f"step-{step:06d}"
-
-
-def complete_checkpoints(run: Path) -> list[Path]:
-    """Checkpoints of a run that finished writing (they have ``state.json``), oldest first."""
-    folder = Path(run) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.glob("step-*") if (path / STATE_FILE).is_file())
-
-
-def resolve_resume(run: Path, resume: str) -> Path:
-    """``latest`` -> the run's newest complete checkpoint; anything else is a checkpoint folder."""
-    if resume == "latest":
-        found = complete_checkpoints(run)
-        if not found:
-            raise TrainingError(f"--resume latest: no complete checkpoint under {Path(run) / CHECKPOINTS}")
-        return found[-1]
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise TrainingError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE} in it)")
-    return path
-
-
-def _ema_file(folder: Path, accelerator) -> Path:
-    # Under FSDP every process holds a different shard of the parameters, so of the EMA too.
-    if _params_sharded(accelerator):
-        return folder / f"ema.rank-{accelerator.process_index:05d}.safetensors"
-    return folder / EMA_FILE
-
-
-def save_checkpoint(accelerator, run: Path, state: dict, ema: EMA, config: dict) -> Path:
-    from safetensors.torch import save_file
-
-    folder = checkpoint_dir(run, state["step"])
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process or _params_sharded(accelerator):
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(_ema_file(folder, accelerator)))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        record = {**state, "ema_updates": ema.updates, "config": config}
-        (folder / STATE_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
-        _prune(run, config["train"]["keep_checkpoints"])
-    accelerator.wait_for_everyone()
-    return folder
-
-
-def _prune(run: Path, keep: int) -> None:
-    for old in complete_checkpoints(run)[:-keep]:
-        shutil.rmtree(old)
-
-
-def load_checkpoint(accelerator, folder: Path, ema: EMA, config: dict) -> dict:
-    from safetensors.torch import load_file
-
-    record = json.loads((folder / STATE_FILE).read_text())
-    _check_same_run(record["config"], config, folder)
-    accelerator.load_state(str(folder))
-    ema_path = _ema_file(folder, accelerator)
-    if not ema_path.is_file():
-        raise TrainingError(f"{folder} has no {ema_path.name}; the checkpoint is incomplete")
-    ema.load_state_dict(load_file(str(ema_path), device=str(accelerator.device)), record["ema_updates"])
-    return {"step": record["step"], "samples": record["samples"]}
-
-
-def _check_same_run(saved: dict, config: dict, folder: Path) -> None:
-    """Resuming may change how long and where (steps, output, data folder), not what is trained."""
-    for key in ("stage", "model", config["stage"]):
-        if saved.get(key) != config.get(key):
-            raise TrainingError(f"{folder} was written by a run with a different '{key}'; resume with the config it was trained with")
-    fixed = ("seed", "batch_size", "grad_accum", "lr", "lr_warmup", "lr_schedule", "lr_min", "weight_decay", "ema_decay",
-             "ema_warmup", "max_grad_norm")
-    changed = [key for key in fixed if saved["train"].get(key) != config["train"].get(key)]
-    if changed:
-        log.warning("resuming %s with changed train settings %s: the run is no longer the uninterrupted one", folder, changed)
 
 
 # --- logging -----------------------------------------------------------------------------
@@ -552,57 +382,3 @@ class _eval_mode:
     def __exit__(self, *exc):
         for module, training in self.modes.items():
             module.train(training)
-
-
-# --- export ------------------------------------------------------------------------------
-
-def export_path(run: Path, stage: str) -> Path:
-    return Path(run) / "export" / f"{stage}.safetensors"
-
-
-def export_run(accelerator, stage: Stage, model: nn.Module, ema: EMA, config: dict, state: dict) -> Path:
-    """Write ``RUN/export/<stage>.safetensors`` with the EMA weights (main process writes; every
-    process must call it, the FSDP gather is collective)."""
-    path = export_path(config["output"], config["stage"])
-    unwrapped = accelerator.unwrap_model(model)
-    if _params_sharded(accelerator):
-        with ema.applied():
-            full = accelerator.get_state_dict(model)  # gathered onto the main process
-        if accelerator.is_main_process:
-            _write_export(path, stage, _rebuilt(stage, config, list(unwrapped.trainable), full), config, state)
-    elif accelerator.is_main_process:
-        with ema.applied():
-            _write_export(path, stage, unwrapped.modules_view(), config, state)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def _rebuilt(stage: Stage, config: dict, trainable: list[str], weights: dict) -> nn.ModuleDict:
-    """The stage's modules built afresh on the CPU with ``weights`` (a full container state dict)
-    in the trainable ones: the export path when the live parameters are sharded."""
-    modules = stage.build(config)
-    StageModel(stage, modules, trainable).load_state_dict(weights)
-    return modules
-
-
-def _write_export(path: Path, stage: Stage, modules: nn.ModuleDict, config: dict, state: dict) -> None:
-    from ..checkpoints import save_model_file
-
-    with torch.no_grad():
-        components = stage.export(modules, config)
-        info = stage.export_info(modules, config)
-    save_model_file(path, components, {**export_facts(config, state), **info})
-    log.info("wrote %s", path)
-
-
-def export_facts(config: dict, state: dict) -> dict:
-    """What every stage export records besides the stage's own facts."""
-    data = config["data"]["shards"]
-    return {
-        "trained": True,
-        "note": f"EmotiveTalk {config['stage']} stage, {state['step']} steps ({state['samples']} windows) on {data}",
-        "stage": config["stage"],
-        "steps": state["step"],
-        "samples": state["samples"],
-        "config": config,
-    }

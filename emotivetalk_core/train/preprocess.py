@@ -5,7 +5,7 @@ under ``OUT/shards/``:
 
 1. The audio is decoded to 16 kHz mono; a file without an audio stream or with silent audio is
    skipped.
-2. Pass one decodes the frames at ``--fps`` (by frame centres, ``media.video_io.iter_video_frames``)
+2. Pass one decodes the frames at ``--fps`` (by frame centres, ``media.video_reader.iter_video_frames``)
    and tracks the face (``face_track``); nothing but the boxes is kept. Only frames the audio
    covers are used.
 3. The track is cleaned and smoothed; where the face is lost for more than ``--max-gap`` the
@@ -48,7 +48,7 @@ import numpy as np
 from ..configs import EMOTION_LABELS
 from ..media.audio import SAMPLE_RATE, frame_count, load_audio
 from ..media.face_crop import DEFAULT_SCALE
-from ..media.video_io import iter_video_frames
+from ..media.video_reader import iter_video_frames
 from . import face_track, targets
 from .shards import ShardError, read_shard_info, samples_per_frame, write_shard
 
@@ -370,7 +370,7 @@ def _frames(source: Path, fps: int):
     """uint8 RGB frames at ``fps`` (decoding errors become a Skip)."""
     try:
         for frame in iter_video_frames(source, fps=fps):
-            # media.video_io returns exact k/255 floats, so this gives back the decoded bytes.
+            # media.video_reader returns exact k/255 floats, so this gives back the decoded bytes.
             yield (frame * np.float32(255) + np.float32(0.5)).astype(np.uint8)
     except ValueError as error:
         raise Skip("unreadable", str(error)) from error

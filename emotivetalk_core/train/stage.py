@@ -13,8 +13,9 @@ What the loop does around a stage (so a stage need not):
   builds the same random init), then moves them to the device;
 - gives the optimizer and the EMA exactly the parameters of the ``trainable`` modules that
   require grad (a stage may freeze parts of a trainable module, e.g. ETHD's base UNet);
-  every other module is frozen (``requires_grad_(False)``, ``eval()``), kept out of DDP/FSDP,
-  and cast to the mixed-precision dtype when there is one;
+  every other module is frozen (``requires_grad_(False)``, ``eval()``), kept out of DDP/FSDP
+  (:class:`StageModel`, the one module the wrappers see, holds them unregistered), and cast to
+  the mixed-precision dtype when there is one;
 - runs ``loss`` under autocast and scales it for gradient accumulation;
 - adds ``batch["reference"]`` ``[B, 3, S, S]`` to every batch: a frame of the same clip from
   outside the item's window (``ClipDataset.outside_frame``; the clip's first frame when the
@@ -86,3 +87,22 @@ class Stage(Protocol):
         nothing to show. Called on the main process only, under ``torch.no_grad()``, with the
         EMA weights in ``modules``; it must not draw from global random state (use a seeded
         ``torch.Generator``), so sampling never changes the training run."""
+
+
+class StageModel(nn.Module):
+    """The trainable modules as one ``nn.Module`` (what DDP/FSDP/DeepSpeed wrap); frozen modules
+    are held but not registered, so they stay out of the wrapper, its state and its checkpoints.
+    ``forward`` is the stage's loss, so the wrapper's forward hooks run around the whole step."""
+
+    def __init__(self, stage: Stage, modules: nn.ModuleDict, trainable: list[str]):
+        super().__init__()
+        self.stage = stage
+        self.trainable = nn.ModuleDict({name: modules[name] for name in trainable})
+        self.__dict__["frozen"] = {name: module for name, module in modules.items() if name not in trainable}
+
+    def modules_view(self) -> nn.ModuleDict:
+        """Every module under its stage name (children as currently wrapped, if a wrapper did so)."""
+        return nn.ModuleDict({**self.frozen, **dict(self.trainable.items())})
+
+    def forward(self, batch: dict, noise: SampleNoise) -> dict[str, torch.Tensor]:
+        return self.stage.loss(self.modules_view(), batch, noise)

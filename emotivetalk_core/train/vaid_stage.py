@@ -88,7 +88,8 @@ from torch import nn
 
 from ..bundles import VAIDModel, load_built, vaid_classes, vaid_components, vaid_info
 from ..checkpoints import load_model_file
-from ..networks.speech_encoder import SAMPLE_RATE, load_speech_encoder
+from ..networks.speech.load import load_speech_encoder
+from ..networks.speech.timing import SAMPLE_RATE
 from ..placement import placement
 from ..networks.vaid import pull_loss, push_loss
 from .noise import SampleNoise

@@ -1,41 +1,29 @@
-"""The frozen "Audio Encoder" of EmotiveTalk: speech features for every video frame.
+"""The wav2vec2 encoder: a transformers ``Wav2Vec2Model`` from a Hugging Face folder or a ComfyUI
+file.
 
-Every encoder is an ``nn.Module`` with ``encode(waveform, num_frames, fps) -> [num_frames,
-num_layers, dim]``. An encoder produces features on its own time grid (wav2vec2: one frame per
-20 ms; log-mel: one per 10 ms); ``encode`` reads them at the video frame centres
-``(j + 0.5) / fps`` by linear interpolation between the two nearest feature frames (by timestamp,
-clamped at the ends), so audio and video stay aligned whatever the two rates are.
-
-``fingerprint()`` identifies an encoder (architecture, input normalisation, a hash of the weights,
-where it was loaded from). V-AID checkpoints record it and call :func:`check_speech_encoder`, as
-features of another encoder are meaningless to a V-AID trained on these.
+A ComfyUI ``models/audio_encoders`` file is a bare state dict: its names are made canonical
+(prefix, legacy weight-norm names, pre-training heads dropped) and the ``Wav2Vec2Config`` is
+inferred from its shapes (:func:`infer_wav2vec2_config`). Long audio is encoded in chunks.
 
 transformers and safetensors are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
-import hashlib
 import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..placement import placement
+from ...placement import placement
+from .base import SpeechEncoder, weights_sha256
+from .timing import SAMPLE_RATE, WAV2VEC2_CONV_KERNELS, WAV2VEC2_CONV_STRIDES, conv_frame_count, conv_receptive_field
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-
-# Standard wav2vec2 / HuBERT convolutional feature encoder. Strides are not stored in a weights
-# file, so a file is only accepted when its kernels match these (its strides then are these too).
-WAV2VEC2_CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)
-WAV2VEC2_CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 # Attention heads are not stored either; every released wav2vec2 (base 12x64, large 16x64) uses 64.
 WAV2VEC2_HEAD_DIM = 64
 WAV2VEC2_NORMALISATION = "zero-mean-unit-variance"
@@ -56,185 +44,6 @@ _KNOWN_WAV2VEC2 = {
     (1024, 24, "layer"): "wav2vec2-large",
     (1024, 24, "group"): "wav2vec2-large-groupnorm",
 }
-_EXAMPLE_FILES = {"base": "wav2vec2-base-960h", "large": "wav2vec2-large-960h-lv60-self"}
-
-_LOGMEL_WINDOW = 400  # 25 ms
-_LOGMEL_HOP = 160  # 10 ms
-_LOGMEL_FLOOR = 1e-10
-LOGMEL_NORMALISATION = f"ln(max(mel_power, {_LOGMEL_FLOOR:g}))"
-
-
-# --------------------------------------------------------------------------------------------
-# Time grids
-
-
-def conv_receptive_field(kernels=WAV2VEC2_CONV_KERNELS, strides=WAV2VEC2_CONV_STRIDES) -> tuple[int, int]:
-    """``(receptive_field, stride)`` in input samples of a stack of unpadded 1-D convolutions."""
-    field, jump = 1, 1
-    for kernel, stride in zip(kernels, strides, strict=True):
-        field += (kernel - 1) * jump
-        jump *= stride
-    return field, jump
-
-
-def conv_frame_count(num_samples: int, receptive_field: int = 400, stride: int = 320) -> int:
-    """Output frames of the convolution stack for ``num_samples`` inputs: ``floor((T - rf) / stride) + 1``.
-
-    Equal to applying ``floor((L - k) / s) + 1`` layer by layer (the floors compose exactly).
-    """
-    if num_samples < receptive_field:
-        return 0
-    return (num_samples - receptive_field) // stride + 1
-
-
-def conv_frame_times(num_frames: int, receptive_field: int = 400, stride: int = 320,
-                     sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Centre, in seconds, of each conv frame: frame k covers samples ``[stride*k, stride*k + rf)``."""
-    return (stride * np.arange(num_frames, dtype=np.float64) + receptive_field / 2) / sample_rate
-
-
-def video_frame_times(num_frames: int, fps: float) -> np.ndarray:
-    """Centre, in seconds, of each video frame: ``(j + 0.5) / fps``."""
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    return (np.arange(num_frames, dtype=np.float64) + 0.5) / float(fps)
-
-
-def interpolate_frames(features: torch.Tensor, first_time: float, step: float, query_times: np.ndarray) -> torch.Tensor:
-    """``features`` (frame i at ``first_time + i * step`` s) linearly interpolated at ``query_times``.
-
-    Queries before the first or after the last frame take that frame's value.
-    """
-    count = features.shape[0]
-    if count == 0:
-        raise ValueError("cannot interpolate an empty feature sequence")
-    position = np.clip((np.asarray(query_times, dtype=np.float64) - first_time) / step, 0.0, count - 1)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, count - 1)
-    weight = torch.as_tensor(position - lower, dtype=features.dtype, device=features.device)
-    weight = weight.reshape(-1, *([1] * (features.dim() - 1)))
-    lower_t = torch.as_tensor(lower, device=features.device)
-    upper_t = torch.as_tensor(upper, device=features.device)
-    return features[lower_t] * (1 - weight) + features[upper_t] * weight
-
-
-# --------------------------------------------------------------------------------------------
-# Common interface
-
-
-class SpeechEncoder(nn.Module, abc.ABC):
-    """A frozen speech encoder: features per video frame, ``[num_frames, num_layers, dim]``."""
-
-    num_layers: int
-    dim: int
-
-    @abc.abstractmethod
-    def features(self, waveform: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """``(features [F, num_layers, dim], first_time, step)``: frame i is at ``first_time + i*step`` s."""
-
-    @abc.abstractmethod
-    def fingerprint(self) -> dict:
-        """``{"architecture", "normalisation", "weights_sha256", "source"}`` of this encoder."""
-
-    @torch.no_grad()
-    def encode(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
-        """Features at the centre of each of ``num_frames`` video frames at ``fps``.
-
-        ``waveform`` is mono float at 16 kHz, shape ``[T]``. Frames past the end of the audio get
-        the last feature frame; pad the audio first (``media.audio.pad_to_frames``) to encode silence.
-        """
-        waveform = torch.as_tensor(waveform)
-        if waveform.dim() != 1:
-            raise ValueError(f"waveform must be 1-D mono at {SAMPLE_RATE} Hz, got shape {tuple(waveform.shape)}")
-        if waveform.shape[0] == 0:
-            raise ValueError("waveform is empty")
-        if num_frames < 0:
-            raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-        features, first_time, step = self.features(waveform.to(torch.float32))
-        return interpolate_frames(features, first_time, step, video_frame_times(num_frames, fps))
-
-
-def weights_sha256(state_dict: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> str:
-    """sha256 over (name, shape, float32 bytes) of every tensor, in sorted-name order.
-
-    Casting to float32 first makes an fp16 file and an fp32 copy of the same values hash alike.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        if name in skip:
-            continue
-        tensor = state_dict[name].detach().to("cpu", torch.float32).contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.numpy())
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Log-mel
-
-
-def _hz_to_mel(hz):
-    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
-
-
-def _mel_to_hz(mel):
-    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def mel_filterbank(n_mels: int, n_fft: int = _LOGMEL_WINDOW, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` triangular filters on the HTK mel scale, 0 Hz to Nyquist."""
-    bin_hz = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(sample_rate / 2), n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bin_hz - lower) / (centre - lower)
-    falling = (upper - bin_hz) / (upper - centre)
-    bank = np.maximum(0.0, np.minimum(rising, falling))
-    empty = np.flatnonzero(bank.sum(axis=1) == 0)
-    if empty.size:
-        raise ValueError(
-            f"{n_mels} mel bands are too many for a {n_fft}-point FFT at {sample_rate} Hz: "
-            f"bands {empty.tolist()} contain no FFT bin"
-        )
-    return bank.astype(np.float32)
-
-
-class LogMelSpeechEncoder(SpeechEncoder):
-    """Log-mel spectrogram: 25 ms Hann windows every 10 ms, centred (frame i at ``i * 0.01`` s).
-
-    Weight-less and deterministic: the light-weight encoder of the ``tiny`` configuration.
-    """
-
-    def __init__(self, n_mels: int, layers: int = 1):
-        super().__init__()
-        if layers != 1:
-            raise ValueError(f"the log-mel encoder has exactly one feature layer, got layers={layers}")
-        self.n_mels = int(n_mels)
-        self.num_layers = 1
-        self.dim = self.n_mels
-        # Non-persistent: derived from n_mels, so the state dict (and the weights hash) stay empty.
-        self.register_buffer("window", torch.hann_window(_LOGMEL_WINDOW, dtype=torch.float32), persistent=False)
-        self.register_buffer("filterbank", torch.from_numpy(mel_filterbank(self.n_mels)), persistent=False)
-
-    def features(self, waveform: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        waveform = waveform.to(self.window.device)
-        # Zero padding, not reflection: a reflected click at the start would appear twice.
-        spectrum = torch.stft(waveform, n_fft=_LOGMEL_WINDOW, hop_length=_LOGMEL_HOP, window=self.window,
-                              center=True, pad_mode="constant", return_complex=True)
-        mel = self.filterbank @ spectrum.abs().square()  # [n_mels, F]
-        log_mel = torch.log(mel.clamp_min(_LOGMEL_FLOOR))
-        return log_mel.T.unsqueeze(1), 0.0, _LOGMEL_HOP / SAMPLE_RATE
-
-    def fingerprint(self) -> dict:
-        return {
-            "architecture": f"logmel-{self.n_mels}",
-            "normalisation": LOGMEL_NORMALISATION,
-            "weights_sha256": "",
-            "source": "built-in",
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# wav2vec2
 
 
 class Wav2Vec2SpeechEncoder(SpeechEncoder):
@@ -298,7 +107,7 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
         """A ComfyUI ``models/audio_encoders`` file: bare state dict, architecture read from shapes."""
         from transformers import Wav2Vec2Model
 
-        from ..checkpoints import open_safetensors
+        from ...checkpoints import open_safetensors
 
         path = Path(path)
         with open_safetensors(path) as handle:
@@ -499,59 +308,3 @@ def infer_wav2vec2_config(state_dict: dict[str, torch.Tensor], path: Path):
         num_conv_pos_embeddings=pos_conv.shape[-1],
         num_conv_pos_embedding_groups=hidden // pos_conv.shape[1],
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration entry points
-
-
-def load_speech_encoder(config_speech: dict, source: str | Path | None = None, **kwargs) -> SpeechEncoder:
-    """The encoder a configuration's ``speech`` entry names.
-
-    ``{"kind": "logmel", "n_mels", "layers"}`` needs no file (``source`` is ignored);
-    ``{"kind": "wav2vec2", "architecture", "layers"}`` loads ``source`` (a ComfyUI
-    ``models/audio_encoders`` file or a Hugging Face folder) and checks it is that architecture.
-    ``kwargs`` go to :class:`Wav2Vec2SpeechEncoder` (chunking).
-    """
-    kind = config_speech.get("kind")
-    if kind == "logmel":
-        return LogMelSpeechEncoder(config_speech["n_mels"], config_speech.get("layers", 1))
-    if kind != "wav2vec2":
-        raise ValueError(f"unknown speech encoder kind {kind!r}; expected 'logmel' or 'wav2vec2'")
-    architecture = config_speech.get("architecture")
-    if source is None:
-        example = _EXAMPLE_FILES.get(architecture, "wav2vec2-base-960h")
-        raise ValueError(
-            f"this model needs a wav2vec2-{architecture or 'base'} speech encoder file, e.g. {example}.safetensors: "
-            "put it in ComfyUI's models/audio_encoders folder and select it"
-        )
-    encoder = Wav2Vec2SpeechEncoder.load(source, config_speech["layers"], **kwargs)
-    loaded = encoder.fingerprint()["architecture"]
-    if architecture is not None and loaded != f"wav2vec2-{architecture}":
-        raise ValueError(
-            f"{source} is a {loaded} model but this configuration needs wav2vec2-{architecture} "
-            f"(e.g. {_EXAMPLE_FILES.get(architecture, 'wav2vec2-base-960h')})"
-        )
-    return encoder
-
-
-_CHECKED_FIELDS = ("architecture", "normalisation", "weights_sha256")
-
-
-def check_speech_encoder(expected: dict, actual: dict, needed_file_hint: str) -> None:
-    """Raise ``ValueError`` unless ``actual`` (the loaded encoder's fingerprint) matches ``expected``
-    (the one a V-AID checkpoint recorded) in architecture, normalisation and weights hash."""
-    absent = [field for field in _CHECKED_FIELDS if field not in expected]
-    if absent:
-        raise ValueError(f"the checkpoint's speech-encoder fingerprint lacks {absent}: {expected}")
-    differences = [
-        f"{field}: needs {expected[field]!r}, got {actual.get(field)!r}"
-        for field in _CHECKED_FIELDS
-        if expected[field] != actual.get(field)
-    ]
-    if differences:
-        raise ValueError(
-            f"this checkpoint was trained with the speech encoder {expected.get('source', '?')!r} "
-            f"({expected['architecture']}) but {actual.get('source', '?')!r} ({actual.get('architecture')}) "
-            f"is loaded; {'; '.join(differences)}. {needed_file_hint}"
-        )

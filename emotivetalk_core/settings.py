@@ -1,0 +1,186 @@
+"""Every setting of a generation in one place: its default, its allowed range, what it resolves to.
+
+:class:`GenerationSettings` owns every knob (the nodes' widgets and the command line's flags take
+their defaults from it and their ranges from :data:`LIMITS`). It refuses values no generation can
+use, naming the setting (:class:`SettingError`), and resolves the sampling windows, guidance and
+UNet calls (:class:`SamplingPlan`) and the decode chunk for a model; :func:`output_size` resolves
+the size to make and refuses one the model cannot make.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+
+import numpy as np
+
+from .media import audio as audio_lib
+from .sampling import Guidance, default_overlap, window_spans
+
+# Allowed ranges (inclusive) of GenerationSettings' numbers. Upper bounds keep a typo from asking
+# for memory no machine has (65536 px, fps 1e-6 = 60 GB of frames) or hours of sampling.
+LIMITS = {
+    "fps": (1, 120),
+    "width": (0, 4096), "height": (0, 4096),  # 0 = the model's native size
+    "steps": (1, 500), "dicte_steps": (1, 1000),
+    "seed": (0, 2**63 - 1),
+    "window": (2, 1000), "overlap": (1, 999), "lip_context": (0, 100), "motion": (0, 1023),
+    "decode_chunk": (1, 1000), "max_batch": (1, 1000),
+    "av_offset": (-250, 250),
+    "reference_strength": (0.0, 30.0), "lip_strength": (0.0, 30.0), "expression_strength": (0.0, 30.0),
+    "noise_aug": (0.0, 10.0),
+}
+
+
+class SettingError(ValueError):
+    """A generation setting out of its allowed range; ``setting`` names it (the command line
+    turns it into its flag, ``--`` + the name with dashes)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+def _in_range(name: str, value, low, high) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)) or not math.isfinite(value):
+        raise SettingError(name, f"{name} must be a number in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise SettingError(name, f"{name} must be in {low}..{high}, got {float(value):g}")
+
+
+def _whole_in_range(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SettingError(name, f"{name} must be a whole number in {low}..{high}, got {value!r}")
+    if not low <= value <= high:
+        raise SettingError(name, f"{name} must be in {low}..{high}, got {value}")
+
+
+@dataclass
+class GenerationSettings:
+    """Every knob of a generation. ``None`` means "what the model was trained with"."""
+
+    fps: float = 25.0
+    width: int = 0  # 0 = the model's native size (see native_size)
+    height: int = 0
+    steps: int = 25
+    sampler: str = "euler"
+    seed: int = 0
+    motion: int | None = None  # SVD's motion bucket
+    noise_aug: float | None = None
+    # Lip 4 / expression 2 (docs/ARCHITECTURE.md, "Guidance"): on held-out SynthTalk clips lip
+    # strength 4 doubles lip sync over 1, and expression 2 gives back the emotion strength the
+    # stronger lip pass takes (BENCHMARKS.md, "Lip guidance"). Costs a fourth UNet pass per step.
+    reference_strength: float = 2.0
+    lip_strength: float = 4.0
+    expression_strength: float = 2.0
+    av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
+    lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
+    window: int | None = None  # ETHD window in frames (default: the training clip length)
+    overlap: int | None = None  # default: 25 % of the window, rounded up
+    dicte_steps: int = 25
+    decode_chunk: int | None = None  # default: the window
+    max_batch: int | None = None  # split guidance passes only under memory pressure
+
+    def validate(self) -> None:
+        """Refuse values no generation can use, naming the setting and its allowed range
+        (:class:`SettingError`); sizes the model cannot make are refused by :meth:`sized_for`."""
+        try:
+            fps = audio_lib.exact_rate(self.fps, "fps")
+        except (TypeError, ValueError) as error:
+            raise SettingError("fps", str(error)) from error
+        _in_range("fps", fps, *LIMITS["fps"])
+        for name in ("width", "height", "steps", "dicte_steps", "seed"):
+            _whole_in_range(name, getattr(self, name), *LIMITS[name])
+        for name in ("window", "overlap", "lip_context", "motion", "decode_chunk", "max_batch"):
+            if getattr(self, name) is not None:
+                _whole_in_range(name, getattr(self, name), *LIMITS[name])
+        _whole_in_range("av_offset", self.av_offset, *LIMITS["av_offset"])
+        for name in ("reference_strength", "lip_strength", "expression_strength", "noise_aug"):
+            if getattr(self, name) is not None:
+                _in_range(name, getattr(self, name), *LIMITS[name])
+        if self.window is not None and self.overlap is not None and self.overlap >= self.window:
+            raise SettingError("overlap", f"overlap must be less than the window ({self.window} frames), got {self.overlap}")
+        if self.sampler not in SAMPLERS:
+            raise SettingError("sampler", f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def guidance(self) -> Guidance:
+        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength)
+
+    def windowing(self, model) -> tuple[int, int]:
+        """``(window, overlap)`` in frames: the training clip length and a quarter of it unless set."""
+        window = self.window or model.settings["clip_frames"]
+        return window, self.overlap or default_overlap(window)
+
+    def decode_chunk_for(self, model) -> int:
+        """Frames the VAE decodes at once: ``decode_chunk``, else the sampling window."""
+        return self.decode_chunk or self.windowing(model)[0]
+
+    def sampling_plan(self, model, num_frames: int) -> "SamplingPlan":
+        """What ETHD sampling of ``num_frames`` frames will do with these settings."""
+        window, overlap = self.windowing(model)
+        # Heun's last step is Euler's: 2 * steps - 1 model calls per window.
+        calls_per_window = 2 * self.steps - 1 if self.sampler == "heun" else self.steps
+        return SamplingPlan(window, overlap, len(window_spans(num_frames, window, overlap)), calls_per_window,
+                            self.guidance())
+
+    def sized_for(self, model) -> "GenerationSettings":
+        """A copy with the size :func:`output_size` resolves (0 = the model's native size)."""
+        width, height = output_size(model, self.width, self.height)
+        return replace(self, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """ETHD sampling of one video: its windows, the sampler's model calls per window and the
+    guidance (each call evaluates the UNet once per active guidance pass, batched)."""
+
+    window: int
+    overlap: int
+    windows: int
+    calls_per_window: int
+    guidance: Guidance
+
+    @property
+    def unet_calls(self) -> int:
+        """Batched UNet calls of the whole video (what progress bars count)."""
+        return self.windows * self.calls_per_window
+
+    @property
+    def passes(self) -> int:
+        return len(self.guidance.active_passes())
+
+
+# Models exported before files recorded their training resolution are SVD-size: 512 x 512.
+DEFAULT_RESOLUTION = (512, 512)
+
+
+def native_size(model) -> tuple[int, int]:
+    """``(width, height)`` the model was trained at, as its file records it."""
+    width, height = model.settings.get("resolution", DEFAULT_RESOLUTION)
+    return int(width), int(height)
+
+
+def size_multiple(model) -> int:
+    """Pixels a side must be a multiple of: the VAE's downsampling times the UNet's (64 for SVD)."""
+    vae_levels = len(model.vae.config.block_out_channels)
+    unet_levels = len(model.ethd.unet.config.block_out_channels)
+    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
+
+
+def output_size(model, width: int, height: int) -> tuple[int, int]:
+    """Width and height to generate at, 0 meaning the model's native size; refuses a size the
+    model cannot generate (not a multiple of its VAE's and UNet's downsampling)."""
+    native, multiple = native_size(model), size_multiple(model)
+    size = (width or native[0], height or native[1])
+    for name, value, default in zip(("width", "height"), size, native):
+        if value % multiple:
+            raise SettingError(name, f"{name} must be a multiple of {multiple} for this model (or 0 for its native "
+                                     f"size {default}), got {value}")
+    return size
+
+
+SAMPLERS = ("euler", "heun")
