@@ -1,4 +1,5 @@
-"""Image files: a portrait (or an emotion image) read as RGB floats in 0..1, upright.
+"""Images as the library takes them, ``[B, 3, H, W]`` floats in 0..1: read from files (a portrait
+or an emotion image, RGB, upright) and the check that a tensor has that layout.
 
 PIL is imported inside :func:`load_image` (the package is imported at ComfyUI start-up).
 """
@@ -7,6 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise a clear error for anything but ``[B, 3, H, W]`` (ComfyUI's IMAGE is ``[B, H, W, 3]``)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected images [B, 3, H, W] with values in 0..1, got shape {tuple(images.shape)} "
+            "(a ComfyUI IMAGE [B, H, W, 3] needs .permute(0, 3, 1, 2))"
+        )
 
 
 def load_image(path) -> torch.Tensor:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..media.image import check_images
+
 # The mouth region of a face-centred square: the lower half, middle half of the width, as
 # fractions of the side (top, bottom, left, right). A square, so resizing it to ``image_size``
 # keeps the mouth's aspect; it holds the lips, chin and jaw line, which move with speech, and
@@ -59,15 +61,6 @@ class ConvTrunk(nn.Module):
             x = stage(x)
             features.append(x)
         return features
-
-
-def check_images(images: torch.Tensor) -> None:
-    """Raise a clear error for anything but ``[B, 3, H, W]`` (ComfyUI's IMAGE is ``[B, H, W, 3]``)."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"expected images [B, 3, H, W] with values in 0..1, got shape {tuple(images.shape)} "
-            "(a ComfyUI IMAGE [B, H, W, 3] needs .permute(0, 3, 1, 2))"
-        )
 
 
 def prepare(images: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:

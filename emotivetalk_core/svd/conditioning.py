@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..networks.encoders import check_images
+from ..media.image import check_images
 from ..placement import placement
 
 # OpenAI CLIP normalisation: the image_mean / image_std of SVD's feature_extractor.

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import Parser, UsageError, run_reporting_errors
+from ..command_line import Parser, UsageError, run_reporting_errors
 from .config import STAGES, TrainingError
 
 
