@@ -399,7 +399,7 @@ class EmotiveTalkPipeline:
         settings = settings.sized_for(self.model)
         latents, _ = self.latents(image, prepared, settings, timeline, mask, progress)
         metadata = {
-            "comment": "made with EmotiveTalk (ComfyUI-EmotiveTalk)" + ("" if self.trained else "; UNTRAINED model"),
+            "comment": video_comment(self.trained),
             "emotivetalk_settings": json.dumps(settings.as_dict(), sort_keys=True),
             "emotivetalk_timeline": to_json(timeline),
             "emotivetalk_models": json.dumps(self.files, sort_keys=True),
@@ -409,6 +409,11 @@ class EmotiveTalkPipeline:
             for block in decode_frames(self.model, latents, settings.decode_chunk_for(self.model)):
                 writer.write(block)
         return GenerationResult(out_path, prepared.num_frames, prepared.fps, prepared.num_frames / prepared.fps, metadata)
+
+
+def video_comment(trained: bool) -> str:
+    """The comment every video the pack writes carries (it says so when the model was never trained)."""
+    return "made with EmotiveTalk (ComfyUI-EmotiveTalk)" + ("" if trained else "; UNTRAINED model")
 
 
 def check_device(name) -> None:

@@ -74,8 +74,7 @@ def mono(audio: dict) -> tuple[np.ndarray, int]:
 
 def video_metadata(model, prompt, extra_pnginfo) -> dict[str, str]:
     # Like core SaveVideo: the workflow rides along, so dropping the mp4 on ComfyUI reloads it.
-    trained = model.info.get("trained", False)
-    metadata = {"comment": "made with EmotiveTalk (ComfyUI-EmotiveTalk)" + ("" if trained else "; UNTRAINED model")}
+    metadata = {"comment": pipeline.video_comment(bool(model.info.get("trained", False)))}
     if prompt is not None:
         metadata["prompt"] = json.dumps(prompt)
     for key, value in (extra_pnginfo or {}).items():
