@@ -92,7 +92,7 @@ def training_config(plan: Plan, run: Path) -> dict:
                      "vaid": {"uncond_source": "clip"}},
             "ethd": {"data": {"reference": "video"}, "train": schedule("ethd", 6, 1e-3, 100, sample_every=max(1, steps["ethd"] // 6)),
                      "init": {"vaid": str(run / "stages" / "vaid" / "export" / "vaid.safetensors")},
-                     "ethd": {"train_unet": True, "condition_source": "vaid", "change_weight": 8.0,
+                     "ethd": {"train_unet": True, "condition_source": "vaid", "change_weight": 8.0, "motion_weight": 8.0,
                               "p_mean": 0.0, "p_std": 1.2}},
         },
     }
