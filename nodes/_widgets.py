@@ -19,7 +19,7 @@ def seed() -> tuple:
 def size(side: str) -> tuple:
     """The output ``width`` or ``height`` (0 = the model's native size)."""
     native = " (512 for SVD-size models)" if side == "width" else ""
-    return ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
+    return ("INT", {"default": getattr(DEFAULTS, side), "min": 0, "max": 2048, "step": 64,
                     "tooltip": f"Output {side} in pixels (a multiple of 64); 0 = the model's native size{native}."})
 
 

@@ -84,7 +84,7 @@ class EmotiveTalkEmotionVideo(_EmotionNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The video's frames (e.g. from Load Video); face-centred works best. Played forward then backward if shorter than the speech."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+            "fps": ("FLOAT", {"default": widgets.DEFAULTS.fps, "min": 1.0, "max": 240.0, "step": 0.01,
                               "tooltip": "Frame rate of these frames, so they are timed correctly against the output video."}),
             "intensity": widgets.intensity(),
         }}
