@@ -152,11 +152,17 @@ def test_tracking_sizes_the_face_as_a_whole_frame_search_does_with_any_number_of
             tracks.append(tracker.result())
     finally:
         cv2.setNumThreads(before)
-    assert not np.isnan(tracks[0]).any() and np.array_equal(tracks[0], tracks[1])
+    # The same boxes, and the same misses, with any number of threads.
+    assert np.array_equal(tracks[0], tracks[1], equal_nan=True)
+    # The fixture's H.264 encode is not bit-reproducible (PyAV's libx264 gave different files run
+    # to run here, even on one thread), and on a rare encode the cascade misses the face in one of
+    # these 40 frames (one CI run: the last). Preprocessing interpolates such a gap (fill_gaps).
+    found = ~np.isnan(tracks[0][:, 0])
+    assert found.sum() >= len(frames) - 1, np.flatnonzero(~found)
     # Searching near the last box finds the box a search of the whole frame finds (it was 4 % larger
     # when the region's own contrast was equalised, and grew from there).
-    whole = [detect_face(frame) for frame in frames]
-    assert tracks[0][:, 2].mean() == pytest.approx(np.mean([max(box.width, box.height) for box in whole]), rel=0.02)
+    whole = [box for box in map(detect_face, frames) if box is not None]
+    assert tracks[0][found, 2].mean() == pytest.approx(np.mean([max(box.width, box.height) for box in whole]), rel=0.02)
 
 
 def test_masks_cover_the_middle_of_the_face(dataset):
