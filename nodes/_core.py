@@ -28,5 +28,5 @@ settings = importlib.import_module(f"{CORE_PACKAGE}.settings")
 
 
 def core_module(name: str):
-    """A library module imported on first use (media.video_writer, sampling: kept out of start-up)."""
+    """A library module imported on first use (media.video_writer, svd.load, media.face_crop: kept out of start-up)."""
     return importlib.import_module(f"{CORE_PACKAGE}.{name}")

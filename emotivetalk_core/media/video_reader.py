@@ -79,8 +79,13 @@ def frames_at(frames, source_fps: float, fps: float, limit: int):
     ``(k + 1/2) / fps``, while that centre lies inside the video; at most ``limit`` frames (at
     least one)."""
     source, rate = exact_rate(source_fps, "source_fps"), exact_rate(fps, "fps")
-    centres = [(k + Fraction(1, 2)) / rate for k in range(max(1, limit))]
-    shown = [math.floor(centre * source) for centre in centres if centre * source < len(frames)]
+    # Frame k is shown while its centre lies inside the video: at most `limit` of them, at least one.
+    shown = []
+    for k in range(max(1, limit)):
+        position = (k + Fraction(1, 2)) / rate * source
+        if position >= len(frames):
+            break
+        shown.append(math.floor(position))
     return frames[shown or [0]]
 
 

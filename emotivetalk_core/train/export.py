@@ -82,8 +82,6 @@ def _rebuilt(stage: Stage, config: dict, trainable: list[str], weights: dict) ->
 
 
 def _write_export(path: Path, stage: Stage, modules: nn.ModuleDict, config: dict, state: dict) -> None:
-    from ..checkpoints import save_model_file
-
     with torch.no_grad():
         components = stage.export(modules, config)
         info = stage.export_info(modules, config)
@@ -199,8 +197,6 @@ def merge_exports(sources: list[str | Path], out: str | Path, info: dict | None 
 
 
 def _report_differing_copies(exports: list[StageExport], chosen: dict, states: dict) -> None:
-    import torch
-
     for export in exports:
         copies = [name for name in export.configs if name in chosen and chosen[name] is not export]
         if not copies:
