@@ -30,7 +30,7 @@ def add_commands(commands) -> None:
     train = sub.add_parser("train", help="train the whole EmotiveTalk stack in SynthTalk (the shipped demo model)")
     train.add_argument("--out", type=Path, required=True, help="a new run folder")
     train.add_argument("--minutes", type=float, default=None,
-                       help="time budget on 2 CPU cores (default: 75, the shipped model's run; 5 is a smoke run)")
+                       help="time budget on 2 CPU cores (default: 86, the shipped model's run; 5 is a smoke run)")
     train.add_argument("--seed", type=int, default=0, help="the run's seed (and its training world's)")
     train.add_argument("--workers", type=int, default=2, help="processes that render the world (default: 2)")
 
