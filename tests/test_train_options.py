@@ -85,6 +85,29 @@ def test_reference_video_draws_portraits_from_every_clip_of_the_video_outside_th
         ClipDataset(shards, 4, reference="person")
 
 
+def test_training_windows_start_anywhere_in_the_clip_and_carry_their_own_speech(tmp_path):
+    shards = write_synthetic_shards(tmp_path, videos=1, clips=2, frames=10)
+    tensors = load_file(str(shards / "video0.safetensors"))
+    data = ClipDataset(shards, 4, reference="video")  # tiles start at 0 and 4 of each 10-frame clip
+    stepped = SteppedClips(data, seed=5)
+    per_frame = len(tensors["clip0000.audio"]) // 10
+    starts = set()
+    for step in range(60):
+        item = stepped[(0, step)]
+        frames = (item["frames"] * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        start = next(s for s in range(7) if np.array_equal(tensors["clip0000.frames"][s:s + 4], frames))
+        starts.add(start)
+        assert np.array_equal(item["audio"].numpy(), tensors["clip0000.audio"][start * per_frame:(start + 4) * per_frame])
+        assert np.array_equal(item["lip_target"].numpy(), tensors["clip0000.lip_target"][start:start + 4])
+        portrait = (item["reference"] * 255).round().byte().permute(1, 2, 0).numpy()
+        inside = [np.array_equal(portrait, f) for f in tensors["clip0000.frames"][start:start + 4]]
+        assert not any(inside)  # the portrait is never a frame of the window actually drawn
+    assert starts == set(range(7))  # every first frame of the clip, not only the tiles' 0 and 4
+    assert stepped[(0, 3)]["frames"].equal(stepped[(0, 3)]["frames"])  # seeded by (seed, step, index)
+    with pytest.raises(IndexError, match="window start 7 is outside clip clip0000"):
+        data.item(0, 7)
+
+
 # --- config ----------------------------------------------------------------------------------
 
 def _raw(tmp_path, **train) -> dict:

@@ -81,7 +81,9 @@ class GlobalBatchSampler:
 
 
 class SteppedClips(torch.utils.data.Dataset):
-    """``ClipDataset`` items addressed by ``(index, step)``, plus the seeded reference frame."""
+    """``ClipDataset`` items addressed by ``(index, step)``: each from a first frame drawn at random
+    within its clip (so the model sees every phase of the speech and every pair of frames together,
+    not only the tiles' fixed cuts), plus the seeded reference frame outside that window."""
 
     def __init__(self, clips: ClipDataset, seed: int):
         self.clips, self.seed = clips, seed
@@ -91,9 +93,10 @@ class SteppedClips(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, step = key
-        item = self.clips[index]
-        generator = SampleNoise(self.seed, step).generator("data.reference", index)
-        item["reference"] = self.clips.outside_frame(index, generator)
+        draws = SampleNoise(self.seed, step)
+        start = int(torch.randint(self.clips.starts(index), (1,), generator=draws.generator("data.start", index)))
+        item = self.clips.item(index, start)
+        item["reference"] = self.clips.outside_frame(index, draws.generator("data.reference", index), start)
         return item
 
 

@@ -24,7 +24,7 @@ only its own frames.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -146,7 +146,9 @@ class ClipDataset(torch.utils.data.Dataset):
     ``audio`` ``[T * samples_per_frame]``, ``box`` ``[T, 4]``, ``lip_target`` ``[T, L]``,
     ``exp_target`` ``[T, E]``, ``emotion`` (the label's index in ``labels``, -1 when unknown)
     and ``index`` (the item's own index, for seeded per-sample noise). Windows tile each clip
-    without overlap; a clip shorter than ``window`` gives none.
+    without overlap; a clip shorter than ``window`` gives none. :meth:`item` reads an index's
+    clip from another first frame (training draws it at random, so windows do not always start
+    at multiples of their length); the tiling only sets how often each clip is visited.
 
     ``reference`` says where :meth:`outside_frame` draws the portrait from: ``"clip"``, the
     item's own clip (the same expression as the window, for real videos of one emotion), or
@@ -178,7 +180,15 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict:
-        where = self.windows[index]
+        return self.item(index)
+
+    def starts(self, index: int) -> int:
+        """How many first frames a window of index ``index``'s clip can have."""
+        return self.windows[index].clip_frames - self.window + 1
+
+    def item(self, index: int, start: int | None = None) -> dict:
+        """Index ``index``'s window of its clip, from frame ``start`` (default: its tile's)."""
+        where = self._placed(index, start)
         stop = where.start + self.window
         arrays = self._read(where.shard, where.clip, where.start, stop)
         emotion = where.emotion
@@ -193,16 +203,24 @@ class ClipDataset(torch.utils.data.Dataset):
             "index": torch.tensor(index),
         }
 
-    def outside_frame(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        """A frame ``[3, S, S]`` outside the item's window (the portrait x_ref), uniformly from the
-        item's clip or, with ``reference="video"``, from every clip of its shard; when nothing lies
-        outside the window, the window's first frame."""
-        where = self.windows[index]
+    def outside_frame(self, index: int, generator: torch.Generator, start: int | None = None) -> torch.Tensor:
+        """A frame ``[3, S, S]`` outside the item's window (the portrait x_ref; ``start`` as in
+        :meth:`item`), uniformly from the item's clip or, with ``reference="video"``, from every
+        clip of its shard; when nothing lies outside the window, the window's first frame."""
+        where = self._placed(index, start)
         clips = self.infos[where.shard]["clips"] if self.reference == "video" else [{"name": where.clip, "frames": where.clip_frames}]
         outside = [(clip["name"], f) for clip in clips for f in range(clip["frames"])
                    if not (clip["name"] == where.clip and where.start <= f < where.start + self.window)]
         name, frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else (where.clip, where.start)
         return _channels_first(self._read(where.shard, name, frame, frame + 1, keys=("frames",))["frames"])[0]
+
+    def _placed(self, index: int, start: int | None) -> Window:
+        where = self.windows[index]
+        if start is None:
+            return where
+        if not 0 <= start < self.starts(index):
+            raise IndexError(f"window start {start} is outside clip {where.clip} ({where.clip_frames} frames, window {self.window})")
+        return replace(where, start=int(start))
 
     def _read(self, shard: int, clip: str, start: int, stop: int, keys=FIELDS) -> dict[str, np.ndarray]:
         from safetensors import safe_open
