@@ -268,6 +268,41 @@ def test_parallel_workers_write_the_same_shards(dataset, tmp_path):
 # --- tracking and smoothing -------------------------------------------------------------------
 
 
+def _tone_late(path, delay: float, container_format: str | None = None):
+    """Two seconds of 64 px video from t = 0 and a 440 Hz tone whose audio stream starts ``delay`` s later."""
+    import av
+
+    rate = 16000
+    with av.open(str(path), "w", format=container_format) as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for k in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 4 * k, np.uint8), format="rgb24")
+            frame.pts = k
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(1.5 * rate)) / rate)).astype(np.float32)
+        for first in range(0, tone.size, 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, first:first + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, round(delay * rate) + first
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_audio_that_starts_late_is_heard_late_in_the_shard(tmp_path, suffix):
+    """The audio stream starts 0.2 s after the video: the training audio must start 0.2 s late too,
+    not at frame 0 (where every lip target would sit 5 frames from its speech)."""
+    for delay in (0.0, 0.2):
+        audio = preprocess._read_audio(_tone_late(tmp_path / f"late{delay}{suffix}", delay), silence_db=-50)
+        onset = int(np.argmax(np.abs(audio) > 0.1)) / preprocess.SAMPLE_RATE
+        assert abs(onset - delay) < 0.003, (suffix, delay, onset)
+
+
 def test_smoothing_follows_steady_motion_without_lag():
     frames = np.arange(60, dtype=np.float64)
     steady = np.stack([100 + 1.5 * frames, 80 - 0.5 * frames, 60 + 0.1 * frames], axis=1)

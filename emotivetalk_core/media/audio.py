@@ -99,6 +99,42 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     padding are removed where the container records them (see :func:`_trim_to_stream`), and the
     result is resampled with FFmpeg's swresample.
     """
+    return _load_timed(path, sample_rate)[0]
+
+
+def load_audio_on_video_timeline(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """:func:`load_audio` of a video file, shifted so sample 0 is heard with the first video frame.
+
+    A container's audio and video streams each carry a start time, and they differ (an audio
+    track muxed 0.2 s late, a camera that starts recording sound first): an audio stream that
+    starts after the video gets that much silence in front, one that starts before loses its
+    lead. Without this, every lip target of such a file would sit that far from its speech.
+    """
+    speech, audio_start = _load_timed(path, sample_rate)
+    shift = round((audio_start - video_start_seconds(path)) * sample_rate)
+    if shift >= 0:
+        return np.concatenate([np.zeros(shift, np.float32), speech])
+    if -shift >= speech.shape[0]:
+        raise ValueError(f"{path}: the audio ends {-shift / sample_rate - speech.shape[0] / sample_rate:.2f} s "
+                         "before the first video frame")
+    return speech[-shift:]
+
+
+def video_start_seconds(path: str | Path) -> float:
+    """When the first video stream of ``path`` starts on the container's clock (0 when unrecorded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        if stream.start_time is None or stream.time_base is None:
+            return 0.0
+        return float(stream.start_time * stream.time_base)
+
+
+def _load_timed(path: str | Path, sample_rate: int) -> tuple[np.ndarray, float]:
+    """:func:`load_audio`'s samples and the time of the first one on the container's clock."""
     import av
 
     path = Path(path)
@@ -119,7 +155,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
                                  "re-export it as WAV, FLAC or MP3")
             if stream.rate:  # before decoding: a 1 Hz stream would fail inside the resampler
                 check_source_rate(stream.rate, str(path))
-            mono, source_rate = _decode_mono(stream, container)
+            mono, source_rate, start = _decode_mono(stream, container)
     except av.FFmpegError as error:
         raise ValueError(f"cannot decode audio from {path}: {error}") from error
     checked_speech(mono, source_rate, str(path))
@@ -127,11 +163,12 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     speech = mono if source_rate == sample_rate else resample(mono, source_rate, sample_rate)
     if speech.size == 0:
         raise ValueError(f"{path}: the audio is too short ({mono.size} sample(s) at {source_rate} Hz is less than one at {sample_rate} Hz)")
-    return speech
+    return speech, start
 
 
-def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
-    """All samples of ``stream`` at its own rate, channels averaged, trimmed to the stream extent."""
+def _decode_mono(stream, container) -> tuple[np.ndarray, int, float]:
+    """All samples of ``stream`` at its own rate, channels averaged, trimmed to the stream extent,
+    and the time in seconds of the first sample kept (0 when the stream records none)."""
     import av
 
     to_float = None
@@ -150,10 +187,11 @@ def _decode_mono(stream, container) -> tuple[np.ndarray, int]:
         max_frame = max(max_frame, frame.samples)
         blocks.extend(_channel_mean(converted) for converted in to_float.resample(frame))
     if to_float is None:
-        return np.zeros(0, np.float32), stream.rate or SAMPLE_RATE
+        return np.zeros(0, np.float32), stream.rate or SAMPLE_RATE, 0.0
     blocks.extend(_channel_mean(converted) for converted in to_float.resample(None))
     mono = np.concatenate(blocks).astype(np.float32, copy=False)
-    return _trim_to_stream(mono, stream, source_rate, first_pts, max_frame), source_rate
+    mono = _trim_to_stream(mono, stream, source_rate, first_pts, max_frame)
+    return mono, source_rate, _first_sample_seconds(stream, first_pts)
 
 
 def _channel_mean(frame) -> np.ndarray:
@@ -186,6 +224,15 @@ def _trim_to_stream(mono: np.ndarray, stream, rate: int, first_pts, max_frame: i
             logger.debug("dropping %d padding samples after the recorded duration", excess)
             mono = mono[:expected]
     return mono
+
+
+def _first_sample_seconds(stream, first_pts) -> float:
+    """When the first sample :func:`_trim_to_stream` keeps is heard: the stream's start, or the
+    first decoded frame's time when that is later (priming before the start is dropped)."""
+    times = [pts for pts in (stream.start_time, first_pts) if pts is not None]
+    if stream.time_base is None or not times:
+        return 0.0
+    return float(max(times) * stream.time_base)
 
 
 # Full scale of integer PCM: samples are divided by it (uint8 is offset binary, centred on 128).

@@ -3,7 +3,8 @@
 For every video under ``--videos`` (any container FFmpeg reads), one shard (``train.shards``)
 under ``OUT/shards/``:
 
-1. The audio is decoded to 16 kHz mono; a file without an audio stream or with silent audio is
+1. The audio is decoded to 16 kHz mono on the video's clock (sample 0 is heard with the first
+   frame, whatever start times the two streams carry); a file without an audio stream or with silent audio is
    skipped.
 2. Pass one decodes the frames at ``--fps`` (by frame centres, ``media.video_reader.iter_video_frames``)
    and tracks the face (``face_track``); nothing but the boxes is kept. Only frames the audio
@@ -46,7 +47,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..configs import EMOTION_LABELS
-from ..media.audio import SAMPLE_RATE, frame_count, load_audio
+from ..media.audio import SAMPLE_RATE, frame_count, load_audio_on_video_timeline
 from ..media.face_crop import DEFAULT_SCALE
 from ..media.video_reader import iter_video_frames
 from . import face_track, targets
@@ -357,7 +358,7 @@ def _read_audio(source: Path, silence_db: float) -> np.ndarray:
     if not has_audio:
         raise Skip("no_audio", "the file has a video stream only")
     try:
-        audio = load_audio(source, SAMPLE_RATE)
+        audio = load_audio_on_video_timeline(source, SAMPLE_RATE)
     except ValueError as error:
         raise Skip("unreadable", str(error)) from error
     level = 20 * math.log10(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) + 1e-12)
