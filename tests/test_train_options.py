@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from train_helpers import encoders_config, write_config, write_synthetic_shards
+from train_helpers import FPS, encoders_config, write_config, write_synthetic_shards
 
 from emotivetalk_core.configs import get_config
 from emotivetalk_core.train import vaid_stage
@@ -307,6 +307,30 @@ def test_ethd_loss_weights_the_error_by_the_change_from_the_portrait(small_shard
         ETHDStage().build(_stage_config(small_shards, "ethd", 8, {"change_weight": -1.0}))
     with pytest.raises(ValueError, match="ethd.motion_weight must be >= 0"):
         ETHDStage().build(_stage_config(small_shards, "ethd", 8, {"motion_weight": -1.0}))
+
+
+def test_ethd_conditions_on_the_datas_fps_and_each_clips_own_motion(small_shards):
+    """SVD's fps id is the data's fps - 1 whatever the preset says (svd-xt's says 6), and the motion
+    bucket follows each clip's motion (127 at the data's median) instead of 127 for every clip."""
+    config = _stage_config(small_shards, "ethd", 8)
+    config["model"]["ethd"]["fps_id"] = 6
+    stage = ETHDStage()
+    modules = stage.build(config)
+    data = ClipDataset(small_shards, 8, LABELS)
+    motions = [float((data[i]["frames"][1:] - data[i]["frames"][:-1]).abs().mean()) for i in range(len(data))]
+    assert stage.trained_settings(config)["fps_id"] == FPS - 1 == 24
+    assert stage.trained_settings(config)["motion_reference"] == pytest.approx(float(np.median(motions)), rel=1e-6)
+
+    batch = _batch(small_shards, 8, [0, 1, 2])
+    batch["frames"][0] = batch["frames"][0, :1]  # a still clip
+    batch["frames"][2, 1::2] = batch["frames"][2, 0::2]  # frames in pairs: half the changes
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    ids = stage.conditioning(modules, batch, generators).added_time_ids
+    clip_motion = (batch["frames"][:, 1:] - batch["frames"][:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+    expected = (127 * clip_motion / stage.settings["motion_reference"]).round().clamp(0, 255)
+    assert ids[:, 0].tolist() == [24.0] * 3
+    assert ids[:, 1].tolist() == expected.tolist()
+    assert ids[0, 1] == 0 and 100 < ids[1, 1] < 160 and ids[2, 1] < ids[1, 1]
 
 
 # --- V-AID: the unconditional condition's source ---------------------------------------------

@@ -20,7 +20,7 @@ from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.sampling import Guidance, GuidedDenoiser
 from emotivetalk_core.svd.build import build_unet
 from emotivetalk_core.svd.conditioning import image_embeds, reference_latent
-from emotivetalk_core.train.ethd_stage import ETHDStage, nested_passes
+from emotivetalk_core.train.ethd_stage import ETHDStage, motion_buckets, nested_passes
 from emotivetalk_core.train.loop import SteppedClips
 from emotivetalk_core.train.noise import SampleNoise
 from emotivetalk_core.train.shards import ClipDataset, write_shard
@@ -332,7 +332,8 @@ def test_each_dropout_feeds_the_null_that_inference_uses(shards, dropped, guidan
     torch.testing.assert_close(seen["lip_windows"], lip if with_lip else torch.zeros_like(lip))
     torch.testing.assert_close(seen["driven_exp"], driven if guidance_pass == "expression" else own[:, None].expand(-1, WINDOW, -1))
     torch.testing.assert_close(seen["reference_exp"], own)
-    torch.testing.assert_close(seen["added_time_ids"], torch.tensor([[24.0, 127.0, 0.02]]))
+    bucket = float(motion_buckets(batch["frames"], stage.settings["motion_reference"])[0])  # the clip's own motion
+    torch.testing.assert_close(seen["added_time_ids"], torch.tensor([[24.0, bucket, 0.02]]))
     torch.testing.assert_close(seen["face_mask"], batch["mask"][0].amax(dim=0, keepdim=True))
 
 
@@ -384,7 +385,8 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
     _randomise_adapters(modules)
     path = _save(stage, modules, config, tmp_path / "ethd.safetensors")
     model = load_emotivetalk_model(path)
-    assert model.settings == {**get_config("tiny")["ethd"], "resolution": [SIZE, SIZE]}
+    assert model.settings == {**get_config("tiny")["ethd"], "resolution": [SIZE, SIZE],
+                              "motion_reference": stage.settings["motion_reference"]}
     for name, tensor in modules["ethd"].state_dict().items():
         assert torch.equal(model.ethd.state_dict()[name], tensor), name
     vaid = build_vaid_model(get_config("tiny"))

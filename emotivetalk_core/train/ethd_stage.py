@@ -16,8 +16,10 @@ condition inference:
   space the sampler works in (``svd.vae_decode`` divides by that factor before decoding);
 - reference (``batch["reference"]``, a frame from outside the window, added by the loop):
   ``svd.conditioning.reference_latent`` with ``noise_aug`` and a per-clip generator, and
-  ``svd.conditioning.image_embeds``; ``added_time_ids`` from ``model.ethd`` (fps id, motion
-  bucket, noise augmentation);
+  ``svd.conditioning.image_embeds``; ``added_time_ids``: the fps id of the data (its fps - 1, as
+  SVD was trained; a preset's id for other footage would tell the model a wrong frame rate), each
+  clip's own motion bucket (:func:`motion_buckets`: 127 at the data's median motion, in proportion
+  to the clip's motion, so the motion control means what it says at inference) and ``noise_aug``;
 - lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
   V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
   what inference feeds it, imperfections and scale included); windows of ``lip_context`` frames
@@ -73,8 +75,9 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
 all four when ``train_unet`` (``bundles.load_emotivetalk_model`` reads a UNet only together with
-its VAE and image encoder). The adapter's settings are ``model.ethd`` with ``resolution`` = the
-shards' crop size, the size the model was trained at.
+its VAE and image encoder). The adapter's settings are ``model.ethd`` with what the data decides
+(:func:`data_settings`): ``resolution`` (the shards' crop size), ``fps_id`` and
+``motion_reference`` (the clip motion that bucket 127 stands for).
 """
 
 from __future__ import annotations
@@ -225,6 +228,38 @@ def encode_latents(vae, frames: torch.Tensor) -> torch.Tensor:
     return latents.float().unflatten(0, frames.shape[:2])
 
 
+MOTION_SAMPLE = 128  # windows whose median motion sets what bucket 127 means
+
+
+def clip_motion(frames: torch.Tensor) -> torch.Tensor:
+    """Per clip ``[B]``: the mean absolute change between consecutive frames ``[B, T, 3, S, S]`` (0..1)."""
+    return (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+
+
+def motion_buckets(frames: torch.Tensor, motion_reference: float) -> torch.Tensor:
+    """SVD's motion bucket per clip: 127 (SVD's default) for the data's median motion, in
+    proportion to the clip's motion, within SVD's 0..255."""
+    return (127.0 * clip_motion(frames) / motion_reference).round().clamp(0, 255)
+
+
+def data_settings(config: dict) -> dict:
+    """ETHD settings the training data decides: ``resolution`` (the shards' crop size), ``fps_id``
+    (the data's fps - 1) and ``motion_reference`` (the median :func:`clip_motion` of up to
+    :data:`MOTION_SAMPLE` windows spread evenly over the data)."""
+    from .shards import ClipDataset
+
+    info = read_shard_info(shard_paths(config["data"]["shards"])[0])
+    windows = ClipDataset(config["data"]["shards"], config["model"]["ethd"]["clip_frames"])
+    picked = torch.linspace(0, len(windows) - 1, min(MOTION_SAMPLE, len(windows))).round().long().unique()
+    motion = torch.cat([clip_motion(windows[int(i)]["frames"][None]) for i in picked])
+    reference = float(motion.quantile(0.5))
+    if reference <= 0:
+        raise ValueError(f"the training clips under {config['data']['shards']} do not move (median frame change 0): "
+                         "ETHD cannot learn the motion control from still clips")
+    return {"resolution": [info["size"], info["size"]], "fps_id": round(float(info["fps"])) - 1,
+            "motion_reference": reference}
+
+
 def clip_masks(masks: torch.Tensor) -> torch.Tensor:
     """Shard masks ``[B, T, 1, S, S]`` -> one mask per clip ``[B, 1, S, S]``: their union; a clip
     whose mask is empty everywhere gets ones ("no mask given", as inference treats it)."""
@@ -251,7 +286,7 @@ class ETHDStage:
         _check_options(opts)
         check_window(config)
         model = config["model"]
-        self.settings = dict(model["ethd"])
+        self.settings = {**model["ethd"], **data_settings(config)}
         unet, vae, image_encoder = self._base(config)
         ethd = ETHD(unet, model["adapter"])
         unet.requires_grad_(bool(opts["train_unet"]))
@@ -345,13 +380,19 @@ class ETHDStage:
         return Conditioning(
             reference_latent=latent.to(**on),
             image_embeds=embeds.to(**on),
-            added_time_ids=added_time_ids(settings["fps_id"], settings["motion_bucket"], settings["noise_aug"],
-                                          batch_size=len(reference), **on),
+            added_time_ids=self._time_ids(frames, on),
             lip_windows=lip_windows(self._lip(modules, batch), ethd.lip_context).to(**on),
             driven_exp=per_frame(modules["exp_encoder"], frames).to(**on),
             reference_exp=reference_exp.to(**on),
             face_mask=self._mask(modules, batch, reference).to(**on),
         )
+
+    def _time_ids(self, frames: torch.Tensor, on: dict) -> torch.Tensor:
+        """SVD's micro-conditioning per clip: the data's fps id, the clip's own motion bucket."""
+        settings = self.settings
+        ids = added_time_ids(settings["fps_id"], 0.0, settings["noise_aug"], batch_size=len(frames), **on)
+        ids[:, 1] = motion_buckets(frames, settings["motion_reference"]).to(ids)
+        return ids
 
     def _lip(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
         if self.options["condition_source"] == "encoders":
@@ -390,9 +431,8 @@ class ETHDStage:
         return facts
 
     def trained_settings(self, config: dict) -> dict:
-        """``model.ethd`` with the resolution the shards hold (the size the model trained at)."""
-        size = read_shard_info(shard_paths(config["data"]["shards"])[0])["size"]
-        return {**self.settings, "resolution": [size, size]}
+        """``model.ethd`` with what the data decided (:func:`data_settings`)."""
+        return dict(self.settings)
 
     def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
         """One PNG: the first clip's frames over the frames ETHD generates from its reference
