@@ -108,6 +108,56 @@ def test_training_windows_start_anywhere_in_the_clip_and_carry_their_own_speech(
         data.item(0, 7)
 
 
+def _emotion_frames_drawn(data: ClipDataset, index: int, positions: dict, draws: int = 200) -> set:
+    seen = set()
+    for seed in range(draws):
+        frame = data.emotion_frame(index, torch.Generator().manual_seed(seed))
+        seen.add(positions[np.ascontiguousarray((frame * 255).round().byte().permute(1, 2, 0).numpy()).tobytes()])
+    return seen
+
+
+def test_the_emotion_image_is_another_persons_frame_with_the_same_label(tmp_path):
+    """The image route must not learn to copy the target window: its emotion image comes from
+    another clip with the clip's label, another person's where there is one."""
+    labels = [{"emotion": "sad"}, {"emotion": "angry"}, {"emotion": "sad"}]
+    two = write_synthetic_shards(tmp_path / "two", videos=2, clips=3, frames=8, clip_labels=labels)
+    positions = {key: ("video0",) + where for key, where in _frame_positions(two / "video0.safetensors").items()}
+    positions.update({key: ("video1",) + where for key, where in _frame_positions(two / "video1.safetensors").items()})
+    data = ClipDataset(two, 4)
+    assert (data.windows[0].shard, data.windows[0].clip, data.windows[0].emotion) == (0, "clip0000", "sad")
+    # the other person's two sad clips, every frame of them; never the person's own
+    assert _emotion_frames_drawn(data, 0, positions) == {("video1", clip, f) for clip in ("clip0000", "clip0002") for f in range(8)}
+
+    one = write_synthetic_shards(tmp_path / "one", videos=1, clips=3, frames=8, clip_labels=labels)
+    positions = _frame_positions(one / "video0.safetensors")
+    # nobody else is sad: the same person's other sad clip
+    assert _emotion_frames_drawn(ClipDataset(one, 4), 0, positions) == {("clip0002", f) for f in range(8)}
+    # angry only once in the data: a frame of the clip itself, outside the window (frames 0..3)
+    assert _emotion_frames_drawn(ClipDataset(one, 4), 2, positions) == {("clip0001", f) for f in range(4, 8)}
+
+    unlabelled = write_synthetic_shards(tmp_path / "none", videos=2, clips=2, frames=8, emotion=None)
+    positions = _frame_positions(unlabelled / "video0.safetensors")
+    assert _emotion_frames_drawn(ClipDataset(unlabelled, 4), 1, positions) == {("clip0000", f) for f in range(4)}
+
+
+def test_the_image_route_reads_the_augmented_emotion_image(small_shards):
+    stage = VAIDStage()
+    modules = stage.build(_stage_config(small_shards, "vaid", 8))
+    batch = _batch(small_shards, 8, [0, 1, 2, 3])
+    data = ClipDataset(small_shards, 8, LABELS)
+    raw = torch.stack([data.emotion_frame(i, SampleNoise(0, 0).generator("data.emotion_image", i)) for i in range(4)])
+    assert not torch.equal(batch["emotion_image"], raw)  # augmented: mirrored and/or brightness-scaled
+    shown = []
+    original = modules["mapping"].from_image
+    modules["mapping"].from_image = lambda codes: shown.append(codes) or original(codes)
+    with torch.no_grad():
+        stage.loss(modules, batch, SampleNoise(0, 0))
+    torch.testing.assert_close(shown[0], modules["exp_encoder"](batch["emotion_image"]).float())
+    del batch["emotion_image"]
+    with pytest.raises(KeyError, match="the batch has no 'emotion_image'"):
+        stage.loss(modules, batch, SampleNoise(0, 0))
+
+
 # --- config ----------------------------------------------------------------------------------
 
 def _raw(tmp_path, **train) -> dict:

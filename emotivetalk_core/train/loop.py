@@ -83,7 +83,9 @@ class GlobalBatchSampler:
 class SteppedClips(torch.utils.data.Dataset):
     """``ClipDataset`` items addressed by ``(index, step)``: each from a first frame drawn at random
     within its clip (so the model sees every phase of the speech and every pair of frames together,
-    not only the tiles' fixed cuts), plus the seeded reference frame outside that window."""
+    not only the tiles' fixed cuts), plus the seeded reference frame outside that window and an
+    emotion image (``ClipDataset.emotion_frame``, flipped and brightened or darkened at random:
+    a user's emotion image is another photo, not a crop of the training video)."""
 
     def __init__(self, clips: ClipDataset, seed: int):
         self.clips, self.seed = clips, seed
@@ -97,7 +99,17 @@ class SteppedClips(torch.utils.data.Dataset):
         start = int(torch.randint(self.clips.starts(index), (1,), generator=draws.generator("data.start", index)))
         item = self.clips.item(index, start)
         item["reference"] = self.clips.outside_frame(index, draws.generator("data.reference", index), start)
+        generator = draws.generator("data.emotion_image", index)
+        item["emotion_image"] = augment(self.clips.emotion_frame(index, generator, start), generator)
         return item
+
+
+def augment(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``[3, S, S]`` in 0..1 mirrored with probability 1/2 (expressions are left-right symmetric)
+    and scaled in brightness by 0.8..1.2."""
+    flip, gain = torch.rand(2, generator=generator).tolist()
+    image = image.flip(-1) if flip < 0.5 else image
+    return (image * (0.8 + 0.4 * gain)).clamp(0, 1)
 
 
 # --- the stage's modules: which train, which are frozen --------------------------------------

@@ -174,6 +174,11 @@ class ClipDataset(torch.utils.data.Dataset):
         ]
         if not self.windows:
             raise ShardError(f"no clip under {root} is at least {window} frames long")
+        self.by_emotion: dict[str, list[tuple[int, str, int]]] = {}  # label -> (shard, clip, frames)
+        for shard, info in enumerate(self.infos):
+            for clip in info["clips"]:
+                if clip_emotion(clip, info) is not None:
+                    self.by_emotion.setdefault(clip_emotion(clip, info), []).append((shard, clip["name"], clip["frames"]))
         self.samples_per_frame = samples_per_frame(self.infos[0]["fps"], self.infos[0]["sample_rate"])
 
     def __len__(self) -> int:
@@ -207,12 +212,32 @@ class ClipDataset(torch.utils.data.Dataset):
         """A frame ``[3, S, S]`` outside the item's window (the portrait x_ref; ``start`` as in
         :meth:`item`), uniformly from the item's clip or, with ``reference="video"``, from every
         clip of its shard; when nothing lies outside the window, the window's first frame."""
-        where = self._placed(index, start)
-        clips = self.infos[where.shard]["clips"] if self.reference == "video" else [{"name": where.clip, "frames": where.clip_frames}]
+        return self._frame_outside(self._placed(index, start), generator, whole_video=self.reference == "video")
+
+    def _frame_outside(self, where: Window, generator: torch.Generator, whole_video: bool) -> torch.Tensor:
+        clips = self.infos[where.shard]["clips"] if whole_video else [{"name": where.clip, "frames": where.clip_frames}]
         outside = [(clip["name"], f) for clip in clips for f in range(clip["frames"])
                    if not (clip["name"] == where.clip and where.start <= f < where.start + self.window)]
         name, frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else (where.clip, where.start)
         return _channels_first(self._read(where.shard, name, frame, frame + 1, keys=("frames",))["frames"])[0]
+
+    def emotion_frame(self, index: int, generator: torch.Generator, start: int | None = None) -> torch.Tensor:
+        """An emotion image for the item ``[3, S, S]``: a frame of another clip with the item's
+        emotion label, of another person where the data has one (what a user's emotion image is:
+        someone else showing the emotion), else of the same person; for an unlabelled item, or a
+        label no other clip carries, a frame of its own clip outside the window (``start`` as in
+        :meth:`item`). Never a frame of the window itself, whose expression would just be copied."""
+        where = self._placed(index, start)
+        identity = self.infos[where.shard].get("identity")
+        others = [entry for entry in self.by_emotion.get(where.emotion, []) if entry[:2] != (where.shard, where.clip)]
+        strangers = [entry for entry in others  # another shard, and not the same person under another name
+                     if entry[0] != where.shard and (identity is None or self.infos[entry[0]].get("identity") != identity)]
+        candidates = strangers or others
+        if not candidates:
+            return self._frame_outside(where, generator, whole_video=False)
+        shard, clip, frames = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
+        frame = int(torch.randint(frames, (1,), generator=generator))
+        return _channels_first(self._read(shard, clip, frame, frame + 1, keys=("frames",))["frames"])[0]
 
     def _placed(self, index: int, start: int | None) -> Window:
         where = self.windows[index]

@@ -29,9 +29,11 @@ One batch, fed the way the inference pipeline feeds these networks:
 
 Emotion sources per clip (drawn per clip): a labelled clip takes its label with probability
 ``label_prob``, a label-derived prompt (:data:`TEXT_TEMPLATES`) with ``text_prob``, else an
-emotion image; an unlabelled clip always takes an emotion image. The emotion image is a frame
-of the clip (Exp Encoder, then ``Mapping.from_image``), a random one, never the reference,
-whose own code is the unconditional condition. Mixing all three routes on labelled clips trains
+emotion image; an unlabelled clip always takes an emotion image. The emotion image
+(``batch["emotion_image"]``, added by the loop: ``ClipDataset.emotion_frame``) is a frame of
+another clip with the same label, of another person where the data has one, augmented (Exp
+Encoder, then ``Mapping.from_image``); never a frame of the target window, whose expression
+Di-CTE would learn to copy, and never what a user's emotion image is: another face. Mixing all three routes on labelled clips trains
 every route the nodes offer and pulls them to the same place for the same emotion. A batch
 without a labelled clip passes the label and text routes with weight zero, so every parameter
 takes part in every step (DDP stops on a parameter one process did not use).
@@ -258,7 +260,7 @@ class VAIDStage:
         l_a = modules["lip_projector"](speech).float()
         own = self.own_expression(modules, reference, e_v, noise, index)
         identity = modules["identity_encoder"](reference)
-        condition, mapping_terms, idle = self._conditions(modules, batch, e_v, frames, noise)
+        condition, mapping_terms, idle = self._conditions(modules, batch, e_v, noise)
         dicte_terms, e_a = dicte_loss(modules["dicte"], e_v, speech, identity, condition, own,
                                       opts["condition_dropout"], noise, index)
         terms = {
@@ -282,7 +284,7 @@ class VAIDStage:
         with torch.no_grad():
             return modules["exp_encoder"](reference).float()
 
-    def _conditions(self, modules, batch, e_v, frames, noise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _conditions(self, modules, batch, e_v, noise) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(condition [B, exp_dim], mapping term [B], idle)``: each clip's Di-CTE condition is
         the code of its drawn route; its mapping term averages every route it has (the image
         route always; label and text when labelled) against its mean ``e_v``, so each route
@@ -290,10 +292,15 @@ class VAIDStage:
         routes when no clip is labelled: every parameter then takes part in every step, which
         DDP needs (a route unused on one process would stop it)."""
         mapping = modules["mapping"]
-        sources = self.emotion_sources(batch, frames.shape[1], noise)
+        sources = self.emotion_sources(batch, noise)
         target = e_v.mean(dim=1)
         rows = range(len(sources))
-        codes = {"image": list(mapping.from_image(torch.stack([e_v[row, sources[row]["image"]] for row in rows])).float())}
+        if "emotion_image" not in batch:
+            raise KeyError("the batch has no 'emotion_image': the training loop adds it (ClipDataset.emotion_frame, "
+                           "augmented, with the seeded stream 'data.emotion_image'); a batch made elsewhere must add it too")
+        with torch.no_grad():
+            shown = modules["exp_encoder"](batch["emotion_image"].to(e_v.device)).float()
+        codes = {"image": list(mapping.from_image(shown).float())}
         labelled = [row for row in rows if sources[row]["label"] is not None]
         idle = target.new_zeros(())
         if labelled:
@@ -310,10 +317,9 @@ class VAIDStage:
         ])
         return condition, terms, idle
 
-    def emotion_sources(self, batch: dict, frames: int, noise: SampleNoise) -> list[dict]:
+    def emotion_sources(self, batch: dict, noise: SampleNoise) -> list[dict]:
         """Per clip: ``kind`` (the route of its Di-CTE condition: ``"label"``, ``"text"`` or
-        ``"image"``), ``label`` and ``text`` (``None`` for an unlabelled clip), ``image`` (the
-        index of the emotion-image frame)."""
+        ``"image"``), ``label`` and ``text`` (``None`` for an unlabelled clip)."""
         opts = self.options
         draws = noise.uniform("vaid.condition", batch["index"], (2,)).tolist()
         sources = []
@@ -325,8 +331,7 @@ class VAIDStage:
                 kind = "text"
             else:
                 kind = "image"
-            sources.append({"kind": kind, "label": label, "text": None if label is None else text_prompt(label, pick),
-                            "image": min(int(pick * frames), frames - 1)})
+            sources.append({"kind": kind, "label": label, "text": None if label is None else text_prompt(label, pick)})
         return sources
 
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
