@@ -134,3 +134,28 @@ def test_dicte_loss_goes_down_on_a_toy_batch():
     after = probe()
     # Measured: 0.62 -> 0.04.
     assert after < 0.5 * before, (before, after)
+
+
+def test_codes_are_diffused_in_units_of_their_spread_and_returned_in_the_exp_space():
+    """Exp codes spread ~0.02 against unit noise: Di-CTE normalises them by the statistics in
+    its config and gives codes back in the Exp Encoder's space."""
+    mean = torch.linspace(-0.3, 0.3, EXP_DIM)
+    std = torch.full((EXP_DIM,), 0.02)
+    dicte = DiCTE({**CFG, "code_mean": mean.tolist(), "code_std": std.tolist()}).eval()
+    torch.nn.init.zeros_(dicte.head[-1].weight)
+    torch.nn.init.zeros_(dicte.head[-1].bias)  # the network predicts 0: the data's mean code
+    inputs = _inputs()
+    codes = dicte.sample(**inputs, uncond_condition=_uncond(), guidance=1.5, steps=STEPS)
+    torch.testing.assert_close(codes, mean.expand_as(codes))  # not 0: back in the Exp Encoder's space
+
+    z = torch.randn(2, 7, EXP_DIM, generator=torch.Generator().manual_seed(4))
+    loss, e_a = dicte.loss(mean + std * z, inputs["speech"], inputs["identity"], inputs["condition"], _uncond(),
+                           generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loss, z.square().mean())  # the error in units of the spread, not of 0.02
+    torch.testing.assert_close(e_a, mean.expand_as(e_a))
+    assert dicte.config["code_std"] == pytest.approx(std.tolist())
+    with pytest.raises(ValueError, match="std > 0"):
+        dicte.set_code_statistics(mean, torch.zeros(EXP_DIM))
+
+    plain = DiCTE(CFG)  # a config without statistics (models trained before): the raw codes
+    assert torch.equal(plain.code_mean, torch.zeros(EXP_DIM)) and torch.equal(plain.code_std, torch.ones(EXP_DIM))

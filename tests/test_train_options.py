@@ -158,6 +158,29 @@ def test_the_image_route_reads_the_augmented_emotion_image(small_shards):
         stage.loss(modules, batch, SampleNoise(0, 0))
 
 
+def test_dicte_learns_exp_codes_in_units_of_the_datas_spread_and_the_file_keeps_them(small_shards, tmp_path):
+    from emotivetalk_core.bundles import load_vaid_model
+    from emotivetalk_core.checkpoints import save_model_file
+
+    stage = VAIDStage()
+    config = _stage_config(small_shards, "vaid", 8)
+    modules = stage.build(config)
+    data = ClipDataset(small_shards, 8, LABELS)
+    with torch.no_grad():
+        codes = torch.cat([modules["exp_encoder"](data[i]["frames"]) for i in range(len(data))]).double()
+    dicte = modules["dicte"]
+    torch.testing.assert_close(dicte.code_mean, codes.mean(dim=0).float())
+    torch.testing.assert_close(dicte.code_std, codes.std(dim=0, correction=0).float())
+    assert float(codes.std(dim=0).mean()) < 0.2  # what normalising is for: codes far narrower than the unit noise
+
+    path = save_model_file(tmp_path / "vaid.safetensors", stage.export(modules, config), {"trained": True, **stage.export_info(modules, config)})
+    loaded = load_vaid_model(path).dicte
+    torch.testing.assert_close(loaded.code_mean, dicte.code_mean)
+    torch.testing.assert_close(loaded.code_std, dicte.code_std)
+    resumed = VAIDStage().build({**config, "init": {**config["init"], "vaid": str(path)}})["dicte"]  # init.vaid keeps the file's
+    torch.testing.assert_close(resumed.code_std, dicte.code_std)
+
+
 # --- config ----------------------------------------------------------------------------------
 
 def _raw(tmp_path, **train) -> dict:

@@ -27,6 +27,12 @@ Choices the paper leaves open, and why:
 - **Relative frame order** from a depthwise temporal convolution at the input rather than
   learned absolute positions, so the model runs on any number of frames (long audio is
   processed in overlapping chunks of any length).
+- **Normalised codes**: Exp codes spread about 0.02 around their mean while the diffusion's noise
+  has unit variance, so almost every noise level would drown them and the loss would hardly see
+  them. Di-CTE diffuses ``(code - code_mean) / code_std`` (per dimension, measured on the training
+  data and stored in its config, so the model file carries them), takes its conditions in the
+  same units and returns codes in the Exp Encoder's space. A config without them (models trained
+  before) means mean 0 and std 1: the raw codes, as those models learned them.
 """
 
 from __future__ import annotations
@@ -118,6 +124,27 @@ class DiCTE(nn.Module):
         self.condition_in = nn.Sequential(nn.Linear(self.exp_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.layers = nn.ModuleList(ConditionalTransformerLayer(width, heads) for _ in range(config["layers"]))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, self.exp_dim))
+        # Not persistent: the config is their one record (the model file's component config).
+        self.register_buffer("code_mean", torch.zeros(self.exp_dim), persistent=False)
+        self.register_buffer("code_std", torch.ones(self.exp_dim), persistent=False)
+        if config.get("code_mean") is not None:
+            self.set_code_statistics(torch.tensor(config["code_mean"]), torch.tensor(config["code_std"]))
+
+    # --- code units --------------------------------------------------------------------------
+    def set_code_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension mean and std of the Exp codes Di-CTE models (see the module docstring)."""
+        if mean.shape != (self.exp_dim,) or std.shape != (self.exp_dim,) or not bool((std > 0).all()):
+            raise ValueError(f"code statistics must be [{self.exp_dim}] with std > 0, got {tuple(mean.shape)} "
+                             f"and {tuple(std.shape)}")
+        self.code_mean.copy_(mean)
+        self.code_std.copy_(std)
+        self.config.update(code_mean=[float(v) for v in mean], code_std=[float(v) for v in std])
+
+    def normalise(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes - self.code_mean.to(codes)) / self.code_std.to(codes)
+
+    def denormalise(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.code_std.to(values) + self.code_mean.to(values)
 
     # --- the network -----------------------------------------------------------------------
     def context(self, speech: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -144,7 +171,8 @@ class DiCTE(nn.Module):
         return self.head(x)
 
     def forward(self, noisy, timestep, speech, identity, condition) -> torch.Tensor:
-        """One network call: the predicted clean code ``[B, F, exp_dim]``."""
+        """One network call: the predicted clean code ``[B, F, exp_dim]``, in normalised units
+        (``noisy`` and ``condition`` too: :meth:`normalise`)."""
         context = self.context(speech, identity)
         return self.denoise(noisy, timestep, context, self.per_frame(condition, *context.shape[:2]))
 
@@ -170,7 +198,7 @@ class DiCTE(nn.Module):
         drop_prob: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training loss and the prediction e_a: ``(mse(e_a, e_v), e_a)``.
+        """Training loss and the prediction e_a: ``(mse(e_a, e_v) in normalised units, e_a)``.
 
         ``e_v`` ``[B, F, exp_dim]`` is the Exp Encoder's code of the real frames. One timestep and
         one noise per clip; with probability ``drop_prob`` a clip's condition is replaced by
@@ -189,10 +217,11 @@ class DiCTE(nn.Module):
             self.per_frame(uncond_condition, batch, frames),
             self.per_frame(condition, batch, frames),
         )
+        target = self.normalise(e_v)
         alpha = self.alphas_cumprod[t.cpu()].to(e_v.device, e_v.dtype)[:, None, None]
-        noisy = alpha.sqrt() * e_v + (1 - alpha).sqrt() * noise
-        prediction = self(noisy, t, speech, identity, condition)
-        return F.mse_loss(prediction, e_v.to(prediction.dtype)), prediction
+        noisy = alpha.sqrt() * target + (1 - alpha).sqrt() * noise
+        prediction = self(noisy, t, speech, identity, self.normalise(condition))
+        return F.mse_loss(prediction, target.to(prediction.dtype)), self.denormalise(prediction)
 
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -218,11 +247,11 @@ class DiCTE(nn.Module):
             raise ValueError(f"steps must be between 1 and train_steps = {self.train_steps}, got {steps}")
         batch, frames = speech.shape[:2]
         context = self.context(speech, identity)
-        conditions = self.per_frame(condition, batch, frames)
+        conditions = self.normalise(self.per_frame(condition, batch, frames))
         if uncond_condition is not None:
             # One network batch per step: conditional and unconditional passes together.
             context = torch.cat([context, context])
-            conditions = torch.cat([conditions, self.per_frame(uncond_condition, batch, frames)])
+            conditions = torch.cat([conditions, self.normalise(self.per_frame(uncond_condition, batch, frames))])
         scale = self._guidance_scale(guidance, uncond_condition is not None, batch, frames, context)
         x = _initial_noise((batch, frames, self.exp_dim), generator).to(context.device, context.dtype)
         timesteps = torch.linspace(self.train_steps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
@@ -230,7 +259,7 @@ class DiCTE(nn.Module):
             clean = self._guided_prediction(x, t, context, conditions, scale)
             previous = timesteps[index + 1] if index + 1 < steps else None
             x = self._ddim_step(x, clean, t, previous)
-        return x
+        return self.denormalise(x)
 
     def _guided_prediction(self, x, t: int, context, conditions, scale) -> torch.Tensor:
         guided = scale is not None

@@ -95,7 +95,7 @@ from ..networks.speech.timing import SAMPLE_RATE
 from ..placement import placement
 from ..networks.vaid import pull_loss, push_loss
 from .noise import SampleNoise
-from .shards import clip_emotion, read_shard_info, shard_paths
+from .shards import ClipDataset, clip_emotion, read_shard_info, shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,10 @@ class VAIDStage:
         if (config.get("train") or {}).get("gradient_checkpointing"):
             checkpoint_layers(trainable["dicte"].layers)
         self.speech = SpeechHolder(load_speech_encoder(model["speech"], init_path(config, "speech_encoder")))
-        return nn.ModuleDict({**trainable, **load_encoders(config)})
+        encoders = load_encoders(config)
+        if not init_path(config, "vaid"):
+            trainable["dicte"].set_code_statistics(*code_statistics(config, encoders["exp_encoder"]))
+        return nn.ModuleDict({**trainable, **encoders})
 
     def trainable(self, modules: nn.ModuleDict) -> list[str]:
         return list(TRAINABLE)
@@ -335,7 +338,8 @@ class VAIDStage:
         return sources
 
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
-        return vaid_components(self._bundle(modules, config), config["model"])
+        # Di-CTE's config carries the code statistics measured at build.
+        return vaid_components(self._bundle(modules, config), {**config["model"], "dicte": modules["dicte"].config})
 
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
         return vaid_info(self._bundle(modules, config))
@@ -402,9 +406,26 @@ def _checkpointed(forward, *args):
 def _load_trainable(modules: dict[str, nn.Module], path: str) -> None:
     states, configs, _ = load_model_file(path, list(TRAINABLE))
     for name, module in modules.items():
-        if configs[name] != module.config:
+        # Di-CTE's code statistics come from the data the file was trained on, not from the model config.
+        recorded = {key: value for key, value in configs[name].items() if key not in CODE_STATISTICS}
+        if recorded != module.config:
             raise ValueError(f"init.vaid {path}: {name} has config {configs[name]}, the model config says {module.config}")
+        if "code_mean" in configs[name]:
+            module.set_code_statistics(*(torch.tensor(configs[name][key]) for key in CODE_STATISTICS))
         load_built(module, states[name], name, Path(path))
+
+
+CODE_STATISTICS = ("code_mean", "code_std")
+STATISTICS_SAMPLE = 128  # windows whose Exp codes set Di-CTE's code statistics
+
+
+def code_statistics(config: dict, exp_encoder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of the Exp Encoder's codes over the frames of up to
+    :data:`STATISTICS_SAMPLE` training windows spread evenly over the data (Di-CTE's units)."""
+    windows = ClipDataset(config["data"]["shards"], config["data"]["window"])
+    picked = torch.linspace(0, len(windows) - 1, min(STATISTICS_SAMPLE, len(windows))).round().long().unique()
+    codes = torch.cat([per_frame(exp_encoder, windows[int(i)]["frames"][None])[0] for i in picked]).double()
+    return codes.mean(dim=0).float(), codes.std(dim=0, correction=0).clamp(min=1e-6).float()
 
 
 def _check_labels(config: dict, mapping) -> None:
@@ -443,10 +464,11 @@ def dicte_loss(dicte, e_v, speech, identity, condition, uncond, drop_prob: float
     batch, frames = e_v.shape[:2]
     condition = torch.where(drop[:, None, None], dicte.per_frame(uncond, batch, frames),
                             dicte.per_frame(condition, batch, frames))
+    target = dicte.normalise(e_v)
     alpha = dicte.alphas_cumprod[t.cpu()].to(e_v.device, e_v.dtype)[:, None, None]
-    noisy = alpha.sqrt() * e_v + (1 - alpha).sqrt() * epsilon
-    prediction = dicte(noisy, t, speech, identity, condition).float()
-    return (prediction - e_v).square().mean(dim=(1, 2)), prediction
+    noisy = alpha.sqrt() * target + (1 - alpha).sqrt() * epsilon
+    prediction = dicte(noisy, t, speech, identity, dicte.normalise(condition)).float()
+    return (prediction - target).square().mean(dim=(1, 2)), dicte.denormalise(prediction)
 
 
 def _dicte_draws(generator: torch.Generator, train_steps: int, shape, drop_prob: float):
