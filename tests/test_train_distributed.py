@@ -176,3 +176,6 @@ def test_shipped_training_configs_resolve_for_every_stage(size):
     assert configs["vaid"]["init"]["encoders"] == configs["ethd"]["init"]["encoders"] == encoders_export
     if size == "full":
         assert configs["ethd"]["model"]["unet"] == {} and configs["ethd"]["train"]["mixed_precision"] == "bf16"
+        # the paper's figure: the whole UNet trains, on the lip stream inference gives it (V-AID's)
+        assert configs["ethd"]["ethd"] == {"train_unet": True, "condition_source": "vaid"}
+        assert configs["ethd"]["init"]["vaid"] == str(Path(configs["vaid"]["output"]) / "export" / "vaid.safetensors")

@@ -24,7 +24,8 @@ and ``configs/full.json`` do): no ``stage`` key, the shared keys above, and
 command (``train vaid --config FILE``) picks the entry; the run folder is ``output/<stage>``,
 ``init.encoders`` of ``vaid`` and ``ethd`` defaults to the encoders run's export
 (``output/encoders/export/encoders.safetensors``) and, when the file has a ``base`` stage,
-``init.base`` of ``ethd`` to its export, so the stages chain without edits.
+``init.base`` of ``ethd`` to its export, and ``init.vaid`` of an ``ethd`` trained on V-AID's lip
+stream (``condition_source: "vaid"``) to the vaid run's export, so the stages chain without edits.
 
 ``data.window`` defaults to ``model.ethd.clip_frames`` for ETHD (and must equal it: SVD's
 conditioning is per clip, so the training clip length is the inference window);
@@ -127,6 +128,8 @@ def select_stage(raw: dict, stage: str | None, source: str = "config") -> dict:
         merged["init"].setdefault("encoders", str(Path(raw["output"]) / "encoders" / "export" / "encoders.safetensors"))
     if stage == "ethd" and "base" in stages:
         merged["init"].setdefault("base", str(Path(raw["output"]) / "base" / "export" / "base.safetensors"))
+    if stage == "ethd" and "vaid" in stages and entry.get("ethd", {}).get("condition_source") == "vaid":
+        merged["init"].setdefault("vaid", str(Path(raw["output"]) / "vaid" / "export" / "vaid.safetensors"))
     merged["stage"] = stage
     merged["output"] = str(Path(raw["output"]) / stage)
     merged[stage] = copy.deepcopy(entry.get(stage, {}))
