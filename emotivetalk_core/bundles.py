@@ -251,7 +251,9 @@ def to_device(model, device: str | torch.device, dtype: torch.dtype | None = Non
     device = torch.device(device)
     for value in vars(model).values():
         if isinstance(value, nn.Module) and _needs_move(value, device, dtype):
-            value.to(device=device, dtype=dtype)
+            # nn.Module's own move: diffusers' ModelMixin.to warns about "modules that should be kept in
+            # float32" on every dtype cast, even when its list of them is empty (the SVD VAE's is).
+            nn.Module.to(value, device=device, dtype=dtype)
     return model
 
 

@@ -86,6 +86,9 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
     parser.add_argument("--base", type=Path, default=None, help="base SVD (svd_xt.safetensors or a diffusers folder) for an adapter-only checkpoint")
     parser.add_argument("--speech-encoder", type=Path, default=None, help="wav2vec2 file or folder, if the model uses one")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the networks' precision (default: %(default)s; bfloat16 halves the memory on GPUs and CPUs, "
+                             "float16 is for GPUs without bfloat16)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -164,6 +167,8 @@ def _run(args) -> Path:
         from .synth.cli import run
 
         return run(args)
+    import torch
+
     from .media.image import load_image
     from .pipeline import EmotiveTalkPipeline, load_prepared_audio
 
@@ -179,7 +184,7 @@ def _run(args) -> Path:
     portrait, audio = load_image(image), load_prepared_audio(audio, settings.fps)
     _check_keyframes_within(timeline, audio.num_frames / settings.fps)
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
-                                              device=args.device)
+                                              device=args.device, dtype=getattr(torch, args.dtype))
     progress = None if args.quiet else _progress_bar()
     result = pipeline.generate_to_file(portrait, audio, args.out, settings, timeline, progress=progress)
     print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")

@@ -349,16 +349,22 @@ class GenerationResult:
 class EmotiveTalkPipeline:
     """Both model bundles on one device, and the stages chained: what the command line runs."""
 
-    def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None):
+    def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None,
+                 dtype: torch.dtype | None = None):
+        """``dtype``: every network's weights and compute (None: as loaded, float32). bfloat16 and
+        float16 run on GPUs and, bfloat16 at least, on CPUs; the log-mel speech features stay
+        float32 (``networks.speech.logmel``) and so do the sampler's noise levels and latents
+        between steps (``sampling``)."""
         from .bundles import to_device
 
         self.device = torch.device(device)
-        self.model = to_device(model, self.device)
-        self.vaid = to_device(vaid, self.device)
+        self.model = to_device(model, self.device, dtype)
+        self.vaid = to_device(vaid, self.device, dtype)
         self.files = dict(files or {})
 
     @classmethod
-    def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu") -> "EmotiveTalkPipeline":
+    def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu",
+                   dtype: torch.dtype | None = None) -> "EmotiveTalkPipeline":
         from .bundles import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
 
         check_device(device)
@@ -369,7 +375,7 @@ class EmotiveTalkPipeline:
         for name, source in (("base", base), ("speech_encoder", speech_source)):
             if source is not None:
                 files[name] = file_digest(source)
-        return cls(model, vaid, device, files)
+        return cls(model, vaid, device, files, dtype)
 
     @property
     def trained(self) -> bool:

@@ -58,11 +58,13 @@ class LogMelSpeechEncoder(SpeechEncoder):
         self.register_buffer("filterbank", torch.from_numpy(mel_filterbank(self.n_mels)), persistent=False)
 
     def features(self, waveform: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        waveform = waveform.to(self.window.device)
+        # A float32 island in a half-precision model: the STFT has no bf16/fp16 CPU kernel, and
+        # powers spanning 1e-10..1e2 lose their low bits in half precision before the log.
+        waveform = waveform.to(self.window.device, torch.float32)
         # Zero padding, not reflection: a reflected click at the start would appear twice.
-        spectrum = torch.stft(waveform, n_fft=_LOGMEL_WINDOW, hop_length=_LOGMEL_HOP, window=self.window,
+        spectrum = torch.stft(waveform, n_fft=_LOGMEL_WINDOW, hop_length=_LOGMEL_HOP, window=self.window.float(),
                               center=True, pad_mode="constant", return_complex=True)
-        mel = self.filterbank @ spectrum.abs().square()  # [n_mels, F]
+        mel = self.filterbank.float() @ spectrum.abs().square()  # [n_mels, F]
         log_mel = torch.log(mel.clamp_min(_LOGMEL_FLOOR))
         return log_mel.T.unsqueeze(1), 0.0, _LOGMEL_HOP / SAMPLE_RATE
 
