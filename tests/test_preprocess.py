@@ -207,7 +207,7 @@ def test_a_resumed_run_decodes_nothing_it_already_did(dataset, monkeypatch):
         raise AssertionError("a finished or skipped file was decoded again")
 
     monkeypatch.setattr(preprocess, "iter_video_frames", no_decoding)
-    monkeypatch.setattr(preprocess, "load_audio", no_decoding)
+    monkeypatch.setattr(preprocess, "load_audio_on_video_timeline", no_decoding)
     shards = sorted((dataset["out"] / "shards").glob("*.safetensors"))
     stamps = [path.stat().st_mtime_ns for path in shards]
     assert preprocess.run(_arguments(dataset["videos"], dataset["out"])) == 0
