@@ -391,8 +391,8 @@ def test_ethd_conditions_on_the_datas_fps_and_each_clips_own_motion(small_shards
     modules = stage.build(config)
     data = ClipDataset(small_shards, 8, LABELS)
     motions = [float((data[i]["frames"][1:] - data[i]["frames"][:-1]).abs().mean()) for i in range(len(data))]
-    assert stage.trained_settings(config)["fps_id"] == FPS - 1 == 24
-    assert stage.trained_settings(config)["motion_reference"] == pytest.approx(float(np.median(motions)), rel=1e-6)
+    assert stage.settings["fps_id"] == FPS - 1 == 24
+    assert stage.settings["motion_reference"] == pytest.approx(float(np.median(motions)), rel=1e-6)
 
     batch = _batch(small_shards, 8, [0, 1, 2])
     batch["frames"][0] = batch["frames"][0, :1]  # a still clip

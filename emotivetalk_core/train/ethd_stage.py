@@ -272,7 +272,7 @@ class ETHDStage:
     name = "ethd"
 
     def __init__(self):
-        # Set by build: the options, model.ethd (SVD's per-clip settings) and, for
+        # Set by build: the options, model.ethd with what the data decides (exported as the model's settings) and, for
         # condition_source "vaid", the speech encoder (held out of the module dict, see vaid_stage).
         self.options = dict(ETHD_DEFAULTS)
         self.settings: dict = {}
@@ -410,7 +410,7 @@ class ETHDStage:
     # --- export and sample -----------------------------------------------------------------
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
         model = EmotiveTalkModel(modules["ethd"], modules["vae"], modules["image_encoder"],
-                                 settings=self.trained_settings(config))
+                                 settings=dict(self.settings))
         components = ethd_components(model, self._architecture(config, modules))
         adapter_only = bool(init_path(config, "base_svd")) and not self.options["train_unet"]
         return {name: components[name] for name in (("adapter",) if adapter_only else ETHD_COMPONENTS)}
@@ -418,7 +418,7 @@ class ETHDStage:
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
         base = init_path(config, "base_svd")
         facts = {
-            "ethd": self.trained_settings(config),
+            "ethd": dict(self.settings),
             "condition_source": self.options["condition_source"],
             "mask_source": self.options["mask_source"],
             "train_unet": bool(self.options["train_unet"]),
@@ -429,10 +429,6 @@ class ETHDStage:
             architecture = self._architecture(config, modules)
             facts["base_config"] = {name: architecture[name] for name in ("unet", "vae", "image_encoder")}
         return facts
-
-    def trained_settings(self, config: dict) -> dict:
-        """``model.ethd`` with what the data decided (:func:`data_settings`)."""
-        return dict(self.settings)
 
     def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
         """One PNG: the first clip's frames over the frames ETHD generates from its reference

@@ -33,8 +33,9 @@ emotion image; an unlabelled clip always takes an emotion image. The emotion ima
 (``batch["emotion_image"]``, added by the loop: ``ClipDataset.emotion_frame``) is a frame of
 another clip with the same label, of another person where the data has one, augmented (Exp
 Encoder, then ``Mapping.from_image``); never a frame of the target window, whose expression
-Di-CTE would learn to copy, and never what a user's emotion image is: another face. Mixing all three routes on labelled clips trains
-every route the nodes offer and pulls them to the same place for the same emotion. A batch
+Di-CTE would learn to copy, while a user's emotion image shows someone else. Mixing all three
+routes on labelled clips trains every route the nodes offer and pulls them to the same place for
+the same emotion. A batch
 without a labelled clip passes the label and text routes with weight zero, so every parameter
 takes part in every step (DDP stops on a parameter one process did not use).
 
