@@ -250,8 +250,7 @@ def data_settings(config: dict) -> dict:
 
     info = read_shard_info(shard_paths(config["data"]["shards"])[0])
     windows = ClipDataset(config["data"]["shards"], config["model"]["ethd"]["clip_frames"])
-    picked = torch.linspace(0, len(windows) - 1, min(MOTION_SAMPLE, len(windows))).round().long().unique()
-    motion = torch.cat([clip_motion(windows[int(i)]["frames"][None]) for i in picked])
+    motion = torch.cat([clip_motion(windows[i]["frames"][None]) for i in windows.spread(MOTION_SAMPLE)])
     reference = float(motion.quantile(0.5))
     if reference <= 0:
         raise ValueError(f"the training clips under {config['data']['shards']} do not move (median frame change 0): "

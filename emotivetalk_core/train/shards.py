@@ -177,12 +177,17 @@ class ClipDataset(torch.utils.data.Dataset):
         self.by_emotion: dict[str, list[tuple[int, str, int]]] = {}  # label -> (shard, clip, frames)
         for shard, info in enumerate(self.infos):
             for clip in info["clips"]:
-                if clip_emotion(clip, info) is not None:
-                    self.by_emotion.setdefault(clip_emotion(clip, info), []).append((shard, clip["name"], clip["frames"]))
+                label = clip_emotion(clip, info)
+                if label is not None:
+                    self.by_emotion.setdefault(label, []).append((shard, clip["name"], clip["frames"]))
         self.samples_per_frame = samples_per_frame(self.infos[0]["fps"], self.infos[0]["sample_rate"])
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def spread(self, count: int) -> list[int]:
+        """Up to ``count`` indices spread evenly over the windows (a fixed sample for statistics)."""
+        return torch.linspace(0, len(self) - 1, min(count, len(self))).round().long().unique().tolist()
 
     def __getitem__(self, index: int) -> dict:
         return self.item(index)
@@ -219,7 +224,7 @@ class ClipDataset(torch.utils.data.Dataset):
         outside = [(clip["name"], f) for clip in clips for f in range(clip["frames"])
                    if not (clip["name"] == where.clip and where.start <= f < where.start + self.window)]
         name, frame = outside[int(torch.randint(len(outside), (1,), generator=generator))] if outside else (where.clip, where.start)
-        return _channels_first(self._read(where.shard, name, frame, frame + 1, keys=("frames",))["frames"])[0]
+        return self._frame(where.shard, name, frame)
 
     def emotion_frame(self, index: int, generator: torch.Generator, start: int | None = None) -> torch.Tensor:
         """An emotion image for the item ``[3, S, S]``: a frame of another clip with the item's
@@ -236,7 +241,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if not candidates:
             return self._frame_outside(where, generator, whole_video=False)
         shard, clip, frames = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
-        frame = int(torch.randint(frames, (1,), generator=generator))
+        return self._frame(shard, clip, int(torch.randint(frames, (1,), generator=generator)))
+
+    def _frame(self, shard: int, clip: str, frame: int) -> torch.Tensor:
         return _channels_first(self._read(shard, clip, frame, frame + 1, keys=("frames",))["frames"])[0]
 
     def _placed(self, index: int, start: int | None) -> Window:

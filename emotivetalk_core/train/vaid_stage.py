@@ -424,8 +424,7 @@ def code_statistics(config: dict, exp_encoder: nn.Module) -> tuple[torch.Tensor,
     """Per-dimension mean and std of the Exp Encoder's codes over the frames of up to
     :data:`STATISTICS_SAMPLE` training windows spread evenly over the data (Di-CTE's units)."""
     windows = ClipDataset(config["data"]["shards"], config["data"]["window"])
-    picked = torch.linspace(0, len(windows) - 1, min(STATISTICS_SAMPLE, len(windows))).round().long().unique()
-    codes = torch.cat([per_frame(exp_encoder, windows[int(i)]["frames"][None])[0] for i in picked]).double()
+    codes = torch.cat([per_frame(exp_encoder, windows[i]["frames"][None])[0] for i in windows.spread(STATISTICS_SAMPLE)]).double()
     return codes.mean(dim=0).float(), codes.std(dim=0, correction=0).clamp(min=1e-6).float()
 
 
