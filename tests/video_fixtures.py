@@ -82,7 +82,9 @@ def make_talking_video(
     background = _background(width, height)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sound = _audio(audio, seconds, sample_rate, seed)
-    with VideoWriter(path, fps=fps, width=width, height=height, audio=sound, sample_rate=sample_rate) as writer:
+    # Lossless (crf 0): x264's output varies from run to run (threads, timing), which lossy frames
+    # would carry into the tests that read these videos (face detection on the crops above all).
+    with VideoWriter(path, fps=fps, width=width, height=height, audio=sound, sample_rate=sample_rate, crf=0) as writer:
         for index in range(frames):
             if face and not (hidden and hidden[0] <= times[index] < hidden[1]):
                 portrait = _open_mouth(photo, envelope[index])
