@@ -21,6 +21,8 @@ _CHUNK = ("INT", {"default": 0, "min": 0, "max": 256,
 
 
 def checked_latents(model, latent: dict, node: str) -> torch.Tensor:
+    """A LATENT in ComfyUI's convention (the VAE's own space, frames in the batch: ours or core
+    VAE Encode's) -> the sampler-space latents the pack's decoder takes."""
     samples = latent["samples"]
     channels = model.vae.config.latent_channels
     if samples.dim() != 4 or samples.shape[1] != channels or 0 in samples.shape:
@@ -29,7 +31,7 @@ def checked_latents(model, latent: dict, node: str) -> torch.Tensor:
     made_by, expected = latent.get("emotivetalk_model"), model_tag(model)
     if made_by is not None and made_by != expected:
         log.warning("this LATENT was made by model %s but is decoded with %s; the frames may be garbage", made_by, expected)
-    return samples
+    return core_module("svd.vae_decode").to_sampler_space(model.vae, samples)
 
 
 def decoded_blocks(model, latent: dict, chunk: int, node: str):
@@ -56,7 +58,7 @@ class EmotiveTalkDecode:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (MODEL, {"tooltip": "The EmotiveTalk model that made the LATENT (its VAE decodes it)."}),
-            "latent": ("LATENT", {"tooltip": "From EmotiveTalk ETHD Sampler."}),
+            "latent": ("LATENT", {"tooltip": "From EmotiveTalk ETHD Sampler, or any SVD-layout LATENT of this model's VAE (e.g. core VAE Encode)."}),
             "chunk": _CHUNK,
         }}
 
@@ -96,7 +98,7 @@ class EmotiveTalkSaveVideo:
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "The EmotiveTalk model that made the LATENT (its VAE decodes it)."}),
-                "latent": ("LATENT", {"tooltip": "From EmotiveTalk ETHD Sampler."}),
+                "latent": ("LATENT", {"tooltip": "From EmotiveTalk ETHD Sampler, or any SVD-layout LATENT of this model's VAE (e.g. core VAE Encode)."}),
                 "audio": ("AUDIO", {"tooltip": "The padded speech from EmotiveTalk Audio Prepare, so audio and video end together."}),
                 "fps": widgets.fps("Frame rate: the fps given to EmotiveTalk Audio Prepare."),
                 "filename_prefix": ("STRING", {"default": "EmotiveTalk/video",

@@ -16,7 +16,7 @@ import torch
 
 from . import _widgets as widgets
 from . import comfy_bridge as bridge
-from ._core import pipeline
+from ._core import core_module, pipeline
 from ._core import settings as settings_lib  # "settings" is a node's GenerationSettings
 from ._types import (
     AUDIO_EXP,
@@ -270,7 +270,8 @@ class EmotiveTalkETHDSampler:
         except settings_lib.SettingError as error:  # every setting here is the widget of the same name
             raise ValueError(f"EmotiveTalk ETHD Sampler, input '{error.setting}': {error}") from error
         latents = run_sampler(model, reference, lip, expression, settings)
-        return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
+        samples = core_module("svd.vae_decode").to_vae_space(model.vae, latents)  # ComfyUI's LATENT space
+        return ({"samples": samples.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
 
 
 def run_sampler(model, reference, lip, expression, settings) -> torch.Tensor:

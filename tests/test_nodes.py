@@ -185,6 +185,27 @@ def test_staged_chain_types_and_frame_count(bundles, staged, tmp_path, monkeypat
     assert again["ui"]["images"][0]["filename"] != preview["filename"]  # never overwrites
 
 
+def test_latents_are_in_comfyuis_space_so_core_vae_decode_reads_them(bundles, staged):
+    """ComfyUI's LATENTs hold the VAE's own latents: core VAE Decode passes them to the decoder as
+    they are. Ours must decode that way to the frames our Decode gives, and a core LATENT (VAE
+    Encode's, no EmotiveTalk tag) must go into our Decode."""
+    model, _ = bundles
+    latent = _sample(model, staged)
+    samples = latent["samples"]
+    # One chunk of every frame, as core decodes a short clip (longer ones both cut into chunks).
+    (ours,) = output_nodes.EmotiveTalkDecode().decode(model, latent, samples.shape[0])
+    with torch.no_grad():  # what core VAE Decode does with an SVD VAE: the latents straight into the decoder
+        core = model.vae.decode(samples.float(), num_frames=samples.shape[0]).sample
+    core = ((core.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    assert (ours - core).abs().max() < 1e-4
+    with torch.no_grad():  # core VAE Encode: the posterior's mode, unscaled
+        encoded = model.vae.encode(ours.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+    (again,) = output_nodes.EmotiveTalkDecode().decode(model, {"samples": encoded}, encoded.shape[0])
+    with torch.no_grad():
+        direct = model.vae.decode(encoded, num_frames=encoded.shape[0]).sample
+    assert (again - ((direct.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)).abs().max() < 1e-4
+
+
 def test_interrupt_stops_the_sampler_and_the_next_run_succeeds(bundles, staged, monkeypatch):
     model, _ = bundles
 
