@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .chunking import over_chunks
 from .media import audio as audio_lib
 from .media.image import load_image
-from .networks.edi import resolve_face_mask
+from .networks.edi import binary_face_mask, resolve_face_mask
 from .placement import placement
 from .sampling import default_overlap
 from .settings import GenerationSettings, output_size
@@ -147,10 +147,21 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
         codes = _run_on(vaid.exp_encoder, portrait), _run_on(vaid.identity_encoder, portrait)
         user_mask = resolve_face_mask(mask)
         if user_mask is not None:
-            face_mask, source = fit_portrait(user_mask, width, height).clamp(0, 1), "user mask"
+            face_mask, source = fit_portrait(user_mask, width, height), "user mask"
         else:
             face_mask, source = _run_on(vaid.face_processor, portrait), "face processor"
-    return Reference(portrait, latent, embeds, codes[0][0], codes[1][0], face_mask, float(noise_aug), source)
+    return Reference(portrait, latent, embeds, codes[0][0], codes[1][0], _face_region(face_mask, source),
+                     float(noise_aug), source)
+
+
+def _face_region(mask: torch.Tensor, source: str) -> torch.Tensor:
+    """The binary mask ETHD trained on (``binary_face_mask``); an empty one means "everywhere",
+    as in training, rather than switching the adapters off."""
+    region = binary_face_mask(mask)
+    if not torch.any(region):
+        log.warning("the face mask from the %s has no pixel above 0.5; the adapters act on the whole frame", source)
+        return torch.ones_like(region)
+    return region
 
 
 def _run_on(module, images: torch.Tensor) -> torch.Tensor:

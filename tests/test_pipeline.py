@@ -1,5 +1,6 @@
 """The generation pipeline: frame count and padded audio, determinism, seams, the whole job."""
 
+import logging
 import math
 
 import numpy as np
@@ -67,6 +68,29 @@ def test_portrait_resize_rule_covers_then_centre_crops():
     fitted = fit_portrait(image, 64, 64)
     assert fitted.shape == (1, 3, 64, 64)
     assert fitted[..., :, :30].mean() < 0.05 and fitted[..., :, 34:].mean() > 0.95  # centre kept, not squashed
+
+
+def test_face_masks_are_binary_so_the_adapters_leave_the_background_alone(pipeline, caplog):
+    """ETHD trains on binary masks and every adapter branch is multiplied by the mask
+    (tests/test_ethd.py: exactly zero where it is 0), so inference must give exact zeros too:
+    the Face Processor's sigmoid never does, and a soft user mask would not."""
+    from emotivetalk_core.pipeline import encode_reference
+    from emotivetalk_core.synth import world
+    from emotivetalk_core.synth.evaluate import render_portrait
+
+    face = torch.from_numpy(render_portrait(world.identity(7), 32)).float().permute(2, 0, 1)[None]
+    face = face / 255 if face.max() > 1 else face
+    found = encode_reference(pipeline.model, pipeline.vaid, face, 0, 0)
+    assert found.mask_source == "face processor"
+    assert set(found.face_mask.unique().tolist()) == {0.0, 1.0}  # face and background
+    soft = torch.full((1, 64, 64), 0.2)
+    soft[:, 16:48, 16:48] = 0.7
+    given = encode_reference(pipeline.model, pipeline.vaid, face, 0, 0, mask=soft).face_mask
+    assert set(given.unique().tolist()) == {0.0, 1.0}
+    assert given.mean().item() == pytest.approx(0.25, abs=0.05)
+    with caplog.at_level(logging.WARNING):
+        faint = encode_reference(pipeline.model, pipeline.vaid, face, 0, 0, mask=torch.full((1, 64, 64), 0.4)).face_mask
+    assert torch.equal(faint, torch.ones_like(faint)) and "no pixel above 0.5" in caplog.text
 
 
 def test_av_offset_shifts_frames():

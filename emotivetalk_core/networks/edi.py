@@ -123,6 +123,14 @@ def level_mask(face_mask: torch.Tensor, height: int, width: int) -> torch.Tensor
     return face_mask.flatten(2).transpose(1, 2)
 
 
+def binary_face_mask(mask: torch.Tensor) -> torch.Tensor:
+    """1 where ``mask`` > 0.5 (the face), exactly 0 elsewhere: the one form of face mask ETHD
+    trains and infers with. The Face Processor's sigmoid is never exactly 0, so its raw output
+    would let every adapter leak into the background; shard masks have anti-aliased rims, so
+    training sees the same thresholded form as inference."""
+    return (mask > 0.5).to(mask.dtype)
+
+
 def resolve_face_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """A user's face mask as ``[B, 1, H, W]`` in 0..1 (1 = face), or ``None`` for "everywhere".
 

@@ -30,7 +30,8 @@ condition inference:
   ETHD to ignore the expression tokens); reference expression: Exp Encoder(reference);
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
-  reference frame (``"face_processor"``, what inference computes). An all-zero mask means "no
+  reference frame (``"face_processor"``, what inference computes), thresholded at 0.5 as
+  inference thresholds it (``networks.edi.binary_face_mask``). An all-zero mask means "no
   mask" (everywhere), as ``networks.edi.resolve_face_mask`` treats it at inference.
 
 Guidance nulls: each clip trains one of the four passes of the guidance (docs/ARCHITECTURE.md,
@@ -94,6 +95,7 @@ from ..bundles import (
     ethd_components,
     file_digest,
 )
+from ..networks.edi import binary_face_mask
 from ..networks.ethd import ETHD, lip_windows
 from ..placement import placement
 from ..sampling import (
@@ -402,9 +404,9 @@ class ETHDStage:
 
     def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
         if self.options["mask_source"] == "shard":
-            return clip_masks(batch["mask"])
+            return clip_masks(binary_face_mask(batch["mask"].float()))
         with torch.no_grad():
-            return clip_masks(modules["face_processor"](reference).float()[:, None])
+            return clip_masks(binary_face_mask(modules["face_processor"](reference).float()[:, None]))
 
     # --- export and sample -----------------------------------------------------------------
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
