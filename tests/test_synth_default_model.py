@@ -5,9 +5,9 @@ What it checks is what the model does, with a margin that holds on any machine: 
 with the speech (well above the portrait-repeated floor, which lip guidance 1 did not reach), the
 requested emotion shows, the portrait's identity holds and frames are clean. It does not yet
 reach the issue's lip-sync goal (0.85): the 64-clip figures, goals met and not, are in
-BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.82
-(within a clip 0.83; floors 0.07 and -0.03), emotion 4 of 5, identity 0.053, grain 0.028 (the
-model before it: lip_sync 0.73, emotion 4 of 5; an earlier one at (2, 1, 1): lip_sync 0.32).
+BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.83
+(within a clip 0.83; floors 0.07 and -0.03), emotion 4 of 5, identity 0.048, grain 0.029 (the
+model before it: lip_sync 0.82, emotion 4 of 5; an earlier one at (2, 1, 1): lip_sync 0.32).
 """
 
 import pytest
