@@ -213,9 +213,6 @@ class _StandInDenoiser(torch.nn.Module):
 class _StandInVAE(torch.nn.Module):
     """Decodes a latent to a 512x512 frame by nearest upsampling (the real output shape)."""
 
-    class config:  # noqa: N801 - mimics diffusers' config attribute
-        scaling_factor = 1.0
-
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .chunking import over_chunks
 from .media import audio as audio_lib
 from .media.image import load_image
-from .networks.edi import binary_face_mask, resolve_face_mask
+from .networks.edi import binary_face_mask, face_region, resolve_face_mask
 from .placement import placement
 from .sampling import default_overlap
 from .settings import GenerationSettings, output_size
@@ -155,13 +155,10 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
 
 
 def _face_region(mask: torch.Tensor, source: str) -> torch.Tensor:
-    """The binary mask ETHD trained on (``binary_face_mask``); an empty one means "everywhere",
-    as in training, rather than switching the adapters off."""
-    region = binary_face_mask(mask)
-    if not torch.any(region):
+    """The binary mask ETHD trained on (``networks.edi.face_region``), warning when it is empty."""
+    if not torch.any(binary_face_mask(mask)):
         log.warning("the face mask from the %s has no pixel above 0.5; the adapters act on the whole frame", source)
-        return torch.ones_like(region)
-    return region
+    return face_region(mask)
 
 
 def _run_on(module, images: torch.Tensor) -> torch.Tensor:
@@ -307,11 +304,13 @@ def _samplers() -> dict:
 
 def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                    settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """ETHD reverse process over the whole video: raw SVD latents ``[N, 4, h, w]`` on the host.
+    """ETHD reverse process over the whole video: latents ``[N, 4, h, w]`` on the host, in the
+    VAE's own space (ComfyUI's LATENT convention, what :func:`decode_frames` takes).
 
     ``progress(done, total)`` counts window x step UNet evaluations (per sampler model call).
     """
     from .sampling import GuidedDenoiser, WindowedDenoiser, initial_noise, karras_sigmas, start_latents
+    from .svd.vae_decode import to_vae_space
 
     settings.validate()
     num_frames = driven.shape[0]
@@ -332,14 +331,14 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
     sigmas = karras_sigmas(settings.steps)
     height, width = reference.latent.shape[-2:]
     x = start_latents(initial_noise(settings.seed, num_frames, (4, height, width)), sigmas)
-    return _samplers()[settings.sampler](windowed, x, sigmas)[0]
+    return to_vae_space(model.vae, _samplers()[settings.sampler](windowed, x, sigmas)[0])
 
 
 # --- frames --------------------------------------------------------------------------------
 
 def decode_frames(model, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
-    """Frames ``[n, H, W, 3]`` in 0..1, block by block: the VAE decodes overlapping chunks of
-    ``chunk`` frames (default: the model's training clip length)."""
+    """Frames ``[n, H, W, 3]`` in 0..1, block by block, of latents in the VAE's own space: the VAE
+    decodes overlapping chunks of ``chunk`` frames (default: the model's training clip length)."""
     from .svd.vae_decode import decode_latents
 
     chunk = chunk or model.settings["clip_frames"]

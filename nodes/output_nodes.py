@@ -21,8 +21,8 @@ _CHUNK = ("INT", {"default": 0, "min": 0, "max": 256,
 
 
 def checked_latents(model, latent: dict, node: str) -> torch.Tensor:
-    """A LATENT in ComfyUI's convention (the VAE's own space, frames in the batch: ours or core
-    VAE Encode's) -> the sampler-space latents the pack's decoder takes."""
+    """The latents of a LATENT in ComfyUI's convention (the VAE's own space, frames in the batch:
+    ours or core VAE Encode's), checked against the model's VAE."""
     samples = latent["samples"]
     channels = model.vae.config.latent_channels
     if samples.dim() != 4 or samples.shape[1] != channels or 0 in samples.shape:
@@ -31,7 +31,7 @@ def checked_latents(model, latent: dict, node: str) -> torch.Tensor:
     made_by, expected = latent.get("emotivetalk_model"), model_tag(model)
     if made_by is not None and made_by != expected:
         log.warning("this LATENT was made by model %s but is decoded with %s; the frames may be garbage", made_by, expected)
-    return core_module("svd.vae_decode").to_sampler_space(model.vae, samples)
+    return samples
 
 
 def decoded_blocks(model, latent: dict, chunk: int, node: str):

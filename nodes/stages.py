@@ -270,8 +270,7 @@ class EmotiveTalkETHDSampler:
         except settings_lib.SettingError as error:  # every setting here is the widget of the same name
             raise ValueError(f"EmotiveTalk ETHD Sampler, input '{error.setting}': {error}") from error
         latents = run_sampler(model, reference, lip, expression, settings)
-        samples = core_module("svd.vae_decode").to_vae_space(model.vae, latents)  # ComfyUI's LATENT space
-        return ({"samples": samples.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
+        return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
 
 
 def run_sampler(model, reference, lip, expression, settings) -> torch.Tensor:

@@ -15,12 +15,12 @@ from emotivetalk_core.bundles import (
 )
 from emotivetalk_core.checkpoints import save_model_file
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.networks.edi import TokenCrossAttention, binary_face_mask
+from emotivetalk_core.networks.edi import TokenCrossAttention, face_region
 from emotivetalk_core.networks.ethd import lip_windows
 from emotivetalk_core.sampling import Guidance, GuidedDenoiser
 from emotivetalk_core.svd.build import build_unet
 from emotivetalk_core.svd.conditioning import image_embeds, reference_latent
-from emotivetalk_core.train.ethd_stage import ETHDStage, clip_masks, motion_buckets, nested_passes
+from emotivetalk_core.train.ethd_stage import ETHDStage, motion_buckets, nested_passes
 from emotivetalk_core.train.loop import SteppedClips
 from emotivetalk_core.train.noise import SampleNoise
 from emotivetalk_core.train.shards import ClipDataset, write_shard
@@ -495,7 +495,7 @@ def test_vaid_conditions_are_the_pipelines_lip_stream_and_the_face_processors_ma
     torch.testing.assert_close(conditioning.lip_windows, lip_windows(lip[None], 2), rtol=0, atol=1e-6)
     # The Face Processor's mask thresholded at 0.5, as inference thresholds it (an empty one: everywhere).
     assert set(conditioning.face_mask.unique().tolist()) <= {0.0, 1.0}
-    torch.testing.assert_close(conditioning.face_mask, clip_masks(binary_face_mask(mask[:, None])))
+    torch.testing.assert_close(conditioning.face_mask, face_region(mask))
     # No init.encoders: the frozen encoders come from the V-AID file.
     for name, tensor in vaid.exp_encoder.state_dict().items():
         assert torch.equal(modules["exp_encoder"].state_dict()[name], tensor), name

@@ -131,6 +131,15 @@ def binary_face_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask > 0.5).to(mask.dtype)
 
 
+def face_region(masks: torch.Tensor) -> torch.Tensor:
+    """Where the adapters act, ``[B, ...]`` masks -> binary float masks (``binary_face_mask``); an
+    item with no face pixel gets ones: an empty mask means "no mask given", in training and at
+    inference alike, rather than switching the adapters off."""
+    region = binary_face_mask(masks.float())
+    empty = region.flatten(1).amax(dim=1) == 0
+    return torch.where(empty.view(-1, *[1] * (region.dim() - 1)), torch.ones_like(region), region)
+
+
 def resolve_face_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """A user's face mask as ``[B, 1, H, W]`` in 0..1 (1 = face), or ``None`` for "everywhere".
 

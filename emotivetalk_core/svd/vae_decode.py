@@ -32,18 +32,14 @@ def chunk_starts(num_frames: int, chunk: int, overlap: int) -> list[int]:
 
 def to_vae_space(vae, latents: torch.Tensor) -> torch.Tensor:
     """The sampler's latents (the VAE's latent times its ``scaling_factor``, the space ETHD trains
-    and samples in) -> the VAE's own latent space, ComfyUI's LATENT convention (core VAE Decode
-    decodes it as it is; core's model wrappers apply the factor on the way into the UNet)."""
+    and samples in) -> the VAE's own latent space: ComfyUI's LATENT convention, which every
+    latent outside the sampler follows (core VAE Decode decodes it as it is; core's model
+    wrappers apply the factor on the way into the UNet)."""
     return latents / vae.config.scaling_factor
 
 
-def to_sampler_space(vae, latents: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`to_vae_space`: a LATENT (e.g. core VAE Encode's) -> the sampler's space."""
-    return latents * vae.config.scaling_factor
-
-
 def decode_latents(vae, latents: torch.Tensor, chunk: int = 14, overlap: int = 4) -> Iterator[torch.Tensor]:
-    """Decode the sampler's latents ``[N, 4, h, w]`` (not yet divided by the scaling factor).
+    """Decode latents ``[N, 4, h, w]`` in the VAE's own space (ComfyUI's LATENT convention).
 
     Yields frame blocks ``[n, H, W, 3]`` in 0..1 on the host, in order, N frames in all. When a
     chunk runs out of memory, the rest is decoded in chunks half as long (down to 2 frames)
@@ -91,7 +87,6 @@ def _smaller_chunk(chunk: int, overlap: int, error: BaseException) -> tuple[int,
 
 
 def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    scaled = to_vae_space(vae, latents.to(**placement(vae)))
     with torch.no_grad():
-        images = vae.decode(scaled, num_frames=scaled.shape[0]).sample
+        images = vae.decode(latents.to(**placement(vae)), num_frames=latents.shape[0]).sample
     return ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu()

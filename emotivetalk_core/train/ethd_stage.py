@@ -31,8 +31,8 @@ condition inference:
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
   reference frame (``"face_processor"``, what inference computes), thresholded at 0.5 as
-  inference thresholds it (``networks.edi.binary_face_mask``). An all-zero mask means "no
-  mask" (everywhere), as ``networks.edi.resolve_face_mask`` treats it at inference.
+  inference thresholds it; an all-zero mask means "no mask" (everywhere), both by
+  ``networks.edi.face_region``, the one function inference forms its mask with.
 
 Guidance nulls: each clip trains one of the four passes of the guidance (docs/ARCHITECTURE.md,
 "Guidance"), built with ``sampling.Conditioning.for_pass``, the very function inference uses, so
@@ -95,7 +95,7 @@ from ..bundles import (
     ethd_components,
     file_digest,
 )
-from ..networks.edi import binary_face_mask
+from ..networks.edi import face_region
 from ..networks.ethd import ETHD, lip_windows
 from ..placement import placement
 from ..sampling import (
@@ -110,7 +110,7 @@ from ..sampling import (
 from ..settings import GenerationSettings
 from ..svd.build import build_image_encoder, build_unet, build_vae
 from ..svd.conditioning import added_time_ids, image_embeds, reference_latent
-from ..svd.vae_decode import decode_latents
+from ..svd.vae_decode import decode_latents, to_vae_space
 from .noise import SampleNoise
 from .shards import read_shard_info, shard_paths
 from .vaid_stage import (
@@ -262,11 +262,9 @@ def data_settings(config: dict) -> dict:
 
 
 def clip_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Shard masks ``[B, T, 1, S, S]`` -> one mask per clip ``[B, 1, S, S]``: their union; a clip
-    whose mask is empty everywhere gets ones ("no mask given", as inference treats it)."""
-    union = masks.amax(dim=1).float()
-    empty = union.flatten(1).amax(dim=1) == 0
-    return torch.where(empty.view(-1, 1, 1, 1), torch.ones_like(union), union)
+    """Masks ``[B, T, 1, S, S]`` (0..1) -> one binary face region per clip ``[B, 1, S, S]``: the
+    union over the clip's frames, as ``networks.edi.face_region`` forms it at inference."""
+    return face_region(masks.amax(dim=1))
 
 
 class ETHDStage:
@@ -404,9 +402,9 @@ class ETHDStage:
 
     def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
         if self.options["mask_source"] == "shard":
-            return clip_masks(binary_face_mask(batch["mask"].float()))
+            return clip_masks(batch["mask"])
         with torch.no_grad():
-            return clip_masks(binary_face_mask(modules["face_processor"](reference).float()[:, None]))
+            return clip_masks(modules["face_processor"](reference)[:, None])
 
     # --- export and sample -----------------------------------------------------------------
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
@@ -444,7 +442,7 @@ class ETHDStage:
         guidance = GenerationSettings().guidance() if strengths is None else Guidance(*strengths)
         denoiser = GuidedDenoiser(modules["ethd"], conditioning, guidance)
         latents = sample_euler(denoiser, x, sigmas)[0]
-        generated = torch.cat(list(decode_latents(modules["vae"], latents, chunk=frames, overlap=0)))
+        generated = torch.cat(list(decode_latents(modules["vae"], to_vae_space(modules["vae"], latents), chunk=frames, overlap=0)))
         truth = first["frames"][0].permute(0, 2, 3, 1).float().cpu()
         strip = torch.cat([torch.cat(list(truth), dim=1), torch.cat(list(generated), dim=1)], dim=0)
         path = folder / f"ethd_{step:08d}.png"
