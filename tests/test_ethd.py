@@ -55,6 +55,24 @@ def test_zero_initialised_adapters_reproduce_base_svd():
     torch.testing.assert_close(_run(model, inputs), expected, rtol=0, atol=1e-6)
 
 
+def test_token_cross_attention_is_a_standard_multi_head_cross_attention():
+    """The folded projections (TokenCrossAttention's docstring) compute what the weights mean:
+    LayerNorm, query/key/value projections, per-head softmax attention, output projection."""
+    torch.manual_seed(3)
+    attention = TokenCrossAttention(dim=64, token_dim=24, head_dim=16)
+    torch.nn.init.normal_(attention.to_out.weight, std=0.3)
+    torch.nn.init.normal_(attention.to_out.bias, std=0.3)
+    hidden, tokens = torch.randn(6, 50, 64), torch.randn(6, 5, 24)
+    split = lambda x: x.unflatten(-1, (4, 16)).transpose(1, 2)  # noqa: E731 - 4 heads of 16
+    with torch.no_grad():
+        query = split(attention.to_q(attention.norm(hidden)))
+        heads = torch.nn.functional.scaled_dot_product_attention(query, split(attention.to_k(tokens)), split(attention.to_v(tokens)))
+        expected = attention.to_out(heads.transpose(1, 2).flatten(2))
+        got = attention(hidden, tokens)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - expected).abs().max() < 1e-3 * expected.abs().max()  # and not by being tiny
+
+
 def test_adapters_sit_in_every_spatio_temporal_transformer():
     from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 

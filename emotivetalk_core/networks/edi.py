@@ -31,8 +31,17 @@ log = logging.getLogger(__name__)
 class TokenCrossAttention(nn.Module):
     """Cross-attention from video tokens ``[N, L, dim]`` to a few condition tokens ``[N, T, token_dim]``.
 
-    Split into :meth:`query`, :meth:`attend` and :meth:`project` so EDI can share one query and one
-    output projection between its driven and reference passes.
+    The weights are a standard multi-head cross-attention's (``to_q``, ``to_k``, ``to_v``,
+    ``to_out``), but with only T = 5-8 condition tokens the two ``dim x dim`` projections of
+    every video token (query in, output out) cost far more than the attention itself. They are
+    folded into the tokens instead, exactly (up to float rounding): per head h,
+    ``q_h . k_h = n . (W_q,h^T k_h)`` and ``W_out,h (p_h v_h) = p_h (W_out,h v_h)``. So each token
+    becomes a key and a value of width ``dim`` per head (:meth:`keys`, :meth:`values`: T x dim^2
+    per frame, once) and a video token costs ``2 dim (heads T)`` multiply-adds instead of
+    ``2 dim^2``: at svd-xt's head_dim 64 that is T/64 of the projections.
+
+    :meth:`attend` takes the normalised video tokens, so EDI normalises once for its driven and
+    reference passes.
     """
 
     def __init__(self, dim: int, token_dim: int, head_dim: int, out_bias: bool = True):
@@ -49,20 +58,30 @@ class TokenCrossAttention(nn.Module):
         if out_bias:
             nn.init.zeros_(self.to_out.bias)
 
-    def query(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._split(self.to_q(self.norm(hidden)))
+    def keys(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Query projection folded into the keys: ``[N, heads * T, dim]``, softmax scale included."""
+        keys = self._split(self.to_k(tokens))  # [N, heads, T, head_dim]
+        w_q = self.to_q.weight.unflatten(0, (self.heads, -1))  # [heads, head_dim, dim]
+        folded = torch.einsum("nhtd,hdc->nhtc", keys, w_q) * keys.shape[-1] ** -0.5
+        return folded.flatten(1, 2)
 
-    def attend(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Attention output before the output projection, heads merged: ``[N, L, dim]``."""
-        tokens = tokens.to(query.dtype)
-        out = F.scaled_dot_product_attention(query, self._split(self.to_k(tokens)), self._split(self.to_v(tokens)))
-        return out.transpose(1, 2).flatten(2)
+    def values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Output projection folded into the values: ``[N, heads * T, dim]`` (no bias)."""
+        values = self._split(self.to_v(tokens))  # [N, heads, T, head_dim]
+        w_out = self.to_out.weight.unflatten(1, (self.heads, -1))  # [dim, heads, head_dim]
+        return torch.einsum("nhtd,chd->nhtc", values, w_out).flatten(1, 2)
 
-    def project(self, attended: torch.Tensor) -> torch.Tensor:
-        return self.to_out(attended)
+    def attend(self, normed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Projected attention output of the normalised video tokens, without the output bias:
+        ``[N, L, dim]``."""
+        tokens = tokens.to(normed.dtype)
+        logits = torch.bmm(normed, self.keys(tokens).transpose(1, 2))  # [N, L, heads * T]
+        weights = logits.unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2)
+        return torch.bmm(weights, self.values(tokens))
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.project(self.attend(self.query(hidden), tokens))
+        out = self.attend(self.norm(hidden), tokens)
+        return out if self.to_out.bias is None else out + self.to_out.bias
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -74,14 +93,13 @@ class ExpressionDecoupleInjector(nn.Module):
     def __init__(self, dim: int, token_dim: int, head_dim: int):
         super().__init__()
         # No output bias: it would cancel in the difference (and, never used, stall DDP training).
-        # Projecting the difference keeps "driven == reference" an exact zero instead of
-        # (W a + b) - (W a + b) rounding.
+        # The two passes go through the same ops at the same shapes, so "driven == reference" is
+        # an exact zero, not a rounding residue.
         self.attn = TokenCrossAttention(dim, token_dim, head_dim, out_bias=False)
 
     def forward(self, hidden, driven_tokens, reference_tokens, mask) -> torch.Tensor:
-        query = self.attn.query(hidden)
-        difference = self.attn.attend(query, driven_tokens) - self.attn.attend(query, reference_tokens)
-        return mask * self.attn.project(difference)
+        normed = self.attn.norm(hidden)
+        return mask * (self.attn.attend(normed, driven_tokens) - self.attn.attend(normed, reference_tokens))
 
 
 class SpatialAdapter(nn.Module):
