@@ -297,9 +297,9 @@ def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.T
 
 
 def _samplers() -> dict:
-    from .sampling import sample_euler, sample_heun
+    from .sampling import sample_dpmpp_2m, sample_euler, sample_heun
 
-    return {"euler": sample_euler, "heun": sample_heun}
+    return {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 
 
 def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,

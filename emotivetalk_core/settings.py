@@ -183,4 +183,4 @@ def output_size(model, width: int, height: int) -> tuple[int, int]:
     return size
 
 
-SAMPLERS = ("euler", "heun")
+SAMPLERS = ("euler", "heun", "dpmpp_2m")

@@ -246,7 +246,7 @@ class EmotiveTalkETHDSampler:
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
             "steps": widgets.steps("Denoising steps."),
-            "sampler": (list(settings_lib.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls."}),
+            "sampler": (list(settings_lib.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls; dpmpp_2m: second order at one call per step (DPM-Solver++ 2M)."}),
             "seed": widgets.seed(),
             "reference_strength": widgets.strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
             "lip_strength": widgets.strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),

@@ -16,6 +16,7 @@ from emotivetalk_core.sampling import (
     fusion_weights,
     initial_noise,
     karras_sigmas,
+    sample_dpmpp_2m,
     sample_euler,
     sample_heun,
     start_latents,
@@ -343,7 +344,7 @@ def test_window_spans_cover_every_frame():
 
 
 # --- samplers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", [sample_euler, sample_heun])
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_dpmpp_2m])
 def test_samplers_land_on_a_fixed_prediction(sampler):
     target = torch.randn(1, 3, 4, 2, 2, dtype=torch.float64)
     sigmas = karras_sigmas(7).double()
@@ -356,7 +357,8 @@ def test_samplers_land_on_a_fixed_prediction(sampler):
 
 def test_convergence_orders_on_gaussian_data():
     """Data ~ N(mu, s^2): the ideal denoiser and the ODE's solution are closed-form, so the error
-    can be measured. Doubling the steps halves Euler's error (first order) and quarters Heun's."""
+    can be measured. Doubling the steps halves Euler's error (first order) and quarters Heun's
+    and DPM-Solver++(2M)'s (second order; one call per step, as Euler)."""
     mu, s, sigma_max, sigma_min = 0.3, 0.5, 80.0, 0.1
     noise = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x = mu + noise * (sigma_max**2 + s**2) ** 0.5
@@ -374,6 +376,10 @@ def test_convergence_orders_on_gaussian_data():
     assert 1.7 < euler_ratio < 2.5, euler_ratio
     assert heun_ratio > 3.5, heun_ratio
     assert error(sample_heun, 40) < error(sample_euler, 40) / 5
+    # DPM-Solver++'s signed error crosses zero near 10 steps here: compare where it is asymptotic.
+    dpmpp_ratio = error(sample_dpmpp_2m, 40) / error(sample_dpmpp_2m, 80)
+    assert dpmpp_ratio > 3.5, dpmpp_ratio
+    assert error(sample_dpmpp_2m, 40) < error(sample_euler, 40) / 5
 
 
 def test_callback_can_cancel():
