@@ -78,6 +78,9 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
                         help="guidance toward the lip stream (default: %(default)s)")
     parser.add_argument("--expression-strength", type=float, default=defaults.expression_strength,
                         help="guidance toward the driven expression (default: %(default)s)")
+    parser.add_argument("--guidance-sigma-min", type=float, default=defaults.guidance_sigma_min,
+                        help="noise level below which steps run one pass with every condition instead of the guidance "
+                             "(fewer UNet passes; default: %(default)s, guide every step)")
     parser.add_argument("--av-offset", type=int, default=defaults.av_offset, help="frames; > 0 moves the mouth later than the audio")
     parser.add_argument("--lip-context", type=int, default=None, help="lip frames either side each frame sees (default: the model's)")
     parser.add_argument("--window", type=int, default=None, help="frames per ETHD window (default: the model's clip length)")
@@ -123,7 +126,8 @@ def _settings(args):
     settings = GenerationSettings(
         fps=args.fps, width=args.width, height=args.height, steps=args.steps, sampler=args.sampler, seed=args.seed,
         motion=args.motion, noise_aug=args.noise_aug, reference_strength=args.reference_strength,
-        lip_strength=args.lip_strength, expression_strength=args.expression_strength, av_offset=args.av_offset,
+        lip_strength=args.lip_strength, expression_strength=args.expression_strength,
+        guidance_sigma_min=args.guidance_sigma_min, av_offset=args.av_offset,
         lip_context=args.lip_context, window=args.window, overlap=args.overlap,
     )
     try:

@@ -109,6 +109,13 @@ class Guidance:
     reference: float
     lip: float
     expression: float
+    # Below this noise level one pass with every condition replaces the guidance (0: guide every
+    # step): late steps refine detail the early ones placed, so guidance there may buy little.
+    sigma_min: float = 0.0
+
+    def at(self, sigma: float) -> "Guidance":
+        """The guidance a step at noise level ``sigma`` uses."""
+        return self if sigma >= self.sigma_min else Guidance(1.0, 1.0, 1.0)
 
     def coefficients(self) -> dict[str, float]:
         """The same sum regrouped per pass: ``e = sum(c_pass * e_pass)`` (the c add up to 1).
@@ -215,13 +222,13 @@ class GuidedDenoiser:
         sigma = torch.as_tensor(sigma, device=x.device)
         scale = (sigma**2 + 1) ** 0.5
         # The order of operations mirrors diffusers' scheduler so the SVD anchor matches closely.
-        v = self.predict_v(x / scale, 0.25 * sigma.log())
+        v = self.predict_v(x / scale, 0.25 * sigma.log(), self.guidance.at(float(sigma)))
         return v * (-sigma / scale) + x / (sigma**2 + 1)
 
-    def predict_v(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def predict_v(self, x_in: torch.Tensor, c_noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         """Guided v prediction for the scaled input ``x_in`` (all passes in one batch)."""
         # Never empty: the coefficients add up to 1, so at least one is nonzero.
-        passes = self.guidance.active_passes()
+        passes = (guidance or self.guidance).active_passes()
         inputs = self._batch([name for name, _ in passes], x_in, c_noise)
         outputs = self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes))
         guided = None

@@ -29,7 +29,7 @@ LIMITS = {
     "decode_chunk": (1, 1000), "max_batch": (1, 1000),
     "av_offset": (-250, 250),
     "reference_strength": (0.0, 30.0), "lip_strength": (0.0, 30.0), "expression_strength": (0.0, 30.0),
-    "noise_aug": (0.0, 10.0),
+    "noise_aug": (0.0, 10.0), "guidance_sigma_min": (0.0, 1000.0),
 }
 
 
@@ -74,6 +74,7 @@ class GenerationSettings:
     reference_strength: float = 2.0
     lip_strength: float = 4.0
     expression_strength: float = 2.0
+    guidance_sigma_min: float = 0.0  # steps below this noise level run one unguided pass (sampling.Guidance)
     av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
     lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
     window: int | None = None  # ETHD window in frames (default: the training clip length)
@@ -96,7 +97,7 @@ class GenerationSettings:
             if getattr(self, name) is not None:
                 _whole_in_range(name, getattr(self, name), *LIMITS[name])
         _whole_in_range("av_offset", self.av_offset, *LIMITS["av_offset"])
-        for name in ("reference_strength", "lip_strength", "expression_strength", "noise_aug"):
+        for name in ("reference_strength", "lip_strength", "expression_strength", "noise_aug", "guidance_sigma_min"):
             if getattr(self, name) is not None:
                 _in_range(name, getattr(self, name), *LIMITS[name])
         if self.window is not None and self.overlap is not None and self.overlap >= self.window:
@@ -108,7 +109,7 @@ class GenerationSettings:
         return asdict(self)
 
     def guidance(self) -> Guidance:
-        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength)
+        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength, self.guidance_sigma_min)
 
     def windowing(self, model) -> tuple[int, int]:
         """``(window, overlap)`` in frames: the training clip length and a quarter of it unless set."""

@@ -232,6 +232,19 @@ def test_pass_skipping_rule():
         assert sum(g.coefficients().values()) == pytest.approx(1.0)
 
 
+def test_guidance_stops_below_its_noise_level_with_one_pass_of_every_condition():
+    """guidance_sigma_min: steps at lower noise run e_rle alone (one pass instead of four)."""
+    x = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    guided = Guidance(2.0, 4.0, 2.0, sigma_min=1.0)
+    for sigma, passes, same_as in ((3.0, 4, Guidance(2.0, 4.0, 2.0)), (1.0, 4, Guidance(2.0, 4.0, 2.0)),
+                                   (0.5, 1, Guidance(1.0, 1.0, 1.0))):
+        model, reference = _ConditionEcho(), _ConditionEcho()
+        denoised = GuidedDenoiser(model, _echo_conditioning(3), guided)(x, torch.tensor(sigma))
+        expected = GuidedDenoiser(reference, _echo_conditioning(3), same_as)(x, torch.tensor(sigma))
+        assert model.calls == [2 * passes], sigma
+        assert torch.equal(denoised, expected), sigma
+
+
 def test_split_batches_equal_one_batch_fake_model():
     x = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     guidance = Guidance(2.5, 1.5, 0.7)
