@@ -106,21 +106,22 @@ def _nchw(frames_uint8: np.ndarray) -> torch.Tensor:
 class Generator:
     """The full pipeline on one model, frames kept in memory (uint8, as a video file holds them)."""
 
-    def __init__(self, checkpoint: str, steps: int):
+    def __init__(self, checkpoint: str, steps: int, **settings):
+        """``settings``: other ``GenerationSettings`` than the library's defaults (e.g. ``sampler``)."""
         from ..pipeline import EmotiveTalkPipeline
 
         self.pipeline = EmotiveTalkPipeline.from_files(checkpoint)
-        self.steps = steps
+        self.steps, self.settings = steps, settings
 
     def __call__(self, portrait: np.ndarray, waveform: np.ndarray, timeline, seed: int, images=None, videos=None,
                  lip_strength: float | None = None) -> np.ndarray:
-        """Frames as a user gets them: every setting the library's default but the steps, the seed
-        and, where a measure asks for it, the lip strength."""
+        """Frames as a user gets them: every setting the library's default but the steps, the seed,
+        the generator's ``settings`` and, where a measure asks for it, the lip strength."""
         from ..pipeline import VAIDEmotionResolver, decode_frames, prepare_audio
         from ..settings import GenerationSettings
 
         pipe = self.pipeline
-        settings = GenerationSettings(steps=self.steps, seed=seed)
+        settings = GenerationSettings(**{**self.settings, "steps": self.steps, "seed": seed})
         if lip_strength is not None:
             settings = replace(settings, lip_strength=lip_strength)
         settings = settings.sized_for(pipe.model)
