@@ -115,6 +115,34 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     assert (one / "export" / "encoders.safetensors").is_file() and (tmp_path / "two" / "export" / "encoders.safetensors").is_file()
 
 
+def test_a_sharded_launch_on_cpu_processes_is_refused_not_run_as_plain_ddp(tmp_path):
+    """On CPU processes accelerate fails inside FSDP 1 ("no available devices") and silently runs
+    FSDP 2 as gloo DDP (every process holds the whole model); the run says what to do instead,
+    before the first step. (A DeepSpeed launch needs deepspeed installed, which this machine has
+    not: accelerate's launcher refuses it first; the same check covers it, see the next test.)"""
+    shards = write_synthetic_shards(tmp_path / "shards", videos=1, clips=2, frames=6)
+    config_path = write_config(tmp_path / "run.json", _config(shards, tmp_path / "run", batch_size=1))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "fsdp.yaml"),
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+               "-m", "emotivetalk_core.train", "encoders", "--config", str(config_path)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode != 0
+    assert "which accelerate runs only on GPUs" in result.stderr and "ddp.yaml" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharding_is_refused_on_cpu_processes_before_accelerate_starts(monkeypatch, tmp_path, variable):
+    from emotivetalk_core.train.accelerator import make_accelerator
+    from emotivetalk_core.train.config import TrainingError
+
+    monkeypatch.setenv(variable, "true")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    with pytest.raises(TrainingError, match="ddp.yaml"):
+        make_accelerator({"train": {}, "output": str(tmp_path)})
+
+
 # --- shipped configs -------------------------------------------------------------------------
 
 ACCELERATE_CONFIGS = ROOT / "emotivetalk_core" / "train" / "accelerate"

@@ -27,6 +27,8 @@ def make_accelerator(config: dict):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration
 
+    _refuse_sharding_without_accelerators()
+
     train = config["train"]
     run = Path(config["output"])
     return Accelerator(
@@ -36,6 +38,20 @@ def make_accelerator(config: dict):
         log_with="tensorboard" if _tensorboard_available() else None,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train["find_unused_parameters"])],
     )
+
+
+def _refuse_sharding_without_accelerators() -> None:
+    """accelerate (1.x) shards only on GPUs and other accelerators. On CPU processes an FSDP or
+    DeepSpeed launch either fails inside accelerate ("no available devices", FSDP 1, DeepSpeed) or
+    silently runs as gloo DDP with the whole model on every process (FSDP 2), which a user who
+    chose sharding for memory must hear about before the first step."""
+    requested = [name for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+                 if os.environ.get(variable, "false").lower() == "true"]
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.accelerator.is_available()
+    if requested and on_cpu:
+        raise TrainingError(f"the launch asks for {requested[0]}, which accelerate runs only on GPUs (or other "
+                            "accelerators), and these processes run on the CPU: launch with "
+                            "train/accelerate/ddp.yaml and ACCELERATE_USE_CPU=true for a CPU run")
 
 
 def check_accelerator(accelerator, config: dict) -> None:
