@@ -332,6 +332,12 @@ def _unet_to_stability(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return _rename(state_dict, _unet_rules(down, up), True, _UNET_WHERE)
 
 
+def unet_to_stability(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers SVD UNet's state dict in Stability's (and ComfyUI's ``diffusion_model``) names,
+    without the ``model.diffusion_model.`` prefix."""
+    return _unet_to_stability(state_dict)
+
+
 def transformer_paths(stability_unet_keys: Iterable[str]) -> dict[str, str]:
     """Where each ETHD adapter goes in a Stability-layout (ComfyUI) SVD UNet: ``{adapter name:
     video transformer path}``, e.g. ``down_blocks_0_attentions_0 -> input_blocks.1.1``, from the
