@@ -269,26 +269,34 @@ def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline
 def conditioning(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                  settings: GenerationSettings):
     """ETHD's :class:`~emotivetalk_core.sampling.Conditioning` on the model's device and dtype."""
+    return stream_conditioning(reference, lip, driven, model.settings, model.ethd.lip_context, settings,
+                               **placement(model.ethd))
+
+
+def stream_conditioning(reference: Reference, lip: torch.Tensor, driven: torch.Tensor, model_settings: dict,
+                        model_lip_context: int, settings: GenerationSettings, device="cpu",
+                        dtype: torch.dtype = torch.float32):
+    """:func:`conditioning` from what a model file records (its ``settings`` and the adapters'
+    ``lip_context``) rather than a loaded model: ComfyUI's own SVD carries no ETHD bundle. The
+    native Conditioning node keeps it on the CPU in float32; its UNet wrapper moves each window."""
     from .networks.ethd import lip_windows
     from .svd.conditioning import added_time_ids
     from .sampling import Conditioning
 
-    ethd = model.ethd
-    model_context = ethd.lip_context
-    context = model_context if settings.lip_context is None else settings.lip_context
-    if not 0 <= context <= model_context:
-        raise ValueError(f"lip_context must be between 0 and the model's {model_context}, got {context}")
+    context = model_lip_context if settings.lip_context is None else settings.lip_context
+    if not 0 <= context <= model_lip_context:
+        raise ValueError(f"lip_context must be between 0 and the model's {model_lip_context}, got {context}")
     # A smaller context repeats the nearest frame inside ±context into the outer token slots.
     windows = lip_windows(lip[None], context)
-    if context < model_context:
-        slots = torch.arange(-model_context, model_context + 1).clamp(-context, context) + context
+    if context < model_lip_context:
+        slots = torch.arange(-model_lip_context, model_lip_context + 1).clamp(-context, context) + context
         windows = windows[:, :, slots]
-    motion = model.settings["motion_bucket"] if settings.motion is None else settings.motion
-    on = placement(ethd)
+    motion = model_settings["motion_bucket"] if settings.motion is None else settings.motion
+    on = {"device": device, "dtype": dtype}
     return Conditioning(
         reference_latent=reference.latent.to(**on),
         image_embeds=reference.image_embeds.to(**on),
-        added_time_ids=added_time_ids(model.settings["fps_id"], motion, reference.noise_aug, **on),
+        added_time_ids=added_time_ids(model_settings["fps_id"], motion, reference.noise_aug, **on),
         lip_windows=windows.to(**on),
         driven_exp=driven[None].to(**on),
         reference_exp=reference.expression[None].to(**on),

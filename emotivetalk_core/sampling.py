@@ -131,6 +131,15 @@ class Guidance:
     def active_passes(self) -> list[tuple[str, float]]:
         return [(name, c) for name, c in self.coefficients().items() if c != 0.0]
 
+    def combine(self, outputs) -> torch.Tensor:
+        """The guided output from the passes' outputs, in :meth:`active_passes` order: v
+        predictions (:class:`GuidedDenoiser`) or denoised estimates (ComfyUI's guider; the same
+        value, since the coefficients add up to 1)."""
+        guided = None
+        for (_, coefficient), output in zip(self.active_passes(), outputs, strict=True):
+            guided = coefficient * output if guided is None else guided + coefficient * output
+        return guided
+
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -230,11 +239,7 @@ class GuidedDenoiser:
         # Never empty: the coefficients add up to 1, so at least one is nonzero.
         passes = (guidance or self.guidance).active_passes()
         inputs = self._batch([name for name, _ in passes], x_in, c_noise)
-        outputs = self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes))
-        guided = None
-        for (_, coefficient), v in zip(passes, outputs):
-            guided = coefficient * v if guided is None else guided + coefficient * v
-        return guided
+        return self.guidance.combine(self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes)))
 
     def _batch(self, names: list[str], x_in: torch.Tensor, c_noise: torch.Tensor) -> dict:
         """ETHD inputs of all passes concatenated along the batch (pass-major)."""

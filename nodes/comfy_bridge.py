@@ -1,4 +1,5 @@
-"""The only module of the pack that touches ComfyUI.
+"""One of the two modules of the pack that touch ComfyUI (the other, ``comfy_native``, is the native
+SamplerCustomAdvanced path).
 
 Every ComfyUI import happens inside a function, so the node classes also run where ComfyUI is
 absent (plain pytest, a script): there each function has a plain fallback (CPU, float32, no

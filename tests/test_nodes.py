@@ -118,7 +118,8 @@ def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
                "expression_strength": "expression_strength"}
     checked = 0
     for node_id in ("EmotiveTalkAudioPrepare", "EmotiveTalkEDIReference", "EmotiveTalkDiCTEExpand",
-                    "EmotiveTalkETHDSampler", "EmotiveTalkSaveVideo", "EmotiveTalkGenerate"):
+                    "EmotiveTalkETHDSampler", "EmotiveTalkSaveVideo", "EmotiveTalkGenerate", "EmotiveTalkGuider",
+                    "EmotiveTalkSigmas"):
         inputs, _ = _inputs(nodes.NODE_CLASS_MAPPINGS[node_id])
         steps = "dicte_steps" if node_id == "EmotiveTalkDiCTEExpand" else "steps"
         for widget, setting in {**library, "steps": steps}.items():
@@ -128,7 +129,20 @@ def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
             assert options["default"] == getattr(defaults, setting), (node_id, widget)
             assert low <= options["min"] and options["max"] <= high, (node_id, widget)
             checked += 1
-    assert checked >= 12
+    assert checked >= 16
+
+
+def test_native_noise_and_sigmas_are_the_pack_samplers_own():
+    """EmotiveTalk Noise / Sigmas (no ComfyUI needed) give exactly what the pack's sampler starts from."""
+    from emotivetalk_core.sampling import initial_noise, karras_sigmas
+    from nodes import comfy_native
+
+    (noise,) = comfy_native.EmotiveTalkNoiseNode().get_noise(7)
+    latent = {"samples": torch.zeros(5, 4, 6, 6)}
+    assert noise.seed == 7
+    assert torch.equal(noise.generate_noise(latent), initial_noise(7, 5, (4, 6, 6))[0])
+    (sigmas,) = comfy_native.EmotiveTalkSigmas().get_sigmas(9)
+    assert torch.equal(sigmas, karras_sigmas(9))
 
 
 def test_module_table_matches_the_modules():
@@ -282,7 +296,7 @@ def test_missing_model_file_names_the_file_and_folder(tmp_path, monkeypatch):
 
 def test_importing_nodes_keeps_heavy_packages_lazy():
     code = ("import sys, nodes; heavy = [m for m in ('diffusers', 'transformers', 'av') if m in sys.modules]; "
-            "assert not heavy, heavy; assert len(nodes.NODE_CLASS_MAPPINGS) == 17")
+            "assert not heavy, heavy; assert len(nodes.NODE_CLASS_MAPPINGS) == 23")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -293,7 +307,7 @@ def test_pack_loads_as_comfyui_loads_it():
         f"spec = importlib.util.spec_from_file_location('ComfyUI-EmotiveTalk', {str(ROOT / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(ROOT)!r}])\n"
         "pack = importlib.util.module_from_spec(spec); sys.modules[spec.name] = pack; spec.loader.exec_module(pack)\n"
-        "assert len(pack.NODE_CLASS_MAPPINGS) == 17\n"
+        "assert len(pack.NODE_CLASS_MAPPINGS) == 23\n"
         "assert 'emotivetalk_core' not in sys.modules and 'ComfyUI-EmotiveTalk.emotivetalk_core' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd="/", check=True)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from emotivetalk_core.configs import get_config
-from emotivetalk_core.svd.convert import STABILITY_PREFIXES, diffusers_to_stability, stability_to_diffusers
+from emotivetalk_core.svd.convert import (STABILITY_PREFIXES, diffusers_to_stability, stability_to_diffusers,
+                                         transformer_paths)
 from emotivetalk_core.svd.load import load_svd
 
 # Names and shapes of every tensor in Stability's svd_xt.safetensors (no weights; see its "notes").
@@ -117,6 +118,30 @@ def test_reference_names_convert_back_to_exactly_the_diffusers_names_and_shapes(
 
 
 # --- values: tiny models through both formats ----------------------------------------------------------
+
+def test_transformer_paths_place_each_adapter_on_the_video_transformer_of_the_same_name(reference):
+    """The native path hooks ETHD's adapters onto ComfyUI's SVD UNet (Stability names): each
+    adapter must land on the transformer its diffusers name means, and every one must exist."""
+    prefix = STABILITY_PREFIXES["unet"]
+    unet_keys = [name[len(prefix):] for name in reference if name.startswith(prefix)]
+    paths = transformer_paths(unet_keys)
+    assert len(paths) == 16
+    assert paths["down_blocks_0_attentions_0"] == "input_blocks.1.1"
+    assert paths["down_blocks_2_attentions_1"] == "input_blocks.8.1"
+    assert paths["mid_block_attentions_0"] == "middle_block.1"
+    assert paths["up_blocks_1_attentions_0"] == "output_blocks.3.1"
+    assert paths["up_blocks_3_attentions_2"] == "output_blocks.11.1"
+    assert all(f"{path}.proj_in.weight" in unet_keys for path in paths.values())
+
+
+def test_transformer_paths_name_exactly_ethds_adapters():
+    from emotivetalk_core.networks.ethd import ETHD
+    from emotivetalk_core.svd.convert import _unet_to_stability
+
+    ethd = ETHD.from_config(get_config("tiny"))
+    paths = transformer_paths(_unet_to_stability(ethd.unet.state_dict()))
+    assert set(paths) == set(ethd.adapters)
+
 
 def test_stability_file_loads_with_identical_outputs(tiny, tmp_path):
     path = _stability_file(tmp_path / "svd_tiny.safetensors", tiny)

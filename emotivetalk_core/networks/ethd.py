@@ -117,20 +117,33 @@ class TransformerAdapter(nn.Module):
         self.spatial = nn.ModuleList(SpatialAdapter(dim, token_dim, head_dim) for _ in range(num_blocks))
         self.expression = ExpressionAdapter(dim, token_dim, head_dim)
 
-    def attach(self, transformer: nn.Module, context: ConditionContext) -> None:
-        for block, adapter in zip(transformer.transformer_blocks, self.spatial, strict=True):
-            block.register_forward_hook(_AfterSpatialBlock(adapter, context))
-        transformer.time_mixer.register_forward_hook(_AfterBlend(self.expression, context))
+    def attach(self, transformer: nn.Module, context: ConditionContext) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks on ``transformer``'s spatial blocks and ``time_mixer`` (diffusers' and ComfyUI's
+        video transformers use these names); returns their handles."""
+        handles = [block.register_forward_hook(_AfterSpatialBlock(adapter, context))
+                   for block, adapter in zip(transformer.transformer_blocks, self.spatial, strict=True)]
+        handles.append(transformer.time_mixer.register_forward_hook(_AfterBlend(self.expression, context)))
+        return handles
 
 
-class ETHD(nn.Module):
-    """SVD UNet + EmotiveTalk adapters. ``forward`` predicts SVD's v-target for ``[B, F, 8, h, w]``."""
+def transformer_shapes(transformer: nn.Module) -> tuple[int, int]:
+    """``(width, spatial blocks)`` of a video transformer: what its :class:`TransformerAdapter` is built for."""
+    return transformer.proj_in.out_features, len(transformer.transformer_blocks)
 
-    def __init__(self, unet: nn.Module, adapter_config: dict):
+
+class AdapterSet(nn.Module):
+    """Everything of ETHD that is not base SVD: the token projections and one
+    :class:`TransformerAdapter` per video transformer, plus the :class:`ConditionContext` their
+    hooks read. Built from ``{adapter name: (width, spatial blocks)}`` alone, so a UNet other
+    than diffusers' (ComfyUI's own SVD) can carry the same adapters through :meth:`hooked`."""
+
+    def __init__(self, adapter_config: dict, shapes: dict[str, tuple[int, int]]):
         super().__init__()
+        self._build(adapter_config, shapes)
+
+    def _build(self, adapter_config: dict, shapes: dict[str, tuple[int, int]]) -> None:
         cfg = adapter_config
         self.adapter_config = dict(cfg)
-        self.unet = unet
         token_dim = cfg["token_dim"]
         self.lip_context = cfg["lip_context"]
         self.exp_tokens = cfg["exp_tokens"]
@@ -140,24 +153,76 @@ class ETHD(nn.Module):
         # Expression tokens: one per-frame code spread over a few tokens, so attention can pick
         # different facets of it at different places (with one token attention is a constant).
         self.exp_proj = nn.Linear(cfg["exp_dim"], self.exp_tokens * token_dim)
-        self.adapters = nn.ModuleDict()
+        self.adapters = nn.ModuleDict(
+            {name: TransformerAdapter(dim, blocks, token_dim, cfg["head_dim"]) for name, (dim, blocks) in shapes.items()})
         self._context = ConditionContext()
-        self._attach_adapters(token_dim, cfg["head_dim"])
 
-    def _attach_adapters(self, token_dim: int, head_dim: int) -> None:
+    # --- conditions ----------------------------------------------------------------------
+    def lip_tokens(self, lip_windows: torch.Tensor) -> torch.Tensor:
+        """``[B, F, 2c+1, lip_dim]`` -> ``[B*F, 2c+1, token_dim]``."""
+        return (self.lip_proj(lip_windows) + self.lip_position).flatten(0, 1)
+
+    def expression_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[..., exp_dim]`` -> ``[..., exp_tokens, token_dim]``."""
+        return self.exp_proj(codes).unflatten(-1, (self.exp_tokens, -1))
+
+    def bind(self, lip_windows: torch.Tensor, driven_exp: torch.Tensor, reference_exp: torch.Tensor,
+             face_mask: torch.Tensor | None, latent_hw: tuple[int, int],
+             dtype: torch.dtype) -> contextlib.AbstractContextManager:
+        """Binds the tokens and face mask of one UNet call over ``[B, F, ...]`` latents for as long
+        as the returned context is entered: lip_windows ``[B, F, 2c+1, lip_dim]``, driven_exp
+        ``[B, F, exp_dim]``, reference_exp ``[B, exp_dim]``, face_mask ``[B, 1, H, W]`` at any
+        resolution (``None`` = everywhere), computed in ``dtype``."""
+        batch, frames = driven_exp.shape[:2]
+        # The reference goes through the same ops at the same shape as the driven codes, so a
+        # driven code equal to the reference gives bitwise-equal tokens and EDI is exactly zero.
+        reference_exp = reference_exp[:, None].expand(-1, frames, -1)
+        driven = self.expression_tokens(driven_exp.to(dtype)).flatten(0, 1)
+        reference = self.expression_tokens(reference_exp.to(dtype)).flatten(0, 1)
+        if face_mask is None:
+            face_mask = driven.new_ones(batch, 1, *latent_hw)
+        mask = face_mask.to(dtype).repeat_interleave(frames, dim=0)
+        return self._context.bound(self.lip_tokens(lip_windows.to(dtype)), driven, reference, mask, latent_hw)
+
+    @contextlib.contextmanager
+    def hooked(self, root: nn.Module, paths: dict[str, str]):
+        """The adapters hooked onto the video transformers of another UNet (``root``), found at
+        ``paths`` (adapter name -> submodule path), for as long as the context is entered."""
+        handles = []
+        try:
+            for name, path in paths.items():
+                handles += self.adapters[name].attach(root.get_submodule(path), self._context)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class ETHD(AdapterSet):
+    """SVD UNet + EmotiveTalk adapters. ``forward`` predicts SVD's v-target for ``[B, F, 8, h, w]``."""
+
+    def __init__(self, unet: nn.Module, adapter_config: dict):
+        nn.Module.__init__(self)
+        # The UNet is registered first: state-dict and parameter order stay what they always were.
+        self.unet = unet
+        transformers = self._video_transformers()
+        self._build(adapter_config, {name.replace(".", "_"): transformer_shapes(module)
+                                     for name, module in transformers.items()})
+        for name, module in transformers.items():
+            adapter = self.adapters[name.replace(".", "_")]
+            base, new = module.proj_in.weight, adapter.expression.exp_attn.to_out.weight
+            if (new.device, new.dtype) != (base.device, base.dtype):  # e.g. a UNet already in fp16 on a GPU
+                adapter.to(device=base.device, dtype=base.dtype)
+            adapter.attach(module, self._context)
+
+    def _video_transformers(self) -> dict[str, nn.Module]:
         from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
-        for name, module in self.unet.named_modules():
-            if isinstance(module, TransformerSpatioTemporalModel):
-                dim = module.proj_in.out_features
-                adapter = TransformerAdapter(dim, len(module.transformer_blocks), token_dim, head_dim)
-                base, new = module.proj_in.weight, adapter.expression.exp_attn.to_out.weight
-                if (new.device, new.dtype) != (base.device, base.dtype):  # e.g. a UNet already in fp16 on a GPU
-                    adapter.to(device=base.device, dtype=base.dtype)
-                adapter.attach(module, self._context)
-                self.adapters[name.replace(".", "_")] = adapter
-        if not self.adapters:
+        found = {name: module for name, module in self.unet.named_modules()
+                 if isinstance(module, TransformerSpatioTemporalModel)}
+        if not found:
             raise ValueError("the UNet has no TransformerSpatioTemporalModel: not an SVD UNet")
+        return found
 
     @classmethod
     def from_config(cls, config: dict) -> "ETHD":
@@ -194,15 +259,6 @@ class ETHD(nn.Module):
 
         self.unet.enable_gradient_checkpointing(checkpointed)
 
-    # --- conditions ----------------------------------------------------------------------
-    def lip_tokens(self, lip_windows: torch.Tensor) -> torch.Tensor:
-        """``[B, F, 2c+1, lip_dim]`` -> ``[B*F, 2c+1, token_dim]``."""
-        return (self.lip_proj(lip_windows) + self.lip_position).flatten(0, 1)
-
-    def expression_tokens(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[..., exp_dim]`` -> ``[..., exp_tokens, token_dim]``."""
-        return self.exp_proj(codes).unflatten(-1, (self.exp_tokens, -1))
-
     def forward(
         self,
         sample: torch.Tensor,
@@ -222,17 +278,7 @@ class ETHD(nn.Module):
         reference_exp ``[B, exp_dim]``, face_mask ``[B, 1, H, W]`` at any resolution (1 = face;
         ``None`` = everywhere). Returns ``[B, F, 4, h, w]``.
         """
-        batch, frames = sample.shape[:2]
-        dtype = sample.dtype
-        # The reference goes through the same ops at the same shape as the driven codes, so a
-        # driven code equal to the reference gives bitwise-equal tokens and EDI is exactly zero.
-        reference_exp = reference_exp[:, None].expand(-1, frames, -1)
-        driven = self.expression_tokens(driven_exp.to(dtype)).flatten(0, 1)
-        reference = self.expression_tokens(reference_exp.to(dtype)).flatten(0, 1)
-        if face_mask is None:
-            face_mask = sample.new_ones(batch, 1, *sample.shape[-2:])
-        mask = face_mask.to(dtype).repeat_interleave(frames, dim=0)
-        with self._context.bound(self.lip_tokens(lip_windows.to(dtype)), driven, reference, mask, sample.shape[-2:]):
+        with self.bind(lip_windows, driven_exp, reference_exp, face_mask, sample.shape[-2:], sample.dtype):
             return self.unet(sample, timestep, image_embeds, added_time_ids=added_time_ids, return_dict=False)[0]
 
 

@@ -332,6 +332,24 @@ def _unet_to_stability(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return _rename(state_dict, _unet_rules(down, up), True, _UNET_WHERE)
 
 
+def unet_to_stability(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers SVD UNet's state dict in Stability's (and ComfyUI's ``diffusion_model``) names,
+    without the ``model.diffusion_model.`` prefix."""
+    return _unet_to_stability(state_dict)
+
+
+def transformer_paths(stability_unet_keys: Iterable[str]) -> dict[str, str]:
+    """Where each ETHD adapter goes in a Stability-layout (ComfyUI) SVD UNet: ``{adapter name:
+    video transformer path}``, e.g. ``down_blocks_0_attentions_0 -> input_blocks.1.1``, from the
+    UNet's own parameter names (no ``model.diffusion_model.`` prefix). The adapter name is the
+    diffusers transformer's path with ``.`` -> ``_`` (how ETHD names its adapters)."""
+    keys = list(stability_unet_keys)
+    rules = _unet_rules(_sgm_unet_levels(keys, "input_blocks"), _sgm_unet_levels(keys, "output_blocks"))
+    suffix = ".proj_in."  # one rule per video transformer
+    return {diffusers[:-len(suffix)].replace(".", "_"): stability[:-len(suffix)]
+            for diffusers, stability, _ in rules if diffusers.endswith(suffix)}
+
+
 def _unet_to_diffusers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     down = _sgm_unet_levels(state_dict, "input_blocks")
     up = _sgm_unet_levels(state_dict, "output_blocks")

@@ -1,0 +1,281 @@
+"""The native ComfyUI path (nodes/comfy_native.py) inside a real ComfyUI, in-process on the CPU.
+
+Skips unless COMFY_HOME points at a ComfyUI checkout (``$COMFY_HOME/ComfyUI``) that imports: CI has
+no ComfyUI. Run with ComfyUI's own venv, e.g.
+``COMFY_HOME=/work/comfy /work/comfy/venv/bin/python -m pytest -q tests/test_native_comfy.py``.
+Uses the shipped default model (16x16 latents, 8-frame clips), a few frames and steps.
+"""
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _comfy_available() -> bool:
+    home = os.environ.get("COMFY_HOME")
+    if not home or not (Path(home) / "ComfyUI").is_dir():
+        return False
+    # Appended, not prepended: ComfyUI's top-level nodes.py must not shadow the pack's nodes package.
+    sys.path.append(str(Path(home) / "ComfyUI"))
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False
+    args.cpu = True  # before any other comfy import picks a device
+    importlib.import_module("comfy.model_management")
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _comfy_available(), reason="no ComfyUI here (set COMFY_HOME to run)")
+
+FRAMES, WINDOW, OVERLAP, STEPS, SEED = 12, 8, 2, 4, 3
+TOLERANCE = 1e-3  # ComfyUI's UNet rounds differently from diffusers' (time embedding at batch F vs 1)
+
+
+def _max_difference(native: torch.Tensor, pack: torch.Tensor) -> float:
+    """max |native - pack| relative to the latents' scale when that is above 1 (4 Heun steps from
+    sigma 700 leave latents up to ~17, and rounding differences grow with them)."""
+    return float((native - pack).abs().max() / max(1.0, float(pack.abs().max())))
+
+
+@pytest.fixture(scope="module")
+def native():
+    from nodes import comfy_native
+    from nodes.loaders import EmotiveTalkModelLoader
+
+    (model,) = EmotiveTalkModelLoader().load("default")
+    (base,) = comfy_native.EmotiveTalkUNetToModel().convert(model)
+    (applied,) = comfy_native.EmotiveTalkApply().apply(base, "default", model)
+    return model, base, applied
+
+
+@pytest.fixture(scope="module")
+def streams(native):
+    """A Reference, lip stream and expression of the default model's shapes (random, fixed)."""
+    from emotivetalk_core.pipeline import Reference
+
+    model = native[0]
+    adapter = model.ethd.adapter_config
+    g = torch.Generator().manual_seed(0)
+    reference = Reference(
+        image=torch.rand(1, 3, 32, 32, generator=g), latent=torch.randn(1, 4, 16, 16, generator=g),
+        image_embeds=torch.randn(1, 1, model.ethd.unet.config.cross_attention_dim, generator=g),
+        expression=torch.randn(adapter["exp_dim"], generator=g), identity=torch.randn(8, generator=g),
+        face_mask=(torch.rand(1, 1, 32, 32, generator=g) > 0.3).float(), noise_aug=0.02)
+    lip = torch.randn(FRAMES, adapter["lip_dim"], generator=g)
+    expression = torch.randn(FRAMES, adapter["exp_dim"], generator=g)
+    return reference, lip, expression
+
+
+def _native_sample(applied, reference, lip, expression, sampler="euler", sigmas=None, guidance=(2.0, 4.0, 2.0)):
+    from comfy_extras.nodes_custom_sampler import KSamplerSelect, SamplerCustomAdvanced
+
+    from nodes import comfy_native
+
+    positive, negative, latent = comfy_native.EmotiveTalkConditioning().encode(applied, reference, lip, expression, -1, -1)
+    (guider,) = comfy_native.EmotiveTalkGuider().get_guider(applied, positive, negative, *guidance, WINDOW, OVERLAP)
+    (noise,) = comfy_native.EmotiveTalkNoiseNode().get_noise(SEED)
+    if sigmas is None:
+        (sigmas,) = comfy_native.EmotiveTalkSigmas().get_sigmas(STEPS)
+    (sampler_object,) = KSamplerSelect().get_sampler(sampler)
+    output, _ = SamplerCustomAdvanced().sample(noise, guider, sampler_object, sigmas, latent)
+    return output
+
+
+def _pack_sample(model, reference, lip, expression, sampler="euler"):
+    from emotivetalk_core import pipeline
+    from emotivetalk_core.settings import GenerationSettings
+
+    settings = GenerationSettings(steps=STEPS, sampler=sampler, seed=SEED, window=WINDOW, overlap=OVERLAP)
+    return pipeline.sample_latents(model, reference, lip, expression, settings)
+
+
+def _transformers(applied):
+    from nodes import comfy_native
+
+    root = applied.model.diffusion_model
+    return [root.get_submodule(path) for path in applied.get_attachment(comfy_native.KEY).paths.values()]
+
+
+def _hook_count(applied) -> int:
+    return sum(len(block._forward_hooks) for t in _transformers(applied)
+               for block in [*t.transformer_blocks, t.time_mixer])
+
+
+def _unet_inputs(model, streams, frames=5):
+    """One UNet call's inputs, for ComfyUI's UNet and for ETHD.forward alike."""
+    from emotivetalk_core.networks.ethd import lip_windows
+
+    reference, lip, expression = streams
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(frames, 4, 16, 16, generator=g)
+    sample = torch.cat([x, reference.latent.expand(frames, -1, -1, -1)], dim=1)
+    c_noise = torch.full((frames,), 0.25 * torch.tensor(3.0).log().item())
+    windows = lip_windows(lip[None], model.ethd.lip_context)[:, :frames]  # real neighbours, as the window sees
+    return sample, c_noise, windows, expression[None, :frames]
+
+
+def test_adapters_sit_where_ethd_puts_them(native, streams):
+    """One UNet call through the Applied MODEL equals ETHD.forward on the same inputs within 1e-3
+    (measured max |diff| 3.5e-5 on outputs up to 5.5; the default model's adapters change the
+    output by up to 1.04, so they are active and placed as in ETHD)."""
+    from emotivetalk_core.svd.conditioning import added_time_ids
+    from nodes import comfy_native
+
+    model, base, applied = native
+    reference = streams[0]
+    sample, c_noise, windows, driven = _unet_inputs(model, streams)
+    frames = sample.shape[0]
+    time_ids = added_time_ids(model.settings["fps_id"], model.settings["motion_bucket"], reference.noise_aug)
+    fps_id, motion, augmentation = time_ids[0].tolist()
+    y = base.model.encode_adm(fps=fps_id + 1, motion_bucket_id=motion, augmentation_level=augmentation).expand(frames, -1)
+    conditioning = _conditioning(model, streams)
+    items = [comfy_native.PassStreams(conditioning.frames(0, frames), "expression")]
+    call = dict(context=reference.image_embeds.expand(frames, -1, -1), y=y, num_video_frames=frames)
+    with torch.no_grad():
+        native_out = applied.model.diffusion_model(sample, c_noise, transformer_options={"wrappers": applied.wrappers},
+                                                   emotivetalk=items, **call)
+        plain = base.model.diffusion_model(sample, c_noise, transformer_options={}, **call)
+        ethd_out = model.ethd(sample[None], c_noise[:1], reference.image_embeds, time_ids, windows, driven,
+                              reference.expression[None], reference.face_mask)[0]
+    assert (native_out - ethd_out).abs().max() < TOLERANCE
+    assert (native_out - plain).abs().max() > 0.1
+    assert _hook_count(applied) == 0  # the hooks lived only for the call
+
+
+def test_zero_adapters_give_plain_comfyui_svd_bitwise(native, streams):
+    """Fresh adapters (zero output projections) hooked on by the wrapper change nothing, bit for bit."""
+    from emotivetalk_core.networks.ethd import AdapterSet, transformer_shapes
+    from nodes import comfy_native
+
+    model, base, applied = native
+    native_adapters = applied.get_attachment(comfy_native.KEY)
+    root = base.model.diffusion_model
+    shapes = {name: transformer_shapes(root.get_submodule(p)) for name, p in native_adapters.paths.items()}
+    wrapper = comfy_native.AdapterWrapper(AdapterSet(model.ethd.adapter_config, shapes), native_adapters.paths)
+    sample, c_noise, _, _ = _unet_inputs(model, streams)
+    frames = sample.shape[0]
+    items = [comfy_native.PassStreams(_conditioning(model, streams).frames(0, frames), "expression")]
+    call = dict(context=streams[0].image_embeds.expand(frames, -1, -1), y=torch.zeros(frames, 24), num_video_frames=frames)
+    with torch.no_grad():
+        zero = root(sample, c_noise, transformer_options={"wrappers": {"diffusion_model": {"t": [wrapper]}}},
+                    emotivetalk=items, **call)
+        plain = root(sample, c_noise, transformer_options={}, **call)
+    assert torch.equal(zero, plain)
+
+
+def _conditioning(model, streams):
+    from emotivetalk_core import pipeline
+    from emotivetalk_core.settings import GenerationSettings
+
+    reference, lip, expression = streams
+    return pipeline.stream_conditioning(reference, lip, expression, model.settings, model.ethd.lip_context,
+                                        GenerationSettings())
+
+
+def test_adapters_are_shared_by_clones_and_never_leak_into_the_base(native):
+    """Apply reads the adapters once (the same module in every Applied clone, and in a clone of
+    a clone); the base MODEL gets no wrapper; a second Apply on an Applied MODEL replaces the first."""
+    from comfy.patcher_extension import WrappersMP
+
+    from nodes import comfy_native
+
+    model, base, applied = native
+    (again,) = comfy_native.EmotiveTalkApply().apply(base, "default")
+    (twice,) = comfy_native.EmotiveTalkApply().apply(applied, "default")
+    adapters = applied.get_attachment(comfy_native.KEY).adapters
+    assert again.get_attachment(comfy_native.KEY).adapters is adapters
+    assert applied.clone().get_attachment(comfy_native.KEY).adapters is adapters
+    assert applied.clone().get_additional_models_with_key(comfy_native.KEY)[0].model is adapters
+    assert base.get_attachment(comfy_native.KEY) is None
+    assert not base.get_wrappers(WrappersMP.DIFFUSION_MODEL, comfy_native.KEY)
+    assert len(twice.get_wrappers(WrappersMP.DIFFUSION_MODEL, comfy_native.KEY)) == 1
+    assert _hook_count(applied) == 0
+
+
+def test_all_guidance_passes_of_a_window_run_as_one_unet_call(native, streams):
+    """Four passes, one batched call per window and model call (2 windows x 4 steps of Euler)."""
+    from comfy.patcher_extension import WrappersMP
+
+    from nodes import comfy_native
+
+    model, base, _ = native
+    calls = []
+
+    def record(executor, *args, **kwargs):
+        calls.append([item.name for item in kwargs["emotivetalk"]])
+        return executor(*args, **kwargs)
+
+    recording = base.clone()
+    recording.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "record", record)  # outside Apply's wrapper
+    (applied,) = comfy_native.EmotiveTalkApply().apply(recording, "default")
+    _native_sample(applied, *streams)
+    assert len(calls) == 2 * STEPS
+    assert all(sorted(names) == ["expression", "lip", "none", "reference"] for names in calls)
+
+
+def test_native_sampling_gives_the_pack_samplers_latents(native, streams):
+    """EmotiveTalk Noise + Guider + core euler + EmotiveTalk Sigmas in SamplerCustomAdvanced equal
+    the pack's ETHD sampler (12 frames = 2 windows of 8, overlap 2, 4 steps) within 1e-3 on the
+    LATENT (measured max |diff| 5.1e-5, mean 7.9e-6, on latents up to 5.3), and no hook is left after."""
+    model, base, applied = native
+    native_latent = _native_sample(applied, *streams)["samples"]
+    pack = _pack_sample(model, *streams)
+    assert native_latent.shape == pack.shape == (FRAMES, 4, 16, 16)
+    assert _max_difference(native_latent, pack) < TOLERANCE
+    assert _hook_count(applied) == 0
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
+def test_core_second_order_samplers_match_the_packs(native, streams, sampler):
+    """Core heun and dpmpp_2m against the pack's own (same sigmas, noise and windows): within 1e-3
+    relative to the latents' scale (measured: heun max |diff| 1.1e-3 on latents up to 16.8, i.e.
+    6.4e-5 relative; dpmpp_2m 8.4e-5 on latents up to 4.3)."""
+    model, _, applied = native
+    native_latent = _native_sample(applied, *streams, sampler=sampler)["samples"]
+    assert _max_difference(native_latent, _pack_sample(model, *streams, sampler=sampler)) < TOLERANCE
+
+
+def test_other_core_samplers_and_schedulers_run(native, streams):
+    """An ancestral sampler with core Karras sigmas from the MODEL runs and gives finite latents."""
+    from comfy_extras.nodes_custom_sampler import KarrasScheduler
+
+    _, _, applied = native
+    (sigmas,) = KarrasScheduler().get_sigmas(STEPS, 700.0, 0.002, 7.0)
+    latent = _native_sample(applied, *streams, sampler="euler_ancestral", sigmas=sigmas)["samples"]
+    assert torch.isfinite(latent).all()
+
+
+def test_cfg_pp_samplers_are_refused_by_name(native, streams):
+    _, _, applied = native
+    with pytest.raises(ValueError, match="EmotiveTalk Guider: this sampler \\(a CFG\\+\\+ one\\)"):
+        _native_sample(applied, *streams, sampler="euler_cfg_pp")
+
+
+def test_refusals_name_the_input_and_the_fix(native, streams):
+    from emotivetalk_core.bundles import build_emotivetalk_model
+    from emotivetalk_core.configs import get_config
+    from nodes import comfy_native
+
+    model, base, applied = native
+    positive, negative, _ = comfy_native.EmotiveTalkConditioning().encode(applied, *streams, -1, -1)
+    guider = comfy_native.EmotiveTalkGuider()
+    with pytest.raises(ValueError, match="EmotiveTalk Guider, input 'model': .*connect the MODEL from EmotiveTalk Apply"):
+        guider.get_guider(base, positive, negative, 2.0, 4.0, 2.0, 0, 0)
+    plain = [[streams[0].image_embeds, {"fps": 25, "motion_bucket_id": 127, "augmentation_level": 0.02}]]
+    with pytest.raises(ValueError, match="EmotiveTalk Guider, input 'positive': .*connect EmotiveTalk Conditioning"):
+        guider.get_guider(applied, plain, negative, 2.0, 4.0, 2.0, 0, 0)
+    with pytest.raises(ValueError, match="EmotiveTalk Guider, input 'overlap'"):
+        guider.get_guider(applied, positive, negative, 2.0, 4.0, 2.0, 4, 4)
+    with pytest.raises(ValueError, match="EmotiveTalk Conditioning, input 'model'"):
+        comfy_native.EmotiveTalkConditioning().encode(base, *streams, -1, -1)
+    with pytest.raises(ValueError, match="EmotiveTalk Conditioning, input 'lip_context'"):
+        comfy_native.EmotiveTalkConditioning().encode(applied, *streams, -1, 9)
+    torch.manual_seed(0)
+    (other,) = comfy_native.EmotiveTalkUNetToModel().convert(build_emotivetalk_model(get_config("tiny")))
+    with pytest.raises(ValueError, match="EmotiveTalk Apply: the adapters in .* (were trained on another SVD|do not fit)"):
+        comfy_native.EmotiveTalkApply().apply(other, "default")
