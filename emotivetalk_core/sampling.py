@@ -237,9 +237,10 @@ class GuidedDenoiser:
     def predict_v(self, x_in: torch.Tensor, c_noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         """Guided v prediction for the scaled input ``x_in`` (all passes in one batch)."""
         # Never empty: the coefficients add up to 1, so at least one is nonzero.
-        passes = (guidance or self.guidance).active_passes()
+        guidance = guidance or self.guidance
+        passes = guidance.active_passes()
         inputs = self._batch([name for name, _ in passes], x_in, c_noise)
-        return self.guidance.combine(self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes)))
+        return guidance.combine(self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes)))
 
     def _batch(self, names: list[str], x_in: torch.Tensor, c_noise: torch.Tensor) -> dict:
         """ETHD inputs of all passes concatenated along the batch (pass-major)."""

@@ -280,17 +280,18 @@ def guider_class() -> type:
         def __init__(self, guider, device, timestep, model_options):
             self.guider, self.device = guider, device
             self.timestep, self.model_options = timestep, model_options
+            self.guidance = guider.guidance.at(float(timestep.max()))  # the step's noise level (the sigma)
 
         def window(self, start: int, stop: int):
-            guider = self.guider
-            names = [name for name, _ in guider.guidance.active_passes()]
+            guider, guidance = self.guider, self.guidance
+            names = [name for name, _ in guidance.active_passes()]
             conds = [self._pass(guider.conds["negative" if name == "none" else "positive"], name, start, stop)
                      for name in names]
 
             def denoise(x_window, sigma):
                 outputs = comfy.samplers.calc_cond_batch(guider.inner_model, conds, x_window[0],
                                                          self.timestep[start:stop], self.model_options)
-                return guider.guidance.combine(outputs)[None]
+                return guidance.combine(outputs)[None]
 
             return denoise
 
