@@ -16,7 +16,13 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
    Video, which decodes straight into the mp4), stops the run within seconds, leaves no new file
    in ComfyUI's output folder (neither a video under its final name nor a partial one), and the
    next run succeeds;
-5. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
+5. ``native_equals_pack``: in one prompt on the same model, inputs, seed, steps and guidance, the
+   pack's ETHD Sampler and the native path (EmotiveTalk Guider + core SamplerCustomAdvanced) with
+   core euler and dpmpp_2m, also with core ModelSamplingContinuousEDM (SVD's own schedule) between
+   Apply and the Guider, save their LATENTs with core SaveLatent; the downloaded LATENTs agree
+   within 1e-3 relative to the latents' scale. A run with core FreeU (which changes the frames on
+   purpose) must finish with finite latents; its difference is printed;
+6. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
    checks it, with a message naming the input, the server keeps answering, and the next run
    succeeds.
 
@@ -231,20 +237,23 @@ class Client:
         async with self.session.post(self.url + "/interrupt") as response:
             response.raise_for_status()
 
-    async def outputs(self, prompt_id: str) -> list[dict]:
+    async def history(self, prompt_id: str) -> dict:
         # The success message goes out before the worker files the history entry: wait for it.
         for _ in range(120):
             history = (await self.get(f"/history/{prompt_id}")).get(prompt_id)
             if history is not None:
-                break
+                return history
             await asyncio.sleep(0.5)
-        else:
-            raise RuntimeError(f"prompt {prompt_id} finished but never appeared in /history")
-        files = []
-        for node_output in history.get("outputs", {}).values():
+        raise RuntimeError(f"prompt {prompt_id} finished but never appeared in /history")
+
+    async def outputs(self, prompt_id: str, suffix: str = ".mp4") -> dict[str, list[dict]]:
+        """The files ending in ``suffix`` that the prompt wrote, by the id of the node that wrote them."""
+        files = {}
+        for node_id, node_output in (await self.history(prompt_id)).get("outputs", {}).items():
             for entries in node_output.values():
                 if isinstance(entries, list):
-                    files += [e for e in entries if isinstance(e, dict) and str(e.get("filename", "")).endswith(".mp4")]
+                    found = [e for e in entries if isinstance(e, dict) and str(e.get("filename", "")).endswith(suffix)]
+                    files.setdefault(node_id, []).extend(found)
         return files
 
     async def download(self, entry: dict, folder: Path) -> Path:
@@ -309,7 +318,8 @@ async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Pa
         data = finished["data"]
         return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
     try:
-        videos = [await client.download(entry, out) for entry in await client.outputs(prompt_id)]
+        videos = [await client.download(entry, out) for entries in (await client.outputs(prompt_id)).values()
+                  for entry in entries]
     except RuntimeError as error:
         return Check(name, False, str(error), seconds)
     if not videos:
@@ -415,6 +425,113 @@ async def check_bad_input(client: Client, inputs: dict[str, Path], out: Path, ti
     return Check("bad input shown on the node", shown and alive and rerun.ok, detail, time.monotonic() - start, rerun.videos)
 
 
+# The native path against the pack's own, in one prompt on the same nodes upstream (model, reference,
+# lip, expression): each pair differs only in who samples. Same frames are expected from the same
+# sampler (ComfyUI's UNet rounds the time embedding differently from diffusers', so not bitwise).
+NATIVE_TOLERANCE = 1e-3  # max |native - pack| relative to the latents' scale (as tests/test_native_comfy.py)
+NATIVE_RUNS = {  # name: (core sampler, core model patch between Apply and the Guider or None, same frames expected)
+    "euler": ("euler", None, True),
+    "dpmpp_2m": ("dpmpp_2m", None, True),
+    # SVD's own noise schedule (v-prediction EDM, sigma 0.002..700) set again by a core patch: the
+    # chain must pass the patched clone's adapters and streams through, and leave the frames alone.
+    "euler + ModelSamplingContinuousEDM": ("euler", ("ModelSamplingContinuousEDM",
+                                                     {"sampling": "v_prediction", "sigma_max": 700.0, "sigma_min": 0.002}), True),
+    # A patch that changes the UNet's output blocks on purpose: it must run; its frames differ.
+    "euler + FreeU": ("euler", ("FreeU", {"b1": 1.1, "b2": 1.2, "s1": 0.9, "s2": 0.2}), False),
+}
+
+
+def native_comparison(steps: int) -> tuple[dict, dict[str, tuple[str, str, bool]]]:
+    """An API prompt: the native workflow's inputs and nodes up to the Guider, the pack's ETHD Sampler
+    and SamplerCustomAdvanced for every run of NATIVE_RUNS, each LATENT saved by core SaveLatent.
+    Also ``{run: (pack SaveLatent id, native SaveLatent id, same frames expected)}``."""
+    workflow = json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in workflow.items()}
+    guider = workflow[by_type["EmotiveTalkGuider"]]["inputs"]
+    for replaced in ("EmotiveTalkGuider", "KSamplerSelect", "SamplerCustomAdvanced", "EmotiveTalkDecode", "CreateVideo",
+                     "SaveVideo"):
+        del workflow[by_type[replaced]]
+    apply_id, conditioning_id = by_type["EmotiveTalkApply"], by_type["EmotiveTalkConditioning"]
+    conditioning = workflow[conditioning_id]["inputs"]
+    workflow[by_type["EmotiveTalkSigmas"]]["inputs"]["steps"] = steps
+    noise = workflow[by_type["EmotiveTalkNoise"]]["inputs"]["noise_seed"]
+    model_id = workflow[apply_id]["inputs"]["emotivetalk_model"][0]
+
+    def add(class_type: str, inputs: dict) -> str:
+        node_id = str(max(int(k) for k in workflow) + 1)
+        workflow[node_id] = {"class_type": class_type, "inputs": inputs}
+        return node_id
+
+    pack_latents, pairs = {}, {}
+    for run, (sampler, patch, same_expected) in NATIVE_RUNS.items():
+        if sampler not in pack_latents:
+            pack = add("EmotiveTalkETHDSampler", {
+                "model": [model_id, 0], "reference": conditioning["reference"], "lip": conditioning["lip"],
+                "expression": conditioning["expression"], "steps": steps, "sampler": sampler, "seed": noise,
+                "motion": conditioning["motion"], "lip_context": conditioning["lip_context"],
+                **{k: guider[k] for k in ("reference_strength", "lip_strength", "expression_strength", "window", "overlap")}})
+            pack_latents[sampler] = add("SaveLatent", {"samples": [pack, 0], "filename_prefix": f"emotivetalk_check/pack_{sampler}"})
+        model = [apply_id, 0]
+        if patch is not None:
+            model = [add(patch[0], {"model": model, **patch[1]}), 0]
+        run_guider = add("EmotiveTalkGuider", {**guider, "model": model})
+        sampled = add("SamplerCustomAdvanced", {
+            "noise": [by_type["EmotiveTalkNoise"], 0], "guider": [run_guider, 0],
+            "sampler": [add("KSamplerSelect", {"sampler_name": sampler}), 0],
+            "sigmas": [by_type["EmotiveTalkSigmas"], 0], "latent_image": [conditioning_id, 2]})
+        prefix = "emotivetalk_check/native_" + run.replace(" + ", "_")
+        native = add("SaveLatent", {"samples": [sampled, 0], "filename_prefix": prefix})
+        pairs[run] = (pack_latents[sampler], native, same_expected)
+    return workflow, pairs
+
+
+def read_latent(path: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))["latent_tensor"]
+
+
+async def check_native_equals_pack(client: Client, out: Path, steps: int, timeout: float) -> Check:
+    """The native path (SamplerCustomAdvanced + EmotiveTalk Guider) against the pack's ETHD Sampler,
+    same model, inputs, seed, steps and guidance: the saved LATENTs within NATIVE_TOLERANCE."""
+    name = "native_equals_pack"
+    workflow, pairs = native_comparison(steps)
+    await client.fresh()
+    start = time.monotonic()
+    try:
+        prompt_id = await client.submit(workflow)
+        finished = await asyncio.wait_for(_last_event(client, prompt_id), timeout)
+    except (RuntimeError, asyncio.TimeoutError) as error:
+        return Check(name, False, f"{type(error).__name__}: {error}", time.monotonic() - start)
+    seconds = time.monotonic() - start
+    if finished["type"] != "execution_success":
+        data = finished["data"]
+        return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
+    files = await client.outputs(prompt_id, ".latent")
+    folder = out / "latents"
+    folder.mkdir(exist_ok=True)
+    latents = {node_id: read_latent(await client.download(entries[0], folder)) for node_id, entries in files.items() if entries}
+    ok, parts = True, []
+    for run, (pack_id, native_id, same_expected) in pairs.items():
+        pack, native = latents.get(pack_id), latents.get(native_id)
+        if pack is None or native is None:
+            ok, parts = False, parts + [f"{run}: no saved LATENT"]
+            continue
+        if pack.shape != native.shape or not np.isfinite(native).all():
+            ok, parts = False, parts + [f"{run}: native {native.shape} finite={np.isfinite(native).all()}, pack {pack.shape}"]
+            continue
+        scale = max(1.0, float(np.abs(pack).max()))
+        difference = float(np.abs(native.astype(np.float64) - pack).max()) / scale
+        if same_expected:
+            ok = ok and difference <= NATIVE_TOLERANCE
+            verdict = f"{difference:.2e} (tolerance {NATIVE_TOLERANCE:.0e})"
+        else:
+            verdict = f"{difference:.2e} (a patch that changes the output: not compared, finite)"
+        parts.append(f"{run}: max |native - pack| / max(1, max |pack| = {scale:.2f}) = {verdict}")
+    shape = next(iter(latents.values())).shape if latents else None
+    return Check(name, ok, f"{steps} steps, LATENT {shape}; " + "; ".join(parts), seconds)
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -425,11 +542,13 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8199, help="port for the server this script starts")
     parser.add_argument("--ui-convert", type=Path, help="UI->API converter using ComfyUI's frontend (ui_convert.py)")
     parser.add_argument("--out", type=Path, help="folder for videos, logs and summary.json (default: a temp folder)")
-    parser.add_argument("--only", help="comma-separated workflow names (default: all)")
+    parser.add_argument("--only", help="comma-separated workflow names and native_equals_pack (default: all)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of the uploaded speech.wav")
     parser.add_argument("--long-seconds", type=float, default=8.0, help="length of long_speech.wav")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
     parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt checks")
+    parser.add_argument("--compare-steps", type=int, default=4,
+                        help="sampling steps of the native_equals_pack check (the pack's and the native sampler)")
     return parser.parse_args(argv)
 
 
@@ -453,6 +572,9 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
     for path in selected(ROOT / "workflows" / "api", args.only):
         workflow = json.loads(path.read_text())
         checks.append(await run_workflow(client, f"api/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
+        print(_line(checks[-1]), flush=True)
+    if not args.only or "native_equals_pack" in args.only.split(","):
+        checks.append(await check_native_equals_pack(client, out, args.compare_steps, args.timeout))
         print(_line(checks[-1]), flush=True)
     if args.ui_convert:
         python = Path(args.comfy_home) / "venv" / "bin" / "python" if args.comfy_home else Path(sys.executable)

@@ -108,3 +108,25 @@ def test_the_tests_run_in_a_checkout_named_like_the_pack(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=checkout,
                             capture_output=True, text=True)
     assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout + result.stderr
+
+
+def test_every_shipped_workflow_comes_in_both_formats_with_a_thumbnail_fixed_seeds_and_a_readme_line():
+    """workflows/*.json (UI) and workflows/api/*.json pair up, each has its Templates thumbnail and a
+    line in both READMEs, its pack nodes exist, and no seed is left to randomize."""
+    import json
+
+    import nodes
+
+    ui = sorted(path.stem for path in (ROOT / "workflows").glob("*.json"))
+    assert ui and ui == sorted(path.stem for path in (ROOT / "workflows" / "api").glob("*.json"))
+    readmes = (ROOT / "README.md").read_text() + (ROOT / "workflows" / "README.md").read_text()
+    for name in ui:
+        assert (ROOT / "workflows" / f"{name}.jpg").is_file(), name
+        assert readmes.count(f"| `{name}` |") == 2, name
+        api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+        unknown = {node["class_type"] for node in api.values()
+                   if node["class_type"].startswith("EmotiveTalk") and node["class_type"] not in nodes.NODE_CLASS_MAPPINGS}
+        assert not unknown, (name, unknown)
+        widgets = [value for node in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+                   for value in node.get("widgets_values") or ()]
+        assert "randomize" not in widgets, name
