@@ -304,19 +304,29 @@ def check_video(path: Path, audio_path: Path) -> tuple[bool, str, dict]:
     return ok, detail, {**facts, "fps": fps, "file": path.name}
 
 
-async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Path, out: Path,
-                       timeout: float) -> Check:
+async def submit_and_wait(client: Client, name: str, workflow: dict, timeout: float):
+    """Run a workflow to its end: ``(prompt_id, seconds, None)``, or ``(None, seconds, failed Check)``."""
     await client.fresh()
     start = time.monotonic()
     try:
         prompt_id = await client.submit(workflow)
         finished = await asyncio.wait_for(_last_event(client, prompt_id), timeout)
     except (RuntimeError, asyncio.TimeoutError) as error:
-        return Check(name, False, f"{type(error).__name__}: {error}", time.monotonic() - start)
+        seconds = time.monotonic() - start
+        return None, seconds, Check(name, False, f"{type(error).__name__}: {error}", seconds)
     seconds = time.monotonic() - start
     if finished["type"] != "execution_success":
         data = finished["data"]
-        return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
+        return None, seconds, Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}",
+                                    seconds)
+    return prompt_id, seconds, None
+
+
+async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Path, out: Path,
+                       timeout: float) -> Check:
+    prompt_id, seconds, failed = await submit_and_wait(client, name, workflow, timeout)
+    if failed:
+        return failed
     try:
         videos = [await client.download(entry, out) for entries in (await client.outputs(prompt_id)).values()
                   for entry in entries]
@@ -496,17 +506,9 @@ async def check_native_equals_pack(client: Client, out: Path, steps: int, timeou
     same model, inputs, seed, steps and guidance: the saved LATENTs within NATIVE_TOLERANCE."""
     name = "native_equals_pack"
     workflow, pairs = native_comparison(steps)
-    await client.fresh()
-    start = time.monotonic()
-    try:
-        prompt_id = await client.submit(workflow)
-        finished = await asyncio.wait_for(_last_event(client, prompt_id), timeout)
-    except (RuntimeError, asyncio.TimeoutError) as error:
-        return Check(name, False, f"{type(error).__name__}: {error}", time.monotonic() - start)
-    seconds = time.monotonic() - start
-    if finished["type"] != "execution_success":
-        data = finished["data"]
-        return Check(name, False, f"{finished['type']}: {data.get('node_type')} {data.get('exception_message')}", seconds)
+    prompt_id, seconds, failed = await submit_and_wait(client, name, workflow, timeout)
+    if failed:
+        return failed
     files = await client.outputs(prompt_id, ".latent")
     folder = out / "latents"
     folder.mkdir(exist_ok=True)
