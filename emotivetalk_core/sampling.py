@@ -234,10 +234,10 @@ class GuidedDenoiser:
         v = self.predict_v(x / scale, 0.25 * sigma.log(), self.guidance.at(float(sigma)))
         return v * (-sigma / scale) + x / (sigma**2 + 1)
 
-    def predict_v(self, x_in: torch.Tensor, c_noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
-        """Guided v prediction for the scaled input ``x_in`` (all passes in one batch)."""
+    def predict_v(self, x_in: torch.Tensor, c_noise: torch.Tensor, guidance: Guidance) -> torch.Tensor:
+        """Guided v prediction for the scaled input ``x_in`` with the step's ``guidance`` (all
+        passes in one batch)."""
         # Never empty: the coefficients add up to 1, so at least one is nonzero.
-        guidance = guidance or self.guidance
         passes = guidance.active_passes()
         inputs = self._batch([name for name, _ in passes], x_in, c_noise)
         return guidance.combine(self._run(inputs).to(device=x_in.device, dtype=x_in.dtype).chunk(len(passes)))

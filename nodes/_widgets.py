@@ -43,3 +43,30 @@ def strength(setting: str, tooltip: str) -> tuple:
     """One of the guidance strengths (reference, lip, expression)."""
     low, high = LIMITS[setting]
     return ("FLOAT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "step": 0.05, "tooltip": tooltip})
+
+
+def guidance_strengths() -> dict:
+    """The three guidance strengths, as the ETHD Sampler and the native Guider show them."""
+    return {
+        "reference_strength": strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
+        "lip_strength": strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
+        "expression_strength": strength("expression_strength", "Guidance toward the driven expression."),
+    }
+
+
+def windows() -> dict:
+    """The ETHD window and overlap (0 = the model's value)."""
+    return {
+        "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
+        "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
+    }
+
+
+def validated(generation: settings.GenerationSettings, node: str) -> settings.GenerationSettings:
+    """``generation`` if the library accepts it, else a ``ValueError`` naming the node and the input
+    (every setting a node passes is the widget of the same name), before any work."""
+    try:
+        generation.validate()
+    except settings.SettingError as error:
+        raise ValueError(f"{node}, input '{error.setting}': {error}") from error
+    return generation

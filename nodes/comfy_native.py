@@ -434,11 +434,8 @@ class EmotiveTalkGuider:
             "model": ("MODEL", {"tooltip": f"From {APPLY}."}),
             "positive": ("CONDITIONING", {"tooltip": f"From {CONDITIONING}."}),
             "negative": ("CONDITIONING", {"tooltip": f"From {CONDITIONING}."}),
-            "reference_strength": widgets.strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
-            "lip_strength": widgets.strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
-            "expression_strength": widgets.strength("expression_strength", "Guidance toward the driven expression."),
-            "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
-            "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
+            **widgets.guidance_strengths(),
+            **widgets.windows(),
         }}
 
     def get_guider(self, model, positive, negative, reference_strength, lip_strength, expression_strength, window, overlap):
@@ -450,10 +447,7 @@ class EmotiveTalkGuider:
         settings = settings_lib.GenerationSettings(
             reference_strength=reference_strength, lip_strength=lip_strength, expression_strength=expression_strength,
             window=window or None, overlap=overlap or None)
-        try:
-            settings.validate()
-        except settings_lib.SettingError as error:  # every setting here is the widget of the same name
-            raise ValueError(f"{GUIDER}, input '{error.setting}': {error}") from error
+        widgets.validated(settings, GUIDER)
         window, overlap = settings.windowing(native)
         guider = guider_class()(model, settings.guidance(), window, overlap)
         guider.set_conds(positive, negative)

@@ -248,12 +248,9 @@ class EmotiveTalkETHDSampler:
             "steps": widgets.steps("Denoising steps."),
             "sampler": (list(settings_lib.SAMPLERS), {"default": widgets.DEFAULTS.sampler, "tooltip": "euler: one UNet call per step; heun: second order, about twice the calls; dpmpp_2m: second order at one call per step (DPM-Solver++ 2M)."}),
             "seed": widgets.seed(),
-            "reference_strength": widgets.strength("reference_strength", "Guidance toward the portrait (identity, appearance)."),
-            "lip_strength": widgets.strength("lip_strength", "Guidance toward the lip stream (lip-sync)."),
-            "expression_strength": widgets.strength("expression_strength", "Guidance toward the driven expression."),
+            **widgets.guidance_strengths(),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
-            "window": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Frames per window; 0 = the model's training clip length (recommended)."}),
-            "overlap": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip": "Frames shared by neighbouring windows; 0 = 25 % of the window."}),
+            **widgets.windows(),
             "lip_context": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Lip frames either side each frame sees; -1 = the model's value (the maximum)."}),
         }}
 
@@ -265,10 +262,7 @@ class EmotiveTalkETHDSampler:
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
             lip_context=None if lip_context < 0 else lip_context,
         )
-        try:  # before any work: a bad window/overlap pair is named, not found mid-sampling
-            settings.validate()
-        except settings_lib.SettingError as error:  # every setting here is the widget of the same name
-            raise ValueError(f"EmotiveTalk ETHD Sampler, input '{error.setting}': {error}") from error
+        widgets.validated(settings, "EmotiveTalk ETHD Sampler")  # a bad window/overlap is named, not found mid-sampling
         latents = run_sampler(model, reference, lip, expression, settings)
         return ({"samples": latents.to(bridge.intermediate_device()), "emotivetalk_model": model_tag(model)},)
 
