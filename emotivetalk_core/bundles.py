@@ -68,6 +68,11 @@ class EmotiveTalkModel:
     settings: dict
     info: dict = field(default_factory=dict)
 
+    @property
+    def unet_levels(self) -> int:
+        """The UNet's resolution levels (each but the last halves the latent)."""
+        return len(self.ethd.unet.config.block_out_channels)
+
 
 def build_emotivetalk_model(config: dict, info: dict | None = None) -> EmotiveTalkModel:
     """A randomly initialised model of a named config's shape (tests, the default-model script)."""
@@ -91,8 +96,11 @@ def ethd_components(model: EmotiveTalkModel, config: dict) -> dict:
 
 
 def base_config_of(source: str | Path) -> str | dict:
-    """The base SVD architecture an ETHD file was trained on: its recorded ``base_config``, else SVD-XT."""
-    _, info = read_metadata(resolve_model_file(source))
+    """The SVD architecture an ETHD file pairs with: its own UNet, VAE and image encoder when it
+    holds them, else the base it records (``base_config``), else SVD-XT."""
+    configs, info = read_metadata(resolve_model_file(source))
+    if all(name in configs for name in _BASE_PARTS):
+        return {name: configs[name] for name in _BASE_PARTS}
     return info.get("base_config", "svd-xt")
 
 

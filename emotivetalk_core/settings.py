@@ -168,8 +168,7 @@ def native_size(model) -> tuple[int, int]:
 def size_multiple(model) -> int:
     """Pixels a side must be a multiple of: the VAE's downsampling times the UNet's (64 for SVD)."""
     vae_levels = len(model.vae.config.block_out_channels)
-    unet_levels = len(model.ethd.unet.config.block_out_channels)
-    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
+    return 2 ** (vae_levels - 1) * 2 ** (model.unet_levels - 1)
 
 
 def output_size(model, width: int, height: int) -> tuple[int, int]:

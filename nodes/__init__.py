@@ -26,8 +26,8 @@ NODE_MODULES = {
     "output_nodes": ("EmotiveTalkDecode", "EmotiveTalkSaveVideo"),
     "generate": ("EmotiveTalkGenerate",),
     "face_nodes": ("EmotiveTalkFaceCrop", "EmotiveTalkPasteBack"),
-    "comfy_native": ("EmotiveTalkUNetToModel", "EmotiveTalkApply", "EmotiveTalkConditioning", "EmotiveTalkGuider",
-                     "EmotiveTalkNoise", "EmotiveTalkSigmas"),
+    "comfy_native": ("EmotiveTalkUNetToModel", "EmotiveTalkApply", "EmotiveTalkNativeReference", "EmotiveTalkConditioning",
+                     "EmotiveTalkGuider", "EmotiveTalkNoise", "EmotiveTalkSigmas"),
 }
 
 

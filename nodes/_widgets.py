@@ -70,3 +70,18 @@ def validated(generation: settings.GenerationSettings, node: str) -> settings.Ge
     except settings.SettingError as error:
         raise ValueError(f"{node}, input '{error.setting}': {error}") from error
     return generation
+
+
+def portrait_inputs() -> tuple[dict, dict]:
+    """``(required, optional)`` inputs of a reference node: the portrait, the output size, the
+    portrait latent's noise and its seed; the face mask (EDI Reference and Native Reference)."""
+    required = {
+        "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; it is scaled to cover width x height and centre-cropped."}),
+        "width": size("width"),
+        "height": size("height"),
+        "noise_aug": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Noise added to the portrait latent (SVD's augmentation); -1 = the value the model was trained with."}),
+        "seed": seed(),
+    }
+    optional = {"mask": ("MASK", {"tooltip": "Face mask (1 = face) used instead of the computed one; an all-zero mask counts as no mask."})}
+    return required, optional

@@ -31,14 +31,15 @@ import torch
 from . import _widgets as widgets
 from . import comfy_bridge as bridge
 from ._core import core_module, settings as settings_lib
-from ._types import CATEGORY, EXPRESSION, LIP, MODEL, REFERENCE
-from .loaders import model_file_input, resolve_model
-from .stages import model_tag
+from ._types import CATEGORY, EXPRESSION, LIP, MODEL, REFERENCE, VAID
+from .loaders import model_file_input, resolve_model, reused_svd_parts
+from .stages import checked_reference_inputs, encoded_reference, model_tag
 
 log = logging.getLogger(__name__)
 
 KEY = "emotivetalk"  # the wrapper's, attachment's, additional model's and model_conds entry's key
 APPLY, CONDITIONING, GUIDER = "EmotiveTalk Apply", "EmotiveTalk Conditioning", "EmotiveTalk Guider"
+REFERENCE_NODE = "EmotiveTalk Native Reference"
 
 
 # --- what travels in a CONDITIONING ----------------------------------------------------------
@@ -102,6 +103,7 @@ class NativeAdapters:
     paths: dict
     settings: dict  # the file's SVD conditioning (fps_id, motion_bucket, clip_frames, ...)
     model_tag: str | None  # the EMOTIVETALK_MODEL whose VAE space the LATENT is in, if known
+    base_config: str | dict  # the SVD architecture the adapters were trained on (its VAE and image encoder's shapes)
 
 
 class AdapterWrapper:
@@ -192,7 +194,8 @@ def apply_adapters(model, path, tag: str | None = None):
     applied.add_wrapper_with_key(wrappers, KEY, AdapterWrapper(adapters, paths))
     applied.set_additional_models(KEY, [comfy.model_patcher.ModelPatcher(
         adapters, load_device=model.load_device, offload_device=model.offload_device)])
-    applied.set_attachments(KEY, NativeAdapters(adapters, paths, dict(model_settings), tag))
+    applied.set_attachments(KEY, NativeAdapters(
+        adapters, paths, dict(model_settings), tag, core_module("bundles").base_config_of(path)))
     log.info("%s: %s on %d video transformers", APPLY, path.name, len(paths))
     return applied
 
@@ -260,27 +263,36 @@ def guider_class() -> type:
             self.inner_set_conds({"positive": positive, "negative": negative})
 
         def predict_noise(self, x, timestep, model_options={}, seed=None):
-            if model_options.get("sampler_post_cfg_function"):
-                raise ValueError(f"{GUIDER}: this sampler (a CFG++ one) or a post-CFG model patch needs the "
-                                 "uncond/cond estimates, which the four-pass guidance does not provide yet; pick "
-                                 "another sampler or remove the patch")
             streams = streams_of(self.conds["positive"])
             frames = streams.conditioning.num_frames
             if x.shape[0] != frames:
                 raise ValueError(f"{GUIDER}: the LATENT has {x.shape[0]} frames, the streams {frames}; sample the "
                                  f"LATENT of the same {CONDITIONING} node")
-            windows = _Windows(self, x.device, timestep, model_options)
+            post_cfg = model_options.get("sampler_post_cfg_function", [])
+            windows = _Windows(self, x.device, timestep, model_options, parts=bool(post_cfg))
             fused = sampling.WindowedDenoiser(windows, self.window, self.overlap,
                                               on_window=comfy.model_management.throw_exception_if_processing_interrupted)
-            return fused(x[None], timestep)[0]
+            if not post_cfg:
+                return fused(x[None], timestep)[0]
+            # CFG++ samplers and post-CFG patches read the estimates core CFG makes from its two
+            # passes: "uncond" is the least conditioned pass of the step (e0 unless the reference
+            # strength is 1), "cond" the one with every condition, each fused over the windows.
+            denoised, uncond, cond = fused(x[None].expand(3, *x.shape), timestep)
+            for function in post_cfg:
+                denoised = function({
+                    "denoised": denoised, "cond": self.conds["positive"], "uncond": self.conds["negative"],
+                    "cond_scale": windows.guidance.reference, "model": self.inner_model, "uncond_denoised": uncond,
+                    "cond_denoised": cond, "sigma": timestep, "model_options": model_options, "input": x})
+            return denoised
 
     class _Windows:
         """The window-able denoiser ``WindowedDenoiser`` expects, over ComfyUI's batched UNet calls."""
 
-        def __init__(self, guider, device, timestep, model_options):
+        def __init__(self, guider, device, timestep, model_options, parts: bool):
             self.guider, self.device = guider, device
             self.timestep, self.model_options = timestep, model_options
             self.guidance = guider.guidance.at(float(timestep.max()))  # the step's noise level (the sigma)
+            self.parts = parts  # also the least and the most conditioned pass, after the guided estimate
 
         def window(self, start: int, stop: int):
             guider, guidance = self.guider, self.guidance
@@ -291,7 +303,8 @@ def guider_class() -> type:
             def denoise(x_window, sigma):
                 outputs = comfy.samplers.calc_cond_batch(guider.inner_model, conds, x_window[0],
                                                          self.timestep[start:stop], self.model_options)
-                return guidance.combine(outputs)[None]
+                guided = guidance.combine(outputs)
+                return torch.stack([guided, outputs[0], outputs[-1]]) if self.parts else guided[None]
 
             return denoise
 
@@ -369,6 +382,59 @@ class EmotiveTalkApply:
         return (apply_adapters(model, path, tag),)
 
 
+@dataclass(frozen=True)
+class NativeSVD:
+    """What ``pipeline.encode_reference`` reads from a model, made of ComfyUI's own SVD: the VAE and
+    image encoder of Image Only Checkpoint Loader as library modules sharing their weights, the
+    adapter file's settings and the UNet's depth (for the sizes it can make)."""
+
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    settings: dict
+    unet_levels: int
+
+
+def native_svd(model, vae, clip_vision) -> NativeSVD:
+    """The Applied MODEL's SVD parts, sharing the weights of ComfyUI's VAE and CLIP_VISION where
+    they are now (nothing is copied or moved)."""
+    native = attachment(model, REFERENCE_NODE)
+    parts = reused_svd_parts(native.base_config, vae, clip_vision)
+    levels = len(model.get_model_object("diffusion_model").channel_mult)
+    return NativeSVD(parts["vae"].eval(), parts["image_encoder"].eval(), native.settings, levels)
+
+
+class EmotiveTalkNativeReference:
+    DESCRIPTION = ("EDI Reference for the native path: reads the portrait with the VAE and CLIP_VISION of Image Only "
+                   "Checkpoint Loader (so SVD is loaded once), for EmotiveTalk Conditioning and Di-CTE Expand.")
+    CATEGORY = f"{CATEGORY}/native"
+    RETURN_TYPES = (REFERENCE, "MASK")
+    RETURN_NAMES = ("reference", "face_mask")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        portrait, mask = widgets.portrait_inputs()
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": f"From {APPLY} (its adapter file gives the size and SVD settings)."}),
+                "vae": ("VAE", {"tooltip": "From Image Only Checkpoint Loader: the SVD the adapters were trained on."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "From Image Only Checkpoint Loader."}),
+                "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader (its encoders read the portrait)."}),
+                **portrait,
+            },
+            "optional": mask,
+        }
+
+    def encode(self, model, vae, clip_vision, vaid, portrait, width, height, noise_aug, seed, mask=None):
+        import comfy.model_management as mm
+
+        portrait, noise_aug = checked_reference_inputs(native_svd(model, vae, clip_vision), portrait, width, height,
+                                                       noise_aug, REFERENCE_NODE)
+        # Loaded where ComfyUI runs them, then taken again: the shared tensors are the loaded ones.
+        mm.load_models_gpu([vae.patcher, clip_vision.patcher], force_full_load=True)
+        return encoded_reference(native_svd(model, vae, clip_vision), vaid, portrait, width, height, noise_aug, seed, mask)
+
+
 class EmotiveTalkConditioning:
     DESCRIPTION = ("The portrait, lip stream and expression as positive/negative CONDITIONING and an empty LATENT of the "
                    "video's length, for EmotiveTalk Guider (like SVD_img2vid_Conditioning, with the per-frame streams).")
@@ -381,7 +447,7 @@ class EmotiveTalkConditioning:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": f"From {APPLY} (its adapter file says how the model was trained)."}),
-            "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (sets the size and the face mask)."}),
+            "reference": (REFERENCE, {"tooltip": f"From {REFERENCE_NODE} (or EmotiveTalk EDI Reference; sets the size and the face mask)."}),
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
@@ -489,6 +555,7 @@ class EmotiveTalkSigmas:
 NODE_CLASS_MAPPINGS = {
     "EmotiveTalkUNetToModel": EmotiveTalkUNetToModel,
     "EmotiveTalkApply": EmotiveTalkApply,
+    "EmotiveTalkNativeReference": EmotiveTalkNativeReference,
     "EmotiveTalkConditioning": EmotiveTalkConditioning,
     "EmotiveTalkGuider": EmotiveTalkGuider,
     "EmotiveTalkNoise": EmotiveTalkNoiseNode,
@@ -497,6 +564,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EmotiveTalkUNetToModel": "EmotiveTalk UNet to MODEL",
     "EmotiveTalkApply": APPLY,
+    "EmotiveTalkNativeReference": REFERENCE_NODE,
     "EmotiveTalkConditioning": CONDITIONING,
     "EmotiveTalkGuider": GUIDER,
     "EmotiveTalkNoise": "EmotiveTalk Noise",

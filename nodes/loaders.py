@@ -85,14 +85,14 @@ class EmotiveTalkModelLoader:
     def load(self, model_name, base_svd=bridge.NO_FILE, vae=None, clip_vision=None):
         path = resolve_model(model_name)
         model = bundles.load_emotivetalk_model(path, base=_optional(bridge.BASE_FOLDER, base_svd),
-                                               **reused_svd_parts(path, vae, clip_vision))
+                                               **reused_svd_parts(bundles.base_config_of(path), vae, clip_vision))
         _report("model", model_name, model.info)
         return (manage_model(model),)
 
 
-def reused_svd_parts(path, vae, clip_vision) -> dict:
-    """ComfyUI's own VAE / CLIP_VISION objects as the library's modules, sharing their weights."""
-    config = bundles.base_config_of(path)
+def reused_svd_parts(config, vae, clip_vision) -> dict:
+    """ComfyUI's own VAE / CLIP_VISION objects as the library's modules of the SVD architecture
+    ``config`` (what an ETHD file records as its base), sharing their weights."""
     svd_load = core_module("svd.load")
     parts = {}
     if vae is not None:

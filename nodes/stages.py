@@ -125,6 +125,9 @@ def image_to_nchw(image: torch.Tensor) -> torch.Tensor:
     return image[..., :3].permute(0, 3, 1, 2).float().cpu()
 
 
+EDI_REFERENCE = "EmotiveTalk EDI Reference"
+
+
 class EmotiveTalkEDIReference:
     DESCRIPTION = ("Reads the portrait for EDI and ETHD: its VAE latent, image embedding, own expression, identity and "
                    "face mask, at the output size.")
@@ -135,41 +138,47 @@ class EmotiveTalkEDIReference:
 
     @classmethod
     def INPUT_TYPES(cls):
+        portrait, mask = widgets.portrait_inputs()
         return {
             "required": {
                 "model": (MODEL, {"tooltip": "From EmotiveTalk Model Loader."}),
                 "vaid": (VAID, {"tooltip": "From EmotiveTalk V-AID Loader (its encoders read the portrait)."}),
-                "portrait": ("IMAGE", {"tooltip": "A face-centred portrait; it is scaled to cover width x height and centre-cropped."}),
-                "width": widgets.size("width"),
-                "height": widgets.size("height"),
-                "noise_aug": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Noise added to the portrait latent (SVD's augmentation); -1 = the value the model was trained with."}),
-                "seed": widgets.seed(),
+                **portrait,
             },
-            "optional": {
-                "mask": ("MASK", {"tooltip": "Face mask (1 = face) used instead of the computed one; an all-zero mask counts as no mask."}),
-            },
+            "optional": mask,
         }
 
     def encode(self, model, vaid, portrait, width, height, noise_aug, seed, mask=None):
-        portrait = checked_images(portrait, "EmotiveTalk EDI Reference, input 'portrait'")
-        noise_aug = checked_number(noise_aug, "EmotiveTalk EDI Reference, input 'noise_aug'")
-        if portrait.shape[0] > 1:
-            log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
-        try:  # a size the model cannot make is named before any model moves to the GPU
-            settings_lib.output_size(model, width, height)
-        except settings_lib.SettingError as error:
-            raise ValueError(f"EmotiveTalk EDI Reference, input '{error.setting}': {error}") from error
+        portrait, noise_aug = checked_reference_inputs(model, portrait, width, height, noise_aug, EDI_REFERENCE)
         bridge.use(model, "vae", "image_encoder")
-        bridge.use(vaid, "vaid")
-        reference = pipeline.encode_reference(
-            model, vaid, image_to_nchw(portrait[:1]), width, height,
-            mask=None if mask is None else mask[:1].float().cpu(),
-            noise_aug=None if noise_aug < 0 else noise_aug, seed=seed,
-        )
-        height, width = reference.image.shape[-2:]
-        log.info("EmotiveTalk reference %dx%d, face mask from the %s", width, height, reference.mask_source)
-        return reference, reference.face_mask[:, 0].to(bridge.intermediate_device())
+        return encoded_reference(model, vaid, portrait, width, height, noise_aug, seed, mask)
+
+
+def checked_reference_inputs(model, portrait, width, height, noise_aug, node: str) -> tuple[torch.Tensor, float]:
+    """A reference node's portrait and noise_aug, checked; a size the model cannot make is named
+    before any model moves to the GPU. ``model``: what ``pipeline.encode_reference`` reads."""
+    portrait = checked_images(portrait, f"{node}, input 'portrait'")
+    noise_aug = checked_number(noise_aug, f"{node}, input 'noise_aug'")
+    if portrait.shape[0] > 1:
+        log.warning("the portrait IMAGE holds %d images; EmotiveTalk uses the first", portrait.shape[0])
+    try:
+        settings_lib.output_size(model, width, height)
+    except settings_lib.SettingError as error:
+        raise ValueError(f"{node}, input '{error.setting}': {error}") from error
+    return portrait, noise_aug
+
+
+def encoded_reference(model, vaid, portrait, width, height, noise_aug, seed, mask=None) -> tuple:
+    """``(REFERENCE, face MASK)`` of a checked portrait, with ``model``'s VAE and image encoder."""
+    bridge.use(vaid, "vaid")
+    reference = pipeline.encode_reference(
+        model, vaid, image_to_nchw(portrait[:1]), width, height,
+        mask=None if mask is None else mask[:1].float().cpu(),
+        noise_aug=None if noise_aug < 0 else noise_aug, seed=seed,
+    )
+    height, width = reference.image.shape[-2:]
+    log.info("EmotiveTalk reference %dx%d, face mask from the %s", width, height, reference.mask_source)
+    return reference, reference.face_mask[:, 0].to(bridge.intermediate_device())
 
 
 # --- Di-CTE ----------------------------------------------------------------------------------

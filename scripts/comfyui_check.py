@@ -22,6 +22,13 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
    Apply and the Guider, save their LATENTs with core SaveLatent; the downloaded LATENTs agree
    within 1e-3 relative to the latents' scale. A run with core FreeU (which changes the frames on
    purpose) must finish with finite latents; its difference is printed;
+   ``native_svd_checkpoint``: the same on ComfyUI's own SVD. A random SVD checkpoint that Image Only
+   Checkpoint Loader detects as SVD (SVD-XT's layout at 320 channels per level, float16) and an
+   adapter file for it with random adapters are written into the ComfyUI's models folder; the
+   native chain (Image Only Checkpoint Loader -> Apply, Native Reference -> Conditioning -> Guider ->
+   SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode -> Create Video -> Save Video)
+   against the pack's Model Loader (same two files) and ETHD Sampler, with core euler and dpmpp_2m
+   and with core FreeU in the chain; the video lasts exactly as long as its audio;
 6. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
    checks it, with a message naming the input, the server keeps answering, and the next run
    succeeds.
@@ -451,34 +458,38 @@ NATIVE_RUNS = {  # name: (core sampler, core model patch between Apply and the G
 }
 
 
-def native_comparison(steps: int) -> tuple[dict, dict[str, tuple[str, str, bool]]]:
-    """An API prompt: the native workflow's inputs and nodes up to the Guider, the pack's ETHD Sampler
-    and SamplerCustomAdvanced for every run of NATIVE_RUNS, each LATENT saved by core SaveLatent.
-    Also ``{run: (pack SaveLatent id, native SaveLatent id, same frames expected)}``."""
-    workflow = json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text())
+def native_comparison(workflow: dict, steps: int, runs: dict) -> tuple[dict, dict[str, tuple[str, str, bool]]]:
+    """The API prompt ``workflow`` (a native workflow with the pack's Model Loader upstream, and
+    Guider + KSamplerSelect + SamplerCustomAdvanced) with the pack's ETHD Sampler (on the Model
+    Loader's model and the Conditioning's inputs) and SamplerCustomAdvanced for every run of
+    ``runs`` (NATIVE_RUNS' form), each LATENT saved by core SaveLatent; what decoded the workflow's
+    own sampler decodes the first run. Also ``{run: (pack SaveLatent id, native SaveLatent id, same
+    frames expected)}``."""
+    workflow = json.loads(json.dumps(workflow))
     by_type = {node["class_type"]: node_id for node_id, node in workflow.items()}
+    ids = iter(range(max(int(k) for k in workflow) + 1, 10**6))  # never an id of the workflow, removed ones included
     guider = workflow[by_type["EmotiveTalkGuider"]]["inputs"]
-    for replaced in ("EmotiveTalkGuider", "KSamplerSelect", "SamplerCustomAdvanced", "EmotiveTalkDecode", "CreateVideo",
-                     "SaveVideo"):
+    sampled_by_workflow = workflow[by_type["SamplerCustomAdvanced"]]["inputs"]
+    for replaced in ("EmotiveTalkGuider", "KSamplerSelect", "SamplerCustomAdvanced"):
         del workflow[by_type[replaced]]
     apply_id, conditioning_id = by_type["EmotiveTalkApply"], by_type["EmotiveTalkConditioning"]
     conditioning = workflow[conditioning_id]["inputs"]
-    workflow[by_type["EmotiveTalkSigmas"]]["inputs"]["steps"] = steps
-    noise = workflow[by_type["EmotiveTalkNoise"]]["inputs"]["noise_seed"]
-    model_id = workflow[apply_id]["inputs"]["emotivetalk_model"][0]
+    sigmas, noise = sampled_by_workflow["sigmas"], sampled_by_workflow["noise"]
+    workflow[sigmas[0]]["inputs"]["steps"] = steps
+    seed = workflow[noise[0]]["inputs"]["noise_seed"]
 
     def add(class_type: str, inputs: dict) -> str:
-        node_id = str(max(int(k) for k in workflow) + 1)
+        node_id = str(next(ids))
         workflow[node_id] = {"class_type": class_type, "inputs": inputs}
         return node_id
 
-    pack_latents, pairs = {}, {}
-    for run, (sampler, patch, same_expected) in NATIVE_RUNS.items():
+    pack_latents, pairs, first = {}, {}, None
+    for run, (sampler, patch, same_expected) in runs.items():
         if sampler not in pack_latents:
             pack = add("EmotiveTalkETHDSampler", {
-                "model": [model_id, 0], "reference": conditioning["reference"], "lip": conditioning["lip"],
-                "expression": conditioning["expression"], "steps": steps, "sampler": sampler, "seed": noise,
-                "motion": conditioning["motion"], "lip_context": conditioning["lip_context"],
+                "model": [by_type["EmotiveTalkModelLoader"], 0], "reference": conditioning["reference"],
+                "lip": conditioning["lip"], "expression": conditioning["expression"], "steps": steps, "sampler": sampler,
+                "seed": seed, "motion": conditioning["motion"], "lip_context": conditioning["lip_context"],
                 **{k: guider[k] for k in ("reference_strength", "lip_strength", "expression_strength", "window", "overlap")}})
             pack_latents[sampler] = add("SaveLatent", {"samples": [pack, 0], "filename_prefix": f"emotivetalk_check/pack_{sampler}"})
         model = [apply_id, 0]
@@ -486,13 +497,99 @@ def native_comparison(steps: int) -> tuple[dict, dict[str, tuple[str, str, bool]
             model = [add(patch[0], {"model": model, **patch[1]}), 0]
         run_guider = add("EmotiveTalkGuider", {**guider, "model": model})
         sampled = add("SamplerCustomAdvanced", {
-            "noise": [by_type["EmotiveTalkNoise"], 0], "guider": [run_guider, 0],
-            "sampler": [add("KSamplerSelect", {"sampler_name": sampler}), 0],
-            "sigmas": [by_type["EmotiveTalkSigmas"], 0], "latent_image": [conditioning_id, 2]})
+            "noise": noise, "guider": [run_guider, 0], "sampler": [add("KSamplerSelect", {"sampler_name": sampler}), 0],
+            "sigmas": sigmas, "latent_image": [conditioning_id, 2]})
+        first = first or sampled
         prefix = "emotivetalk_check/native_" + run.replace(" + ", "_")
         native = add("SaveLatent", {"samples": [sampled, 0], "filename_prefix": prefix})
         pairs[run] = (pack_latents[sampler], native, same_expected)
+    for node in workflow.values():  # the decoder of the workflow's own sampler decodes the first run
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] == by_type["SamplerCustomAdvanced"]:
+                node["inputs"][name] = [first, value[1]]
     return workflow, pairs
+
+
+# The issue's native chain on ComfyUI's own SVD: a random SVD checkpoint that Image Only Checkpoint
+# Loader detects as SVD, and an EmotiveTalk adapter file for it, written into the ComfyUI under test.
+SVD_CHECKPOINT = "emotivetalk_check_svd_narrow_v1.safetensors"  # models/checkpoints
+SVD_ADAPTERS = "emotivetalk_check_adapters_narrow_v1.safetensors"  # models/emotivetalk
+SVD_RUNS = {
+    "euler": ("euler", None, True),
+    "dpmpp_2m": ("dpmpp_2m", None, True),
+    # Weight patches (LoRA's path) on the self-attention outputs: FreeU would not act, it scales
+    # only 640- and 1280-channel blocks.
+    "euler + UNetSelfAttentionMultiply": ("euler", ("UNetSelfAttentionMultiply", {"q": 1.0, "k": 1.0, "v": 1.0, "out": 0.8}),
+                                          False),
+}
+
+
+def narrow_svd_config() -> dict:
+    """SVD-XT with 320 channels at every UNet level (212 M UNet parameters, not 1.5 B). ComfyUI's
+    loader still detects it as SVD: its detection reads the first level's width, the context and
+    ADM widths and the transformer depths, which stay SVD-XT's; so do the VAE and the ViT-H."""
+    from emotivetalk_core.configs import get_config
+
+    config = get_config("svd-xt")
+    return {"unet": {"block_out_channels": [320] * 4, "num_attention_heads": [5] * 4},
+            "vae": config["vae"], "image_encoder": config["image_encoder"]}
+
+
+def write_svd_models(comfy_home: Path) -> None:
+    """The checkpoint (random weights, float16, Stability's single-file layout) and an adapter file
+    for it: the default model's adapter widths (so the default V-AID drives it) with random non-zero
+    weights (so the comparison sees the adapters act), 64x64 frames. Written once per ComfyUI."""
+    import torch
+
+    from emotivetalk_core.bundles import resolve_model_file
+    from emotivetalk_core.checkpoints import read_metadata, save_model_file
+    from emotivetalk_core.networks.ethd import ETHD
+    from emotivetalk_core.svd.build import build_image_encoder, build_unet, build_vae
+    from emotivetalk_core.svd.convert import diffusers_to_stability
+    from safetensors.torch import save_file
+
+    models = comfy_home / "ComfyUI" / "models"
+    checkpoint, adapters = models / "checkpoints" / SVD_CHECKPOINT, models / "emotivetalk" / SVD_ADAPTERS
+    if checkpoint.is_file() and adapters.is_file():
+        return
+    torch.manual_seed(0)
+    config = narrow_svd_config()
+    ethd = ETHD(build_unet(config["unet"]), read_metadata(resolve_model_file("default"))[0]["adapter"]["adapter"])
+    state = diffusers_to_stability(ethd.unet.state_dict(), build_vae(config["vae"]).state_dict(),
+                                   build_image_encoder(config["image_encoder"]).state_dict())
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(checkpoint))
+    adapter_state = {k: 0.02 * torch.randn_like(v) for k, v in ethd.adapter_state_dict().items()}
+    default_settings = read_metadata(resolve_model_file("default"))[0]["adapter"]["ethd"]
+    settings = {**default_settings, "resolution": [64, 64]}
+    save_model_file(adapters, {"adapter": (adapter_state, {"adapter": ethd.adapter_config, "ethd": settings})},
+                    {"base_config": config, "trained": False, "note": "comfyui_check: random adapters for a random SVD"})
+
+
+def svd_checkpoint_workflow() -> dict:
+    """native_ksampler_style on the checkpoint: Image Only Checkpoint Loader -> Apply (the adapter
+    file) and Native Reference (its VAE and CLIP_VISION) -> Conditioning -> Guider ->
+    SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode -> Create Video -> Save Video.
+    The pack's Model Loader loads the same two files for the pack's own sampler."""
+    workflow = json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text())
+    by_type = {node["class_type"]: node_id for node_id, node in workflow.items()}
+    loader = by_type["EmotiveTalkUNetToModel"]  # its id now holds the checkpoint loader
+    workflow[loader] = {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": SVD_CHECKPOINT}}
+    workflow[by_type["EmotiveTalkModelLoader"]]["inputs"] = {"model_name": SVD_ADAPTERS, "base_svd": SVD_CHECKPOINT}
+    workflow[by_type["EmotiveTalkApply"]]["inputs"] = {"model": [loader, 0], "model_name": SVD_ADAPTERS}
+    edi = workflow.pop(by_type["EmotiveTalkEDIReference"])["inputs"]
+    reference = str(max(int(k) for k in workflow) + 1)
+    workflow[reference] = {"class_type": "EmotiveTalkNativeReference", "inputs": {
+        **{k: v for k, v in edi.items() if k != "model"}, "model": [by_type["EmotiveTalkApply"], 0],
+        "vae": [loader, 2], "clip_vision": [loader, 1]}}
+    for node in ("EmotiveTalkConditioning", "EmotiveTalkDiCTEExpand"):
+        workflow[by_type[node]]["inputs"]["reference"] = [reference, 0]
+    workflow[by_type["EmotiveTalkSigmas"]] = {"class_type": "KarrasScheduler", "inputs": {
+        "steps": workflow[by_type["EmotiveTalkSigmas"]]["inputs"]["steps"], "sigma_max": 700.0, "sigma_min": 0.002, "rho": 7.0}}
+    workflow[by_type["EmotiveTalkDecode"]] = {"class_type": "VAEDecode", "inputs": {
+        "samples": [by_type["SamplerCustomAdvanced"], 0], "vae": [loader, 2]}}
+    workflow[by_type["SaveVideo"]]["inputs"]["filename_prefix"] = "emotivetalk_check/native_svd_checkpoint"
+    return workflow
 
 
 def read_latent(path: Path) -> np.ndarray:
@@ -501,11 +598,12 @@ def read_latent(path: Path) -> np.ndarray:
     return load_file(str(path))["latent_tensor"]
 
 
-async def check_native_equals_pack(client: Client, out: Path, steps: int, timeout: float) -> Check:
+async def check_native_equals_pack(client: Client, name: str, workflow: dict, runs: dict, audio: Path, out: Path,
+                                   steps: int, timeout: float) -> Check:
     """The native path (SamplerCustomAdvanced + EmotiveTalk Guider) against the pack's ETHD Sampler,
-    same model, inputs, seed, steps and guidance: the saved LATENTs within NATIVE_TOLERANCE."""
-    name = "native_equals_pack"
-    workflow, pairs = native_comparison(steps)
+    same model, inputs, seed, steps and guidance: the saved LATENTs within NATIVE_TOLERANCE, and the
+    first run's video as long as the audio."""
+    workflow, pairs = native_comparison(workflow, steps, runs)
     prompt_id, seconds, failed = await submit_and_wait(client, name, workflow, timeout)
     if failed:
         return failed
@@ -530,8 +628,13 @@ async def check_native_equals_pack(client: Client, out: Path, steps: int, timeou
         else:
             verdict = f"{difference:.2e} (a patch that changes the output: not compared, finite)"
         parts.append(f"{run}: max |native - pack| / max(1, max |pack| = {scale:.2f}) = {verdict}")
+    videos = [await client.download(entry, out) for entries in (await client.outputs(prompt_id)).values() for entry in entries]
+    results = [check_video(video, audio) for video in videos]
+    ok = ok and len(results) == 1 and results[0][0]
+    parts.append("; ".join(detail for _, detail, _ in results) or "no video written")
     shape = next(iter(latents.values())).shape if latents else None
-    return Check(name, ok, f"{steps} steps, LATENT {shape}; " + "; ".join(parts), seconds)
+    return Check(name, ok, f"{steps} steps, LATENT {shape}; " + "; ".join(parts), seconds,
+                 [facts for _, _, facts in results])
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -544,13 +647,13 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8199, help="port for the server this script starts")
     parser.add_argument("--ui-convert", type=Path, help="UI->API converter using ComfyUI's frontend (ui_convert.py)")
     parser.add_argument("--out", type=Path, help="folder for videos, logs and summary.json (default: a temp folder)")
-    parser.add_argument("--only", help="comma-separated workflow names and native_equals_pack (default: all)")
+    parser.add_argument("--only", help="comma-separated workflow names, native_equals_pack and native_svd_checkpoint (default: all)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of the uploaded speech.wav")
     parser.add_argument("--long-seconds", type=float, default=8.0, help="length of long_speech.wav")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
     parser.add_argument("--no-interrupt", action="store_true", help="skip the /interrupt checks")
     parser.add_argument("--compare-steps", type=int, default=4,
-                        help="sampling steps of the native_equals_pack check (the pack's and the native sampler)")
+                        help="sampling steps of the native comparisons (the pack's and the native sampler)")
     return parser.parse_args(argv)
 
 
@@ -575,9 +678,17 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
         workflow = json.loads(path.read_text())
         checks.append(await run_workflow(client, f"api/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
         print(_line(checks[-1]), flush=True)
-    if not args.only or "native_equals_pack" in args.only.split(","):
-        checks.append(await check_native_equals_pack(client, out, args.compare_steps, args.timeout))
-        print(_line(checks[-1]), flush=True)
+    comparisons = {"native_equals_pack": (json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()),
+                                          NATIVE_RUNS)}
+    if args.comfy_home:  # its checkpoint is written into the ComfyUI under test
+        comparisons["native_svd_checkpoint"] = (svd_checkpoint_workflow(), SVD_RUNS)
+    for name, (workflow, runs) in comparisons.items():
+        if not args.only or name in args.only.split(","):
+            if name == "native_svd_checkpoint":
+                write_svd_models(Path(args.comfy_home))
+            checks.append(await check_native_equals_pack(client, name, workflow, runs, audio_of(workflow, inputs), out,
+                                                         args.compare_steps, args.timeout))
+            print(_line(checks[-1]), flush=True)
     if args.ui_convert:
         python = Path(args.comfy_home) / "venv" / "bin" / "python" if args.comfy_home else Path(sys.executable)
         for path in selected(ROOT / "workflows", args.only):

@@ -65,3 +65,22 @@ def test_a_vae_that_is_not_svds_is_refused_with_what_to_connect(adapter_and_base
     wrong = {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
     with pytest.raises(ValueError, match="VAE input is not Stable Video Diffusion's VAE.*Image Only Checkpoint Loader"):
         loaders.EmotiveTalkModelLoader().load("adapter.safetensors", "svd_tiny.safetensors", ComfyObject(wrong))
+
+
+def test_clip_vision_in_comfyuis_mixed_dtypes_runs_in_its_weights_dtype(adapter_and_base):
+    """ComfyUI 0.3.64 on the CPU holds SVD's CLIP vision in float16 but its layer norms and projection
+    in float32 (its manual-cast layers compute in the input's dtype); a torch module needs one dtype.
+    The odd tensors are cast, the float16 weights stay ComfyUI's own."""
+    from emotivetalk_core.svd.conditioning import image_embeds
+
+    model = adapter_and_base
+    kept = ("pre_layrnorm", "post_layernorm", "visual_projection")
+    clip_sd = {k: v if any(name in k for name in kept) else v.half() for k, v in model.image_encoder.state_dict().items()}
+    (encoder,) = loaders.reused_svd_parts("tiny", None, ComfyObject(clip_sd)).values()
+    assert {p.dtype for p in encoder.parameters()} == {torch.float16}
+    weight = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    assert encoder.get_parameter(weight).data_ptr() == clip_sd[weight].data_ptr()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(image_embeds(encoder, image).float(), image_embeds(model.image_encoder.eval(), image),
+                                   rtol=2e-2, atol=2e-2)

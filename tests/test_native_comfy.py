@@ -250,10 +250,82 @@ def test_other_core_samplers_and_schedulers_run(native, streams):
     assert torch.isfinite(latent).all()
 
 
-def test_cfg_pp_samplers_are_refused_by_name(native, streams):
+def test_post_cfg_patches_see_the_least_and_most_conditioned_estimates(native, streams):
+    """What CFG++ samplers and post-CFG patches read (core CFG's uncond/cond estimates): on one step
+    from sigma 700 to 0 (Euler's result is then the denoised estimate itself), the step's
+    "uncond_denoised" equals the sample at guidance (0, 0, 0) (only e0), "cond_denoised" the sample
+    at (1, 1, 1) (only e_rle), and "denoised" the guided sample."""
+    from comfy_extras.nodes_custom_sampler import KarrasScheduler
+
     _, _, applied = native
-    with pytest.raises(ValueError, match="EmotiveTalk Guider: this sampler \\(a CFG\\+\\+ one\\)"):
-        _native_sample(applied, *streams, sampler="euler_cfg_pp")
+    (one_step,) = KarrasScheduler().get_sigmas(1, 700.0, 0.002, 7.0)
+    seen = []
+    patched = applied.clone()
+    patched.set_model_sampler_post_cfg_function(lambda args: seen.append(args) or args["denoised"])
+    guided = _native_sample(patched, *streams, sigmas=one_step)["samples"]
+    assert len(seen) == 1
+    args = {name: applied.model.process_latent_out(seen[0][name])  # the sampler's space -> the LATENT's
+            for name in ("denoised", "uncond_denoised", "cond_denoised")}
+    for name, guidance in (("uncond_denoised", (0.0, 0.0, 0.0)), ("cond_denoised", (1.0, 1.0, 1.0))):
+        expected = _native_sample(applied, *streams, sigmas=one_step, guidance=guidance)["samples"]
+        assert _max_difference(args[name], expected) < TOLERANCE, name
+    assert _max_difference(args["denoised"], guided) < TOLERANCE
+    assert _max_difference(args["uncond_denoised"], args["cond_denoised"]) > 0.01  # the passes differ
+
+
+def test_cfg_pp_samplers_run_and_reduce_to_their_plain_sampler_without_guidance(native, streams):
+    """CFG++ Euler renoises with the uncond estimate: with one pass per step (guidance (1, 1, 1))
+    uncond = guided and it is plain Euler; with the default guidance it runs and differs."""
+    _, _, applied = native
+    single = (1.0, 1.0, 1.0)
+    plain = _native_sample(applied, *streams, sampler="euler", guidance=single)["samples"]
+    cfg_pp = _native_sample(applied, *streams, sampler="euler_cfg_pp", guidance=single)["samples"]
+    assert _max_difference(cfg_pp, plain) < TOLERANCE
+    guided = _native_sample(applied, *streams, sampler="euler_cfg_pp")["samples"]
+    assert torch.isfinite(guided).all()
+    assert _max_difference(guided, _native_sample(applied, *streams, sampler="euler")["samples"]) > TOLERANCE
+
+
+class _CoreSVDPart:
+    """ComfyUI's VAE / CLIP_VISION as Native Reference uses them: a patcher to load, ``get_sd()``."""
+
+    def __init__(self, module, state_dict):
+        import comfy.model_patcher
+
+        cpu = torch.device("cpu")
+        holder = torch.nn.Module()  # ComfyUI's patcher sets .device, which diffusers' modules do not allow
+        holder.module = module
+        self.patcher = comfy.model_patcher.ModelPatcher(holder, load_device=cpu, offload_device=cpu)
+        self.state_dict = state_dict
+
+    def get_sd(self):
+        return self.state_dict
+
+
+def test_native_reference_reads_the_portrait_as_edi_reference_does(native):
+    """Native Reference with the VAE and CLIP vision ComfyUI would hold (Stability's VAE names,
+    transformers' CLIP names) gives EDI Reference's latent, embedding, codes and mask; a size the
+    model cannot make is refused by name."""
+    from emotivetalk_core.svd.convert import STABILITY_PREFIXES, diffusers_to_stability
+    from nodes import comfy_native
+    from nodes.loaders import EmotiveTalkVAIDLoader
+    from nodes.stages import EmotiveTalkEDIReference
+
+    model, _, applied = native
+    (vaid,) = EmotiveTalkVAIDLoader().load("default")
+    prefix = STABILITY_PREFIXES["vae"]
+    stability = diffusers_to_stability(model.ethd.unet.state_dict(), model.vae.state_dict(), model.image_encoder.state_dict())
+    vae = _CoreSVDPart(model.vae, {k[len(prefix):]: v for k, v in stability.items() if k.startswith(prefix)})
+    clip_vision = _CoreSVDPart(model.image_encoder, dict(model.image_encoder.state_dict()))
+    portrait = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(2))  # IMAGE, not the model's size
+    native_reference, native_mask = comfy_native.EmotiveTalkNativeReference().encode(
+        applied, vae, clip_vision, vaid, portrait, 0, 0, -1.0, 5)
+    reference, mask = EmotiveTalkEDIReference().encode(model, vaid, portrait, 0, 0, -1.0, 5)
+    for name in ("latent", "image_embeds", "expression", "identity", "face_mask"):
+        torch.testing.assert_close(getattr(native_reference, name), getattr(reference, name), msg=name)
+    torch.testing.assert_close(native_mask, mask)
+    with pytest.raises(ValueError, match="EmotiveTalk Native Reference, input 'width': width must be a multiple"):
+        comfy_native.EmotiveTalkNativeReference().encode(applied, vae, clip_vision, vaid, portrait, 42, 0, -1.0, 5)
 
 
 def test_refusals_name_the_input_and_the_fix(native, streams):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -233,7 +234,7 @@ def vae_from_stability_state(state_dict: Mapping[str, torch.Tensor], config: str
     what ComfyUI's VAE object holds for SVD (``VAE.get_sd()``). The tensors are taken as they
     are (no copy), so reusing ComfyUI's VAE costs no second set of weights."""
     modules = _build_empty({"vae": _config_factories(_resolve_config(config))["vae"]})
-    return _finish(modules, {"vae": _vae_to_diffusers(state_dict)}, _device_of(state_dict), "ComfyUI VAE")["vae"]
+    return _one_dtype(_finish(modules, {"vae": _vae_to_diffusers(state_dict)}, _device_of(state_dict), "ComfyUI VAE")["vae"])
 
 
 def image_encoder_from_transformers_state(state_dict: Mapping[str, torch.Tensor],
@@ -243,7 +244,16 @@ def image_encoder_from_transformers_state(state_dict: Mapping[str, torch.Tensor]
     Tensors are taken as they are (no copy)."""
     modules = _build_empty({"image_encoder": _config_factories(_resolve_config(config))["image_encoder"]})
     state = {k: v for k, v in state_dict.items() if k != "vision_model.embeddings.position_ids"}
-    return _finish(modules, {"image_encoder": state}, _device_of(state_dict), "ComfyUI CLIP vision")["image_encoder"]
+    return _one_dtype(_finish(modules, {"image_encoder": state}, _device_of(state_dict), "ComfyUI CLIP vision")["image_encoder"])
+
+
+def _one_dtype(module: torch.nn.Module) -> torch.nn.Module:
+    """ComfyUI keeps a few tensors of a model in another dtype than the rest (its manual-cast
+    layers compute in the input's dtype; e.g. CLIP vision's layer norms and projection stay float32
+    beside float16 weights); a torch module computes in one. The odd tensors are cast (copied), the
+    rest stay shared: the dtype most tensors have wins."""
+    counts = Counter(tensor.dtype for tensor in module.parameters() if tensor.is_floating_point())
+    return module.to(counts.most_common(1)[0][0]) if len(counts) > 1 else module
 
 
 def _device_of(state_dict: Mapping[str, torch.Tensor]) -> torch.device:
