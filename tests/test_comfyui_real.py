@@ -36,6 +36,7 @@ def _check_script():
 
     spec = importlib.util.spec_from_file_location("comfyui_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_check"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -57,7 +58,7 @@ def test_the_two_speakers_inputs_fit_its_face_boxes_and_speech_order(tmp_path):
     check = _check_script()
     inputs = check.make_inputs(tmp_path, 2.5, 8.0)
     workflow = json.loads((ROOT / "workflows" / "api" / "two_speakers.json").read_text())
-    image = torch.from_numpy(np.asarray(Image.open(inputs[workflow["1"]["inputs"]["image"]]).convert("RGB"))).float()[None] / 255
+    image = torch.from_numpy(np.array(Image.open(inputs[workflow["1"]["inputs"]["image"]]).convert("RGB"))).float()[None] / 255
     regions = []
     for node in workflow.values():
         if node["class_type"] != "EmotiveTalkFaceCrop":
