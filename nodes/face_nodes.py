@@ -75,7 +75,8 @@ class EmotiveTalkFaceCrop:
 
 class EmotiveTalkPasteBack:
     DESCRIPTION = ("Puts animated face crops back into the full frame they were cut from, at its original resolution, "
-                   "with a soft edge; everything outside the crop stays the original pixels.")
+                   "with a soft edge; everything outside the crop stays the original pixels. Give background (e.g. another "
+                   "Paste Back's frames) to paste into those frames instead, so a second face talks in the same video.")
     CATEGORY = f"{CATEGORY}/face"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -89,11 +90,27 @@ class EmotiveTalkPasteBack:
             "crop": (CROP, {"tooltip": "From EmotiveTalk Face Crop."}),
             "feather": ("FLOAT", {"default": face_crop.DEFAULT_FEATHER, "min": 0.0, "max": 0.5, "step": 0.01,
                                   "tooltip": "Width of the soft edge as a fraction of the crop side (0 = hard edge)."}),
+        }, "optional": {
+            "background": ("IMAGE", {"tooltip": "Frames to paste into instead of the still frame the crop was cut from, "
+                                                "e.g. another Paste Back's frames (a second face in the same video); the "
+                                                "size of that frame. The result is as long as the longer of frames and "
+                                                "background: after the crops end the background shows as it is, after the "
+                                                "background ends its last frame is held."}),
         }}
 
-    def paste(self, frames, crop, feather):
+    def paste(self, frames, crop, feather, background=None):
         frames = checked_images(frames, "EmotiveTalk Paste Back, input 'frames'")
-        pasted = face_crop.paste_back(frames, crop.original, crop.region, feather)
+        original = crop.original
+        if background is not None:
+            original = checked_images(background, "EmotiveTalk Paste Back, input 'background'")
+            if tuple(original.shape[1:3]) != tuple(crop.original.shape[:2]):
+                raise ValueError(f"EmotiveTalk Paste Back, input 'background': the frames are {original.shape[2]}x"
+                                 f"{original.shape[1]} but the crop was cut from a {crop.original.shape[1]}x"
+                                 f"{crop.original.shape[0]} image; give frames of that image's size")
+            if original.shape[0] != frames.shape[0]:
+                log.info("EmotiveTalk Paste Back: %d animated frames into %d background frames; the result has %d",
+                         frames.shape[0], original.shape[0], max(frames.shape[0], original.shape[0]))
+        pasted = face_crop.paste_back(frames, original, crop.region, feather)
         return (pasted.to(bridge.intermediate_device()),)
 
 

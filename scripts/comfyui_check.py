@@ -36,6 +36,7 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
 Inputs are made here and uploaded through ComfyUI's HTTP API (the pack never writes into
 ComfyUI's input folder): the shipped portrait and speech (cut to ``--seconds``), a long speech
 for the streaming workflow, a 1280x720 frame with the face off-centre for crop + paste-back,
+for two_speakers a 1280x720 frame with two people side by side and a second, shorter speech,
 and, for the upscale chain, a small random RealESRGAN-Compact model written to
 ``models/upscale_models`` of the given ComfyUI (random weights: it proves the wiring, not
 quality). Without a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
@@ -68,7 +69,12 @@ from emotivetalk_core.media.audio import frame_count, load_audio
 from emotivetalk_core.media.video_reader import probe
 
 UPSCALE_MODEL = "upscale_x2.safetensors"
-UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png", "nan_speech.wav")
+UPLOADS = ("portrait.png", "speech.wav", "emotion.png", "long_speech.wav", "wide_portrait.png", "nan_speech.wav",
+           "two_faces.png", "second_speech.wav")
+# The second face of two_faces.png: person 3 of the demo assets' world (scripts/make_demo_assets.py),
+# the next after the demo portrait's person with a flat background that OpenCV's face detector finds.
+SECOND_PERSON = 3373772569
+SECOND_SPEECH = 0.6  # second_speech.wav's length as a fraction of speech.wav's (two_speakers' Speech 1 is the longer)
 
 
 @dataclass
@@ -99,10 +105,30 @@ def make_inputs(folder: Path, seconds: float, long_seconds: float) -> dict[str, 
     wide = Image.new("RGB", (1280, 720), (70, 80, 90))
     wide.paste(portrait.resize((384, 384)), (780, 250))  # face right of centre and low
     wide.save(files["wide_portrait.png"])
+    # two_speakers: the demo person left, a second person of its world right, far enough apart that
+    # the two face crops (2.2x the face box) do not touch; the face boxes are the workflow's box widgets.
+    two = Image.new("RGB", (1280, 720), (70, 80, 90))
+    two.paste(portrait.resize((384, 384)), (128, 168))
+    two.paste(second_person(portrait.size[0]).resize((384, 384)), (768, 168))
+    two.save(files["two_faces.png"])
+    said = round(seconds * 16000)
+    # Other words than speech.wav (the sentence's end) and shorter, so the two clips differ in length.
+    write_wav(files["second_speech.wav"], speech[len(speech) - round(SECOND_SPEECH * len(speech[:said])):])
     nan_speech = speech[: round(seconds * 16000)].copy()
     nan_speech[100:200] = np.nan
     write_float_wav(files["nan_speech.wav"], nan_speech)
     return files
+
+
+def second_person(size: int):
+    """SECOND_PERSON's neutral portrait, ``size`` pixels square, rendered as the demo portrait is."""
+    from PIL import Image
+
+    from emotivetalk_core.synth import world
+    from emotivetalk_core.synth.render import render
+
+    who = world.identity(SECOND_PERSON)
+    return Image.fromarray(render(who, world.still(who, world.Emotion("neutral")).params, size).rgb[0])
 
 
 def write_wav(path: Path, mono: np.ndarray, rate: int = 16000) -> None:
@@ -354,10 +380,12 @@ async def _last_event(client: Client, prompt_id: str) -> dict:
 
 
 def audio_of(workflow: dict, inputs: dict[str, Path]) -> Path:
+    """The speech the workflow's video must last as long as: its Load Audio's file or, when it loads
+    several (two_speakers mixes two with core Audio Merge, the longer first), the longest of them."""
     names = [node["inputs"]["audio"] for node in workflow.values() if node["class_type"] == "LoadAudio"]
-    if len(names) != 1:
-        raise ValueError(f"expected one LoadAudio node, found {len(names)}")
-    return inputs[names[0]]
+    if not names:
+        raise ValueError("expected a LoadAudio node, found none")
+    return max((inputs[name] for name in names), key=lambda path: len(load_audio(path)))
 
 
 def convert_ui(converter: Path, python: Path, ui_path: Path, url: str, folder: Path) -> dict:

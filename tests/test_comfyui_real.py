@@ -1,6 +1,7 @@
 """The real-ComfyUI proof (scripts/comfyui_check.py): it says plainly when there is no ComfyUI, and,
 when COMFY_HOME points at one (ComfyUI/ with this pack in custom_nodes, venv/), runs the basic
-workflow there. CI has no ComfyUI, so the second test skips; the full proof is the script itself."""
+workflow there. CI has no ComfyUI, so the second test skips; the full proof is the script itself.
+The inputs it makes for two_speakers are checked against that workflow without a ComfyUI."""
 
 import os
 import subprocess
@@ -28,3 +29,52 @@ def test_basic_workflow_in_a_real_comfyui(tmp_path):
                             check=False, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS  api/basic" in result.stdout
+
+
+def _check_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("comfyui_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_check"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_two_speakers_inputs_fit_its_face_boxes_and_speech_order(tmp_path):
+    """The check's two_faces.png has a face where each of two_speakers' Face Crop boxes says (the crop
+    centres that face, the two crops do not touch), and Speech 1 is the longer (Audio Merge keeps its
+    length), so the video's expected length is Speech 1's."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from emotivetalk_core.media import face_crop, face_detect
+    from emotivetalk_core.media.audio import load_audio
+    from nodes import face_nodes
+
+    check = _check_script()
+    inputs = check.make_inputs(tmp_path, 2.5, 8.0)
+    workflow = json.loads((ROOT / "workflows" / "api" / "two_speakers.json").read_text())
+    image = torch.from_numpy(np.array(Image.open(inputs[workflow["1"]["inputs"]["image"]]).convert("RGB"))).float()[None] / 255
+    regions = []
+    for node in workflow.values():
+        if node["class_type"] != "EmotiveTalkFaceCrop":
+            continue
+        settings = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+        portrait, _, crop = face_nodes.EmotiveTalkFaceCrop().crop(image, **settings)
+        found = face_detect.detect_face(portrait[0].numpy())
+        assert found is not None, node
+        size = settings["size"]
+        assert abs(found.centre[0] / size - 0.5) < 0.05 and abs(found.centre[1] / size - (0.5 + face_crop.DEFAULT_LIFT / 2.2)) < 0.05
+        regions.append(crop.region)
+    assert len(regions) == 2 and min(r.x1 for r in regions) < max(r.x0 for r in regions)  # side by side, not touching
+    lengths = {node_id: len(load_audio(inputs[node["inputs"]["audio"]])) for node_id, node in workflow.items()
+               if node["class_type"] == "LoadAudio"}
+    assert len(lengths) == 2 and len(set(lengths.values())) == 2 and min(lengths.values()) > 0
+    merge = next(node for node in workflow.values() if node["class_type"] == "AudioMerge")["inputs"]
+    first = workflow[merge["audio1"][0]]["inputs"]["audio"][0]  # the Load Audio behind audio1's Generate
+    assert lengths[first] == max(lengths.values())
+    assert check.audio_of(workflow, inputs) == inputs[workflow[first]["inputs"]["audio"]]

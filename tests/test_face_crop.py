@@ -144,6 +144,57 @@ def test_non_square_frames_go_back_where_the_generator_took_them_from(frame, cro
     assert changed[:, 0].min() >= y0 and changed[:, 0].max() < y0 + h  # the top and bottom of the square are kept
 
 
+
+def _two_faces():
+    """A frame with the astronaut twice, far enough apart that the two 2.2x crops do not touch, and
+    each face's crop (by box, as the two_speakers workflow chooses them)."""
+    frame = _frame(at=(-100, 200))
+    frame[:, 200:712, 700:1212] = _frame()[:, 200:712, 700:1212]
+    crops = [face_nodes.EmotiveTalkFaceCrop().crop(frame, SIZE, 2.2, box_x=x0, box_y=67 + 200, box_width=93, box_height=93)
+             for x0 in (177 - 100, 177 + 700)]
+    assert crops[0][2].region.x1 < crops[1][2].region.x0
+    return frame, crops
+
+
+def test_a_second_face_pastes_into_the_first_paste_so_both_animate_in_the_same_frames():
+    frame, ((first, _, crop1), (second, _, crop2)) = _two_faces()
+    once = _paste(_tinted(first, 3), crop1)
+    (both,) = face_nodes.EmotiveTalkPasteBack().paste(_tinted(second, 3) * 0.5, crop2, 0.1, background=once)
+    assert both.shape == (3, 720, 1280, 3)
+    row = round(crop1.face_box.centre[1])
+    assert torch.allclose(both[:, row, round(crop1.face_box.centre[0])], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(both[:, row, round(crop2.face_box.centre[0])], torch.tensor([0.5, 0.0, 0.0]))
+    # Outside the second crop the first paste is kept exactly; outside both, the frame itself.
+    assert torch.equal(_outside(both, crop2.region), _outside(once, crop2.region))
+    assert torch.equal(_outside(_outside(both, crop1.region), crop2.region),
+                       _outside(_outside(frame.expand(3, -1, -1, -1), crop1.region), crop2.region))
+    # Frame i goes into background frame i (not every crop into the first).
+    steps = torch.linspace(0.2, 1.0, 3)[:, None, None, None]
+    (ramped,) = face_nodes.EmotiveTalkPasteBack().paste(_tinted(second, 3) * steps, crop2, 0.1, background=once * steps)
+    centre = ramped[:, row, round(crop1.face_box.centre[0]), 0]
+    assert torch.allclose(centre, steps.flatten())
+
+
+def test_clips_of_different_lengths_last_as_long_as_the_longer():
+    _, ((first, _, crop1), (second, _, crop2)) = _two_faces()
+    short, long = _paste(_tinted(first, 2), crop1), _paste(_tinted(first, 5), crop1)
+    # Background longer than the crops: past their end the background shows as it is.
+    (pasted,) = face_nodes.EmotiveTalkPasteBack().paste(_tinted(second, 3) * 0.5, crop2, 0.1, background=long)
+    assert pasted.shape[0] == 5 and torch.equal(pasted[3:], long[3:])
+    assert not torch.equal(pasted[2], long[2])
+    # Background shorter than the crops: its last frame is held under the rest of the crops.
+    (pasted,) = face_nodes.EmotiveTalkPasteBack().paste(_tinted(second, 4) * 0.5, crop2, 0.1, background=short)
+    assert pasted.shape[0] == 4
+    assert torch.equal(pasted[3], pasted[1]) and torch.equal(_outside(pasted[3], crop2.region), _outside(short[1], crop2.region))
+
+
+def test_a_background_of_another_size_is_refused_naming_the_input(cropped):
+    portrait, _, crop = cropped
+    with pytest.raises(ValueError, match="input 'background': the frames are 640x360 but the crop was cut from a 1280x720"):
+        face_nodes.EmotiveTalkPasteBack().paste(portrait, crop, 0.1, background=torch.zeros(2, 360, 640, 3))
+    with pytest.raises(ValueError, match="input 'background'.*NaN"):
+        face_nodes.EmotiveTalkPasteBack().paste(portrait, crop, 0.1, background=torch.full((1, 720, 1280, 3), float("nan")))
+
 # --- where the face comes from ---------------------------------------------------------------
 
 def test_a_user_mask_wins_over_detection(frame):

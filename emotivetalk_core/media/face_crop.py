@@ -247,27 +247,34 @@ def feather_weights(rect: tuple[int, int, int, int], image_size: tuple[int, int]
 
 def paste_back(frames: torch.Tensor, original: torch.Tensor, region: CropRegion, feather: float = DEFAULT_FEATHER,
                chunk: int = CHUNK) -> torch.Tensor:
-    """Animated crops ``[F, h, w, C]`` -> ``[F, H, W, 3]`` full frames at the original's resolution.
+    """Animated crops ``[F, h, w, C]`` -> ``[N, H, W, 3]`` full frames at the original's resolution.
+
+    ``original`` is the still frame the crop was cut from (``[H, W, C]`` or ``[1, H, W, C]``), used
+    for every frame, or ``B`` frames ``[B, H, W, C]`` (e.g. another paste-back's output, so a
+    second face is animated in the same video): animated frame ``i`` goes into frame ``i``.
+    ``N = max(F, B)``: past the end of the animated crops the original frames stay as they are,
+    past the end of the original frames the last one is held.
 
     Each frame is resized to its place in the source (:func:`frame_rect`) and blended into a
-    copy of ``original`` (``[H, W, C]`` or ``[1, H, W, C]``) with :func:`feather_weights`; pixels
-    outside that place are the original's exactly. Frames are resized ``chunk`` at a time and
-    one weight map serves every frame, so the only full-resolution memory is the output.
+    copy of its original frame with :func:`feather_weights`; pixels outside that place are the
+    original's exactly. Frames are resized ``chunk`` at a time and one weight map serves every
+    frame, so the only full-resolution memory is the output.
     """
     if not 0 <= feather <= 0.5:
         raise ValueError(f"feather is a fraction of the crop side between 0 and 0.5, got {feather}")
-    original = original.reshape(-1, *original.shape[-3:])[0, ..., :3]
-    if tuple(original.shape[:2]) != (region.height, region.width):
-        raise ValueError(f"the original image is {original.shape[1]}x{original.shape[0]} but the crop region belongs "
+    original = original.reshape(-1, *original.shape[-3:])[..., :3]
+    if tuple(original.shape[1:3]) != (region.height, region.width):
+        raise ValueError(f"the original image is {original.shape[2]}x{original.shape[1]} but the crop region belongs "
                          f"to a {region.width}x{region.height} image")
     x0, y0, w, h = rect = frame_rect(region, frames.shape[1], frames.shape[2])
     # The part of the rectangle inside the image, in image and in rectangle coordinates.
     vx0, vy0, vx1, vy1 = max(0, x0), max(0, y0), min(region.width, x0 + w), min(region.height, y0 + h)
     weights = feather_weights(rect, (region.width, region.height), feather)
     weights = weights[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0, None].to(original.device)
-    out = original.float()[None].repeat(frames.shape[0], 1, 1, 1)
+    count = max(frames.shape[0], original.shape[0])
+    out = original.float()[torch.arange(count, device=original.device).clamp(max=original.shape[0] - 1)]
     for start in range(0, frames.shape[0], chunk):
         resized = _resize(frames[start:start + chunk, ..., :3].to(original.device), h, w)
-        target = out[start:start + chunk, vy0:vy1, vx0:vx1]
+        target = out[start:start + resized.shape[0], vy0:vy1, vx0:vx1]
         target.lerp_(resized[:, vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0], weights)
     return out
