@@ -134,25 +134,32 @@ class AdapterWrapper:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
 
 
-# Adapter sets already read: one per (file, its version, dtype, UNet layout), alive while a MODEL uses it.
+# Adapter sets already read, each in its ModelPatcher: one per (file, its version, dtype, UNet layout,
+# devices), alive while a MODEL uses it. One patcher per set, not one per Apply: ComfyUI tracks a loaded
+# model by its patcher and reports a leak when a patcher dies while its module lives on in another.
 _ADAPTERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype):
-    """``(AdapterSet, model settings)`` of an EmotiveTalk file, fitted to a UNet with video
-    transformers of ``shapes`` ({adapter name: (width, spatial blocks)}); the weights are read once."""
+def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, load_device, offload_device):
+    """``(ModelPatcher of the AdapterSet, model settings)`` of an EmotiveTalk file, fitted to a UNet
+    with video transformers of ``shapes`` ({adapter name: (width, spatial blocks)}); the weights are
+    read once."""
+    import comfy.model_patcher
+
     checkpoints = core_module("checkpoints")
     configs, info = checkpoints.read_metadata(path)
     if "adapter" not in configs:
         raise ValueError(f"{APPLY}, input 'model_name': {path.name} holds no ETHD adapters (it holds {sorted(configs)})")
     model_settings = configs["adapter"]["ethd"]
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, dtype, tuple(sorted(shapes.items())))
-    adapters = _ADAPTERS.get(key)
-    if adapters is None:
+    key = (str(path), stat.st_mtime_ns, stat.st_size, dtype, tuple(sorted(shapes.items())), str(load_device),
+           str(offload_device))
+    patcher = _ADAPTERS.get(key)
+    if patcher is None:
         adapters = _read_adapters(path, shapes, info).to(dtype).eval().requires_grad_(False)
-        _ADAPTERS[key] = adapters
-    return adapters, model_settings
+        patcher = comfy.model_patcher.ModelPatcher(adapters, load_device=load_device, offload_device=offload_device)
+        _ADAPTERS[key] = patcher
+    return patcher, model_settings
 
 
 def _read_adapters(path, shapes: dict[str, tuple[int, int]], info: dict):
@@ -173,7 +180,6 @@ def _read_adapters(path, shapes: dict[str, tuple[int, int]], info: dict):
 
 def apply_adapters(model, path, tag: str | None = None):
     """A clone of the ComfyUI MODEL ``model`` with the EmotiveTalk adapters of ``path``."""
-    import comfy.model_patcher
     import comfy.patcher_extension
 
     convert = core_module("svd.convert")
@@ -185,15 +191,15 @@ def apply_adapters(model, path, tag: str | None = None):
                          "with Image Only Checkpoint Loader, or EmotiveTalk UNet to MODEL for an EmotiveTalk file's own UNet")
     shapes = {name: ethd_lib.transformer_shapes(diffusion_model.get_submodule(p)) for name, p in paths.items()}
     dtype = model.model.manual_cast_dtype or model.model_dtype()
-    adapters, model_settings = load_adapters(path, shapes, dtype)
+    patcher, model_settings = load_adapters(path, shapes, dtype, model.load_device, model.offload_device)
+    adapters = patcher.model
     applied = model.clone()
     wrappers = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     if applied.get_attachment(KEY) is not None:
         log.info("%s: the MODEL already had EmotiveTalk adapters; they are replaced by %s", APPLY, path.name)
         applied.remove_wrappers_with_key(wrappers, KEY)
     applied.add_wrapper_with_key(wrappers, KEY, AdapterWrapper(adapters, paths))
-    applied.set_additional_models(KEY, [comfy.model_patcher.ModelPatcher(
-        adapters, load_device=model.load_device, offload_device=model.offload_device)])
+    applied.set_additional_models(KEY, [patcher])
     applied.set_attachments(KEY, NativeAdapters(
         adapters, paths, dict(model_settings), tag, core_module("bundles").base_config_of(path)))
     log.info("%s: %s on %d video transformers", APPLY, path.name, len(paths))

@@ -298,7 +298,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "EmotiveTalkAudioPrepare": "EmotiveTalk Audio Prepare",
     "EmotiveTalkVAIDDecouple": "EmotiveTalk V-AID Decouple",
-    "EmotiveTalkEDIReference": "EmotiveTalk EDI Reference",
+    "EmotiveTalkEDIReference": EDI_REFERENCE,
     "EmotiveTalkDiCTEExpand": "EmotiveTalk Di-CTE Expand",
     "EmotiveTalkETHDSampler": "EmotiveTalk ETHD Sampler",
 }

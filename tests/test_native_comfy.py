@@ -179,7 +179,9 @@ def _conditioning(model, streams):
 
 def test_adapters_are_shared_by_clones_and_never_leak_into_the_base(native):
     """Apply reads the adapters once (the same module in every Applied clone, and in a clone of
-    a clone); the base MODEL gets no wrapper; a second Apply on an Applied MODEL replaces the first."""
+    a clone, in one ModelPatcher: ComfyUI warns of a memory leak when a patcher dies while its module
+    lives on in another); the base MODEL gets no wrapper; a second Apply on an Applied MODEL replaces
+    the first."""
     from comfy.patcher_extension import WrappersMP
 
     from nodes import comfy_native
@@ -191,6 +193,7 @@ def test_adapters_are_shared_by_clones_and_never_leak_into_the_base(native):
     assert again.get_attachment(comfy_native.KEY).adapters is adapters
     assert applied.clone().get_attachment(comfy_native.KEY).adapters is adapters
     assert applied.clone().get_additional_models_with_key(comfy_native.KEY)[0].model is adapters
+    assert again.get_additional_models_with_key(comfy_native.KEY)[0] is applied.get_additional_models_with_key(comfy_native.KEY)[0]
     assert base.get_attachment(comfy_native.KEY) is None
     assert not base.get_wrappers(WrappersMP.DIFFUSION_MODEL, comfy_native.KEY)
     assert len(twice.get_wrappers(WrappersMP.DIFFUSION_MODEL, comfy_native.KEY)) == 1
