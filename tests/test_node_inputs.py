@@ -84,7 +84,7 @@ def test_a_nan_noise_augmentation_is_refused():
 def test_a_size_the_model_cannot_make_is_refused_before_a_model_moves(monkeypatch, width, height, culprit):
     monkeypatch.setattr(stages.bridge, "use", lambda *args: pytest.fail("a model moved before the size was checked"))
     levels = SimpleNamespace(config=SimpleNamespace(block_out_channels=[32] * 4))  # 8 x 8 = multiples of 64
-    model = SimpleNamespace(settings={"resolution": [512, 512]}, vae=levels, ethd=SimpleNamespace(unet=levels))
+    model = SimpleNamespace(settings={"resolution": [512, 512]}, vae=levels, unet_levels=4)
     with pytest.raises(ValueError, match=f"EmotiveTalk EDI Reference, input '{culprit}': {culprit} must be a multiple of 64"):
         stages.EmotiveTalkEDIReference().encode(model, NO_MODEL, _image(1, 32, 32, 3), width, height, -1.0, 0)
 

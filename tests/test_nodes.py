@@ -296,7 +296,7 @@ def test_missing_model_file_names_the_file_and_folder(tmp_path, monkeypatch):
 
 def test_importing_nodes_keeps_heavy_packages_lazy():
     code = ("import sys, nodes; heavy = [m for m in ('diffusers', 'transformers', 'av') if m in sys.modules]; "
-            "assert not heavy, heavy; assert len(nodes.NODE_CLASS_MAPPINGS) == 23")
+            "assert not heavy, heavy; assert len(nodes.NODE_CLASS_MAPPINGS) == 24")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -307,7 +307,7 @@ def test_pack_loads_as_comfyui_loads_it():
         f"spec = importlib.util.spec_from_file_location('ComfyUI-EmotiveTalk', {str(ROOT / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(ROOT)!r}])\n"
         "pack = importlib.util.module_from_spec(spec); sys.modules[spec.name] = pack; spec.loader.exec_module(pack)\n"
-        "assert len(pack.NODE_CLASS_MAPPINGS) == 23\n"
+        "assert len(pack.NODE_CLASS_MAPPINGS) == 24\n"
         "assert 'emotivetalk_core' not in sys.modules and 'ComfyUI-EmotiveTalk.emotivetalk_core' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd="/", check=True)
