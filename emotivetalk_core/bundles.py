@@ -96,9 +96,13 @@ def ethd_components(model: EmotiveTalkModel, config: dict) -> dict:
 
 
 def base_config_of(source: str | Path) -> str | dict:
-    """The SVD architecture an ETHD file pairs with: its own UNet, VAE and image encoder when it
-    holds them, else the base it records (``base_config``), else SVD-XT."""
-    configs, info = read_metadata(resolve_model_file(source))
+    """The SVD architecture an ETHD file pairs with (:func:`base_config`)."""
+    return base_config(*read_metadata(resolve_model_file(source)))
+
+
+def base_config(configs: dict, info: dict) -> str | dict:
+    """The SVD architecture of a model file's ``configs`` and ``info``: its own UNet, VAE and image
+    encoder when it holds them, else the base it records (``base_config``), else SVD-XT."""
     if all(name in configs for name in _BASE_PARTS):
         return {name: configs[name] for name in _BASE_PARTS}
     return info.get("base_config", "svd-xt")

@@ -141,9 +141,9 @@ _ADAPTERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, load_device, offload_device):
-    """``(ModelPatcher of the AdapterSet, model settings)`` of an EmotiveTalk file, fitted to a UNet
-    with video transformers of ``shapes`` ({adapter name: (width, spatial blocks)}); the weights are
-    read once."""
+    """``(ModelPatcher of the AdapterSet, model settings, the SVD it pairs with)`` of an EmotiveTalk
+    file, fitted to a UNet with video transformers of ``shapes`` ({adapter name: (width, spatial
+    blocks)}); the weights are read once."""
     import comfy.model_patcher
 
     checkpoints = core_module("checkpoints")
@@ -159,7 +159,7 @@ def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, 
         adapters = _read_adapters(path, shapes, info).to(dtype).eval().requires_grad_(False)
         patcher = comfy.model_patcher.ModelPatcher(adapters, load_device=load_device, offload_device=offload_device)
         _ADAPTERS[key] = patcher
-    return patcher, model_settings
+    return patcher, model_settings, core_module("bundles").base_config(configs, info)
 
 
 def _read_adapters(path, shapes: dict[str, tuple[int, int]], info: dict):
@@ -191,7 +191,7 @@ def apply_adapters(model, path, tag: str | None = None):
                          "with Image Only Checkpoint Loader, or EmotiveTalk UNet to MODEL for an EmotiveTalk file's own UNet")
     shapes = {name: ethd_lib.transformer_shapes(diffusion_model.get_submodule(p)) for name, p in paths.items()}
     dtype = model.model.manual_cast_dtype or model.model_dtype()
-    patcher, model_settings = load_adapters(path, shapes, dtype, model.load_device, model.offload_device)
+    patcher, model_settings, base_config = load_adapters(path, shapes, dtype, model.load_device, model.offload_device)
     adapters = patcher.model
     applied = model.clone()
     wrappers = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
@@ -200,8 +200,7 @@ def apply_adapters(model, path, tag: str | None = None):
         applied.remove_wrappers_with_key(wrappers, KEY)
     applied.add_wrapper_with_key(wrappers, KEY, AdapterWrapper(adapters, paths))
     applied.set_additional_models(KEY, [patcher])
-    applied.set_attachments(KEY, NativeAdapters(
-        adapters, paths, dict(model_settings), tag, core_module("bundles").base_config_of(path)))
+    applied.set_attachments(KEY, NativeAdapters(adapters, paths, dict(model_settings), tag, base_config))
     log.info("%s: %s on %d video transformers", APPLY, path.name, len(paths))
     return applied
 
@@ -406,7 +405,7 @@ def native_svd(model, vae, clip_vision) -> NativeSVD:
     native = attachment(model, REFERENCE_NODE)
     parts = reused_svd_parts(native.base_config, vae, clip_vision)
     levels = len(model.get_model_object("diffusion_model").channel_mult)
-    return NativeSVD(parts["vae"].eval(), parts["image_encoder"].eval(), native.settings, levels)
+    return NativeSVD(parts["vae"], parts["image_encoder"], native.settings, levels)
 
 
 class EmotiveTalkNativeReference:

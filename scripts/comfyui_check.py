@@ -582,14 +582,14 @@ def write_svd_models(comfy_home: Path) -> None:
         return
     torch.manual_seed(0)
     config = narrow_svd_config()
-    ethd = ETHD(build_unet(config["unet"]), read_metadata(resolve_model_file("default"))[0]["adapter"]["adapter"])
+    default = read_metadata(resolve_model_file("default"))[0]["adapter"]  # its stream widths and settings
+    ethd = ETHD(build_unet(config["unet"]), default["adapter"])
     state = diffusers_to_stability(ethd.unet.state_dict(), build_vae(config["vae"]).state_dict(),
                                    build_image_encoder(config["image_encoder"]).state_dict())
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(checkpoint))
     adapter_state = {k: 0.02 * torch.randn_like(v) for k, v in ethd.adapter_state_dict().items()}
-    default_settings = read_metadata(resolve_model_file("default"))[0]["adapter"]["ethd"]
-    settings = {**default_settings, "resolution": [64, 64]}
+    settings = {**default["ethd"], "resolution": [64, 64]}
     save_model_file(adapters, {"adapter": (adapter_state, {"adapter": ethd.adapter_config, "ethd": settings})},
                     {"base_config": config, "trained": False, "note": "comfyui_check: random adapters for a random SVD"})
 
