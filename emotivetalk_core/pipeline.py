@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -145,13 +145,25 @@ def encode_reference(model, vaid, image: torch.Tensor, width: int, height: int, 
         latent = reference_latent(model.vae, portrait, noise_aug, generator).float().cpu()
         embeds = image_embeds(model.image_encoder, portrait).float().cpu()
         codes = _run_on(vaid.exp_encoder, portrait), _run_on(vaid.identity_encoder, portrait)
-        user_mask = resolve_face_mask(mask)
-        if user_mask is not None:
-            face_mask, source = fit_portrait(user_mask, width, height), "user mask"
-        else:
-            face_mask, source = _run_on(vaid.face_processor, portrait), "face processor"
-    return Reference(portrait, latent, embeds, codes[0][0], codes[1][0], _face_region(face_mask, source),
-                     float(noise_aug), source)
+        face_mask, source = _user_face_mask(mask, width, height), "user mask"
+        if face_mask is None:
+            source = "face processor"
+            face_mask = _face_region(_run_on(vaid.face_processor, portrait), source)
+    return Reference(portrait, latent, embeds, codes[0][0], codes[1][0], face_mask, float(noise_aug), source)
+
+
+def with_face_mask(reference: Reference, mask: torch.Tensor) -> Reference:
+    """``reference`` with a user mask (any form :func:`encode_reference` takes) in place of its
+    face mask, fitted to the reference's size as the portrait was. An all-zero mask means "no mask
+    given" (``resolve_face_mask``) and keeps the reference's own."""
+    height, width = reference.image.shape[-2:]
+    face_mask = _user_face_mask(mask, width, height)
+    return reference if face_mask is None else replace(reference, face_mask=face_mask, mask_source="user mask")
+
+
+def _user_face_mask(mask: torch.Tensor | None, width: int, height: int) -> torch.Tensor | None:
+    user_mask = resolve_face_mask(mask)
+    return None if user_mask is None else _face_region(fit_portrait(user_mask, width, height), "user mask")
 
 
 def _face_region(mask: torch.Tensor, source: str) -> torch.Tensor:

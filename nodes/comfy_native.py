@@ -457,19 +457,32 @@ class EmotiveTalkConditioning:
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
             "lip_context": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Lip frames either side each frame sees; -1 = the model's value (the maximum)."}),
+        }, "optional": {
+            # Width and height are the REFERENCE's: it was encoded at that size (as core
+            # SVD_img2vid_Conditioning encodes its image at its own width and height).
+            "fps": ("INT", {"default": 0, "min": 0, "max": settings_lib.LIMITS["fps"][1],
+                            "tooltip": "The frame rate SVD is told (its fps conditioning, like core SVD_img2vid_Conditioning's); "
+                                       "0 = the model's training value. The video's own rate is Audio Prepare's fps."}),
+            "face_mask": ("MASK", {"tooltip": "Face mask (1 = face) in place of the reference's, fitted to its size like the "
+                                              "portrait; the adapters act inside it. An all-zero mask counts as no mask."}),
         }}
 
-    def encode(self, model, reference, lip, expression, motion, lip_context):
+    def encode(self, model, reference, lip, expression, motion, lip_context, fps=0, face_mask=None):
         native = attachment(model, CONDITIONING)
         if lip.shape[0] != expression.shape[0]:
             raise ValueError(f"{CONDITIONING}: the lip stream has {lip.shape[0]} frames, the expression {expression.shape[0]}; "
                              "make both from the same speech")
+        pipeline = core_module("pipeline")
+        if face_mask is not None:
+            reference = pipeline.with_face_mask(reference, face_mask[:1].float().cpu())
+        # A model file records SVD's fps id: the fps minus 1.
+        model_settings = native.settings if fps == 0 else {**native.settings, "fps_id": fps - 1}
         settings = settings_lib.GenerationSettings(motion=None if motion < 0 else motion,
                                                    lip_context=None if lip_context < 0 else lip_context)
         try:
             settings.validate()
-            conditioning = core_module("pipeline").stream_conditioning(
-                reference, lip.float().cpu(), expression.float().cpu(), native.settings, native.adapters.lip_context, settings)
+            conditioning = pipeline.stream_conditioning(
+                reference, lip.float().cpu(), expression.float().cpu(), model_settings, native.adapters.lip_context, settings)
         except ValueError as error:
             setting = getattr(error, "setting", "lip_context")
             raise ValueError(f"{CONDITIONING}, input '{setting}': {error}") from error
@@ -480,7 +493,7 @@ class EmotiveTalkConditioning:
             embeds, latent = conditioning.image_embeds, conditioning.reference_latent
             if not with_reference:
                 embeds, latent = torch.zeros_like(embeds), torch.zeros_like(latent)
-            # ComfyUI's SVD subtracts 1 from "fps" (SVD was trained on fps - 1); the file records that value.
+            # ComfyUI's SVD subtracts 1 from "fps" (SVD was trained on fps - 1).
             return [[embeds, {"fps": fps_id + 1, "motion_bucket_id": motion_bucket, "augmentation_level": augmentation,
                               "concat_latent_image": latent, "model_conds": {KEY: streams(PassStreams(conditioning, name))}}]]
 

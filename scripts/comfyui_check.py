@@ -8,7 +8,8 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
 
 1. the pack imported (no ``IMPORT FAILED`` in the server log) and ``/object_info`` lists every node;
 2. every API workflow in ``workflows/api/`` runs to completion, and each video it writes lasts as
-   long as its audio, within one frame, and as long as the uploaded speech asks for;
+   long as its audio, within one frame, and as long as the uploaded speech asks for (``native_svd``,
+   which names SVD-XT and an adapter file trained on it, runs on the stand-ins of 5);
 3. every UI workflow in ``workflows/`` converts to API format with ComfyUI's own frontend
    (``--ui-convert``: a converter driving the frontend in headless Chromium, such as the
    workplace's ``ui_convert.py``) and runs too;
@@ -24,11 +25,13 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
    purpose) must finish with finite latents; its difference is printed;
    ``native_svd_checkpoint``: the same on ComfyUI's own SVD. A random SVD checkpoint that Image Only
    Checkpoint Loader detects as SVD (SVD-XT's layout at 320 channels per level, float16) and an
-   adapter file for it with random adapters are written into the ComfyUI's models folder; the
-   native chain (Image Only Checkpoint Loader -> Apply, Native Reference -> Conditioning -> Guider ->
+   adapter file for it with random adapters are written into the ComfyUI's models folder, as
+   stand-ins for the files the shipped ``native_svd`` workflow names; that workflow's chain (Image
+   Only Checkpoint Loader -> Apply, Native Reference -> Conditioning -> Guider ->
    SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode -> Create Video -> Save Video)
    against the pack's Model Loader (same two files) and ETHD Sampler, with core euler and dpmpp_2m
-   and with core FreeU in the chain; the video lasts exactly as long as its audio;
+   and with core UNetSelfAttentionMultiply (a weight patch, LoRA's path) in the chain; the video
+   lasts exactly as long as its audio;
 6. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
    checks it, with a message naming the input, the server keeps answering, and the next run
    succeeds.
@@ -372,6 +375,16 @@ async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Pa
                  [facts for _, _, facts in results])
 
 
+async def run_shipped(client: Client, args, name: str, workflow: dict, inputs: dict[str, Path], out: Path) -> Check:
+    """A shipped workflow (API or converted from UI) on the check's inputs and, for native_svd, on
+    the SVD stand-ins (written into the ComfyUI under test; with --url they must be there already)."""
+    if uses_stand_ins(workflow):
+        if args.comfy_home:
+            write_svd_models(Path(args.comfy_home))
+        workflow = with_stand_ins(workflow)
+    return await run_workflow(client, name, workflow, audio_of(workflow, inputs), out, args.timeout)
+
+
 async def _last_event(client: Client, prompt_id: str) -> dict:
     last = None
     async for event in client.events(prompt_id):
@@ -542,6 +555,9 @@ def native_comparison(workflow: dict, steps: int, runs: dict) -> tuple[dict, dic
 # Loader detects as SVD, and an EmotiveTalk adapter file for it, written into the ComfyUI under test.
 SVD_CHECKPOINT = "emotivetalk_check_svd_narrow_v1.safetensors"  # models/checkpoints
 SVD_ADAPTERS = "emotivetalk_check_adapters_narrow_v1.safetensors"  # models/emotivetalk
+# The shipped native_svd workflow names the files a user would have (SVD-XT and an adapter file
+# trained on it); the check runs it on these stand-ins instead.
+SVD_STAND_INS = {"svd_xt.safetensors": SVD_CHECKPOINT, "emotivetalk_svd_xt.safetensors": SVD_ADAPTERS}
 SVD_RUNS = {
     "euler": ("euler", None, True),
     "dpmpp_2m": ("dpmpp_2m", None, True),
@@ -594,29 +610,27 @@ def write_svd_models(comfy_home: Path) -> None:
                     {"base_config": config, "trained": False, "note": "comfyui_check: random adapters for a random SVD"})
 
 
+def uses_stand_ins(workflow: dict) -> bool:
+    return any(isinstance(value, str) and value in SVD_STAND_INS for node in workflow.values() for value in node["inputs"].values())
+
+
+def with_stand_ins(workflow: dict) -> dict:
+    """The API prompt ``workflow`` with the check's SVD files in place of native_svd's."""
+    return {node_id: {**node, "inputs": {name: SVD_STAND_INS.get(value, value) if isinstance(value, str) else value
+                                         for name, value in node["inputs"].items()}}
+            for node_id, node in workflow.items()}
+
+
 def svd_checkpoint_workflow() -> dict:
-    """native_ksampler_style on the checkpoint: Image Only Checkpoint Loader -> Apply (the adapter
-    file) and Native Reference (its VAE and CLIP_VISION) -> Conditioning -> Guider ->
-    SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode -> Create Video -> Save Video.
-    The pack's Model Loader loads the same two files for the pack's own sampler."""
-    workflow = json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text())
-    by_type = {node["class_type"]: node_id for node_id, node in workflow.items()}
-    loader = by_type["EmotiveTalkUNetToModel"]  # its id now holds the checkpoint loader
-    workflow[loader] = {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": SVD_CHECKPOINT}}
-    workflow[by_type["EmotiveTalkModelLoader"]]["inputs"] = {"model_name": SVD_ADAPTERS, "base_svd": SVD_CHECKPOINT}
-    workflow[by_type["EmotiveTalkApply"]]["inputs"] = {"model": [loader, 0], "model_name": SVD_ADAPTERS}
-    edi = workflow.pop(by_type["EmotiveTalkEDIReference"])["inputs"]
-    reference = str(max(int(k) for k in workflow) + 1)
-    workflow[reference] = {"class_type": "EmotiveTalkNativeReference", "inputs": {
-        **{k: v for k, v in edi.items() if k != "model"}, "model": [by_type["EmotiveTalkApply"], 0],
-        "vae": [loader, 2], "clip_vision": [loader, 1]}}
-    for node in ("EmotiveTalkConditioning", "EmotiveTalkDiCTEExpand"):
-        workflow[by_type[node]]["inputs"]["reference"] = [reference, 0]
-    workflow[by_type["EmotiveTalkSigmas"]] = {"class_type": "KarrasScheduler", "inputs": {
-        "steps": workflow[by_type["EmotiveTalkSigmas"]]["inputs"]["steps"], "sigma_max": 700.0, "sigma_min": 0.002, "rho": 7.0}}
-    workflow[by_type["EmotiveTalkDecode"]] = {"class_type": "VAEDecode", "inputs": {
-        "samples": [by_type["SamplerCustomAdvanced"], 0], "vae": [loader, 2]}}
-    workflow[by_type["SaveVideo"]]["inputs"]["filename_prefix"] = "emotivetalk_check/native_svd_checkpoint"
+    """The shipped native_svd workflow (Image Only Checkpoint Loader -> Apply and Native Reference ->
+    Conditioning -> Guider -> SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode ->
+    Create Video -> Save Video) on the stand-ins, plus the pack's Model Loader on the same two files
+    for the pack's own sampler."""
+    workflow = with_stand_ins(json.loads((ROOT / "workflows" / "api" / "native_svd.json").read_text()))
+    workflow[str(max(int(k) for k in workflow) + 1)] = {
+        "class_type": "EmotiveTalkModelLoader", "inputs": {"model_name": SVD_ADAPTERS, "base_svd": SVD_CHECKPOINT}}
+    saver = next(node for node in workflow.values() if node["class_type"] == "SaveVideo")
+    saver["inputs"]["filename_prefix"] = "emotivetalk_check/native_svd_checkpoint"
     return workflow
 
 
@@ -703,8 +717,7 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
     if args.comfy_home:
         write_upscale_model(Path(args.comfy_home))
     for path in selected(ROOT / "workflows" / "api", args.only):
-        workflow = json.loads(path.read_text())
-        checks.append(await run_workflow(client, f"api/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
+        checks.append(await run_shipped(client, args, f"api/{path.stem}", json.loads(path.read_text()), inputs, out))
         print(_line(checks[-1]), flush=True)
     comparisons = {"native_equals_pack": (json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()),
                                           NATIVE_RUNS)}
@@ -725,7 +738,7 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
             except subprocess.CalledProcessError as error:
                 checks.append(Check(f"ui/{path.stem}", False, f"conversion failed: {error.stderr[-1000:]}"))
                 continue
-            checks.append(await run_workflow(client, f"ui/{path.stem}", workflow, audio_of(workflow, inputs), out, args.timeout))
+            checks.append(await run_shipped(client, args, f"ui/{path.stem}", workflow, inputs, out))
             print(_line(checks[-1]), flush=True)
     if not args.no_interrupt:
         for phase in INTERRUPT_PHASES:

@@ -78,3 +78,28 @@ def test_the_two_speakers_inputs_fit_its_face_boxes_and_speech_order(tmp_path):
     first = workflow[merge["audio1"][0]]["inputs"]["audio"][0]  # the Load Audio behind audio1's Generate
     assert lengths[first] == max(lengths.values())
     assert check.audio_of(workflow, inputs) == inputs[workflow[first]["inputs"]["audio"]]
+
+
+def test_native_svd_is_the_core_svd_chain_and_the_check_runs_it_on_its_stand_ins():
+    """The shipped native_svd loads SVD with core Image Only Checkpoint Loader, whose MODEL, CLIP_VISION
+    and VAE feed Apply, Native Reference and core VAE Decode, and samples with core Euler and Karras
+    sigmas; the check swaps exactly its two file names for the stand-ins it writes, and its
+    comparison adds the pack's Model Loader on those same two files."""
+    import json
+
+    check = _check_script()
+    shipped = json.loads((ROOT / "workflows" / "api" / "native_svd.json").read_text())
+    node = {value["class_type"]: value["inputs"] for value in shipped.values()}
+    loader = next(node_id for node_id, value in shipped.items() if value["class_type"] == "ImageOnlyCheckpointLoader")
+    assert node["EmotiveTalkApply"]["model"] == [loader, 0]
+    assert (node["EmotiveTalkNativeReference"]["clip_vision"], node["EmotiveTalkNativeReference"]["vae"]) == ([loader, 1], [loader, 2])
+    assert node["VAEDecode"]["vae"] == [loader, 2] and node["KSamplerSelect"]["sampler_name"] == "euler"
+    assert shipped[node["SamplerCustomAdvanced"]["sigmas"][0]]["class_type"] == "KarrasScheduler"
+    assert check.uses_stand_ins(shipped)
+    run = check.with_stand_ins(shipped)
+    changed = {run[k]["inputs"][name] for k in shipped for name in shipped[k]["inputs"]
+               if shipped[k]["inputs"][name] != run[k]["inputs"][name]}
+    assert changed == {check.SVD_CHECKPOINT, check.SVD_ADAPTERS} and not check.uses_stand_ins(run)
+    comparison = check.svd_checkpoint_workflow()
+    loaders = [value["inputs"] for value in comparison.values() if value["class_type"] == "EmotiveTalkModelLoader"]
+    assert loaders == [{"model_name": check.SVD_ADAPTERS, "base_svd": check.SVD_CHECKPOINT}]

@@ -71,12 +71,13 @@ def streams(native):
     return reference, lip, expression
 
 
-def _native_sample(applied, reference, lip, expression, sampler="euler", sigmas=None, guidance=(2.0, 4.0, 2.0)):
+def _native_sample(applied, reference, lip, expression, sampler="euler", sigmas=None, guidance=(2.0, 4.0, 2.0), **inputs):
     from comfy_extras.nodes_custom_sampler import KSamplerSelect, SamplerCustomAdvanced
 
     from nodes import comfy_native
 
-    positive, negative, latent = comfy_native.EmotiveTalkConditioning().encode(applied, reference, lip, expression, -1, -1)
+    positive, negative, latent = comfy_native.EmotiveTalkConditioning().encode(applied, reference, lip, expression, -1, -1,
+                                                                               **inputs)
     (guider,) = comfy_native.EmotiveTalkGuider().get_guider(applied, positive, negative, *guidance, WINDOW, OVERLAP)
     (noise,) = comfy_native.EmotiveTalkNoiseNode().get_noise(SEED)
     if sigmas is None:
@@ -231,6 +232,32 @@ def test_native_sampling_gives_the_pack_samplers_latents(native, streams):
     assert native_latent.shape == pack.shape == (FRAMES, 4, 16, 16)
     assert _max_difference(native_latent, pack) < TOLERANCE
     assert _hook_count(applied) == 0
+
+
+def test_conditioning_takes_svds_fps_and_a_face_mask(native, streams):
+    """Conditioning's fps reaches SVD's fps conditioning (0 = the model's value) and changes the
+    frames; its face mask replaces the reference's, fitted to the reference's size, and changes the
+    frames; an all-zero mask (LoadImage's for an image without alpha) keeps the reference's."""
+    from nodes import comfy_native
+
+    model, _, applied = native
+    reference = streams[0]
+
+    def conditioned(**inputs):
+        positive, _, _ = comfy_native.EmotiveTalkConditioning().encode(applied, *streams, -1, -1, **inputs)
+        return positive[0][1]["fps"], comfy_native.streams_of(positive).conditioning.face_mask
+
+    assert conditioned()[0] == model.settings["fps_id"] + 1 != 30
+    assert conditioned(fps=30)[0] == 30
+    left = torch.zeros(1, 64, 64)
+    left[:, :, :32] = 1  # twice the reference's 32 px: fitted, not stretched or refused
+    expected = torch.zeros(1, 1, 32, 32)
+    expected[..., :16] = 1
+    assert torch.equal(conditioned(face_mask=left)[1], expected) and not torch.equal(reference.face_mask, expected)
+    assert torch.equal(conditioned(face_mask=torch.zeros(1, 64, 64))[1], reference.face_mask)
+    plain = _native_sample(applied, *streams)
+    for inputs in ({"fps": 30}, {"face_mask": left}):
+        assert _max_difference(_native_sample(applied, *streams, **inputs)["samples"], plain["samples"]) > 1e-3, inputs
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])

@@ -74,7 +74,7 @@ def test_face_masks_are_binary_so_the_adapters_leave_the_background_alone(pipeli
     """ETHD trains on binary masks and every adapter branch is multiplied by the mask
     (tests/test_ethd.py: exactly zero where it is 0), so inference must give exact zeros too:
     the Face Processor's sigmoid never does, and a soft user mask would not."""
-    from emotivetalk_core.pipeline import encode_reference
+    from emotivetalk_core.pipeline import encode_reference, with_face_mask
     from emotivetalk_core.synth import world
     from emotivetalk_core.synth.evaluate import render_portrait
 
@@ -91,6 +91,11 @@ def test_face_masks_are_binary_so_the_adapters_leave_the_background_alone(pipeli
     with caplog.at_level(logging.WARNING):
         faint = encode_reference(pipeline.model, pipeline.vaid, face, 0, 0, mask=torch.full((1, 64, 64), 0.4)).face_mask
     assert torch.equal(faint, torch.ones_like(faint)) and "no pixel above 0.5" in caplog.text
+    # A mask given later (native Conditioning's face_mask) is treated as EDI Reference treats it.
+    later = with_face_mask(found, soft)
+    assert torch.equal(later.face_mask, given) and later.mask_source == "user mask"
+    assert torch.equal(later.latent, found.latent) and not torch.equal(later.face_mask, found.face_mask)
+    assert with_face_mask(found, torch.zeros(1, 64, 64)) is found  # LoadImage's mask of an image without alpha
 
 
 def test_av_offset_shifts_frames():
