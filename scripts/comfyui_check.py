@@ -8,7 +8,7 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
 
 1. the pack imported (no ``IMPORT FAILED`` in the server log) and ``/object_info`` lists every node;
 2. every API workflow in ``workflows/api/`` runs to completion, and each video it writes lasts as
-   long as its audio, within one frame, and as long as the uploaded speech asks for (``native_svd``,
+   long as its audio, within one frame, and as long as the uploaded speech asks for (``native_ksampler_style``,
    which names SVD-XT and an adapter file trained on it, runs on the stand-ins of 5);
 3. every UI workflow in ``workflows/`` converts to API format with ComfyUI's own frontend
    (``--ui-convert``: a converter driving the frontend in headless Chromium, such as the
@@ -26,7 +26,7 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
    ``native_svd_checkpoint``: the same on ComfyUI's own SVD. A random SVD checkpoint that Image Only
    Checkpoint Loader detects as SVD (SVD-XT's layout at 320 channels per level, float16) and an
    adapter file for it with random adapters are written into the ComfyUI's models folder, as
-   stand-ins for the files the shipped ``native_svd`` workflow names; that workflow's chain (Image
+   stand-ins for the files the shipped ``native_ksampler_style`` workflow names; that workflow's chain (Image
    Only Checkpoint Loader -> Apply, Native Reference -> Conditioning -> Guider ->
    SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode -> Create Video -> Save Video)
    against the pack's Model Loader (same two files) and ETHD Sampler, with core euler and dpmpp_2m
@@ -376,7 +376,7 @@ async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Pa
 
 
 async def run_shipped(client: Client, args, name: str, workflow: dict, inputs: dict[str, Path], out: Path) -> Check:
-    """A shipped workflow (API or converted from UI) on the check's inputs and, for native_svd, on
+    """A shipped workflow (API or converted from UI) on the check's inputs and, for native_ksampler_style, on
     the SVD stand-ins (written into the ComfyUI under test; with --url they must be there already)."""
     if uses_stand_ins(workflow):
         if args.comfy_home:
@@ -555,7 +555,7 @@ def native_comparison(workflow: dict, steps: int, runs: dict) -> tuple[dict, dic
 # Loader detects as SVD, and an EmotiveTalk adapter file for it, written into the ComfyUI under test.
 SVD_CHECKPOINT = "emotivetalk_check_svd_narrow_v1.safetensors"  # models/checkpoints
 SVD_ADAPTERS = "emotivetalk_check_adapters_narrow_v1.safetensors"  # models/emotivetalk
-# The shipped native_svd workflow names the files a user would have (SVD-XT and an adapter file
+# The shipped native_ksampler_style workflow names the files a user would have (SVD-XT and an adapter file
 # trained on it); the check runs it on these stand-ins instead.
 SVD_STAND_INS = {"svd_xt.safetensors": SVD_CHECKPOINT, "emotivetalk_svd_xt.safetensors": SVD_ADAPTERS}
 SVD_RUNS = {
@@ -615,18 +615,18 @@ def uses_stand_ins(workflow: dict) -> bool:
 
 
 def with_stand_ins(workflow: dict) -> dict:
-    """The API prompt ``workflow`` with the check's SVD files in place of native_svd's."""
+    """The API prompt ``workflow`` with the check's SVD files in place of native_ksampler_style's."""
     return {node_id: {**node, "inputs": {name: SVD_STAND_INS.get(value, value) if isinstance(value, str) else value
                                          for name, value in node["inputs"].items()}}
             for node_id, node in workflow.items()}
 
 
 def svd_checkpoint_workflow() -> dict:
-    """The shipped native_svd workflow (Image Only Checkpoint Loader -> Apply and Native Reference ->
+    """The shipped native_ksampler_style workflow (Image Only Checkpoint Loader -> Apply and Native Reference ->
     Conditioning -> Guider -> SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode ->
     Create Video -> Save Video) on the stand-ins, plus the pack's Model Loader on the same two files
     for the pack's own sampler."""
-    workflow = with_stand_ins(json.loads((ROOT / "workflows" / "api" / "native_svd.json").read_text()))
+    workflow = with_stand_ins(json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()))
     workflow[str(max(int(k) for k in workflow) + 1)] = {
         "class_type": "EmotiveTalkModelLoader", "inputs": {"model_name": SVD_ADAPTERS, "base_svd": SVD_CHECKPOINT}}
     saver = next(node for node in workflow.values() if node["class_type"] == "SaveVideo")
@@ -719,7 +719,7 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
     for path in selected(ROOT / "workflows" / "api", args.only):
         checks.append(await run_shipped(client, args, f"api/{path.stem}", json.loads(path.read_text()), inputs, out))
         print(_line(checks[-1]), flush=True)
-    comparisons = {"native_equals_pack": (json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()),
+    comparisons = {"native_equals_pack": (json.loads((ROOT / "workflows" / "api" / "native_default_model.json").read_text()),
                                           NATIVE_RUNS)}
     if args.comfy_home:  # its checkpoint is written into the ComfyUI under test
         comparisons["native_svd_checkpoint"] = (svd_checkpoint_workflow(), SVD_RUNS)

@@ -81,14 +81,14 @@ def test_the_two_speakers_inputs_fit_its_face_boxes_and_speech_order(tmp_path):
 
 
 def test_native_svd_is_the_core_svd_chain_and_the_check_runs_it_on_its_stand_ins():
-    """The shipped native_svd loads SVD with core Image Only Checkpoint Loader, whose MODEL, CLIP_VISION
+    """The shipped native_ksampler_style loads SVD with core Image Only Checkpoint Loader, whose MODEL, CLIP_VISION
     and VAE feed Apply, Native Reference and core VAE Decode, and samples with core Euler and Karras
     sigmas; the check swaps exactly its two file names for the stand-ins it writes, and its
     comparison adds the pack's Model Loader on those same two files."""
     import json
 
     check = _check_script()
-    shipped = json.loads((ROOT / "workflows" / "api" / "native_svd.json").read_text())
+    shipped = json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text())
     node = {value["class_type"]: value["inputs"] for value in shipped.values()}
     loader = next(node_id for node_id, value in shipped.items() if value["class_type"] == "ImageOnlyCheckpointLoader")
     assert node["EmotiveTalkApply"]["model"] == [loader, 0]
