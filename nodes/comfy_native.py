@@ -452,14 +452,12 @@ class EmotiveTalkConditioning:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": f"From {APPLY} (its adapter file says how the model was trained)."}),
-            "reference": (REFERENCE, {"tooltip": f"From {REFERENCE_NODE} (or EmotiveTalk EDI Reference; sets the size and the face mask)."}),
+            "reference": (REFERENCE, {"tooltip": f"From {REFERENCE_NODE} (or EmotiveTalk EDI Reference): the portrait, at the video's width and height, and its face mask unless face_mask is given."}),
             "lip": (LIP, {"tooltip": "Lip stream from EmotiveTalk V-AID Decouple."}),
             "expression": (EXPRESSION, {"tooltip": "Expression sequence from EmotiveTalk Di-CTE Expand."}),
             "motion": ("INT", {"default": -1, "min": -1, "max": 255, "tooltip": "SVD motion bucket (more = more head motion); -1 = the model's training value."}),
             "lip_context": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Lip frames either side each frame sees; -1 = the model's value (the maximum)."}),
         }, "optional": {
-            # Width and height are the REFERENCE's: it was encoded at that size (as core
-            # SVD_img2vid_Conditioning encodes its image at its own width and height).
             "fps": ("INT", {"default": 0, "min": 0, "max": settings_lib.LIMITS["fps"][1],
                             "tooltip": "The frame rate SVD is told (its fps conditioning, like core SVD_img2vid_Conditioning's); "
                                        "0 = the model's training value. The video's own rate is Audio Prepare's fps."}),
@@ -468,13 +466,18 @@ class EmotiveTalkConditioning:
         }}
 
     def encode(self, model, reference, lip, expression, motion, lip_context, fps=0, face_mask=None):
+        # No width or height here: the REFERENCE was encoded at the video's size (core
+        # SVD_img2vid_Conditioning has them because it encodes its image itself).
         native = attachment(model, CONDITIONING)
         if lip.shape[0] != expression.shape[0]:
             raise ValueError(f"{CONDITIONING}: the lip stream has {lip.shape[0]} frames, the expression {expression.shape[0]}; "
                              "make both from the same speech")
         pipeline = core_module("pipeline")
         if face_mask is not None:
-            reference = pipeline.with_face_mask(reference, face_mask[:1].float().cpu())
+            try:
+                reference = pipeline.with_face_mask(reference, face_mask[:1].float().cpu())
+            except ValueError as error:
+                raise ValueError(f"{CONDITIONING}, input 'face_mask': {error}") from error
         # A model file records SVD's fps id: the fps minus 1.
         model_settings = native.settings if fps == 0 else {**native.settings, "fps_id": fps - 1}
         settings = settings_lib.GenerationSettings(motion=None if motion < 0 else motion,

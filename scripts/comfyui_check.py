@@ -8,8 +8,9 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
 
 1. the pack imported (no ``IMPORT FAILED`` in the server log) and ``/object_info`` lists every node;
 2. every API workflow in ``workflows/api/`` runs to completion, and each video it writes lasts as
-   long as its audio, within one frame, and as long as the uploaded speech asks for (``native_ksampler_style``,
-   which names SVD-XT and an adapter file trained on it, runs on the stand-ins of 5);
+   long as its audio, within one frame, and as long as the uploaded speech asks for
+   (``native_ksampler_style``, which names SVD-XT and an adapter file trained on it, runs on the
+   stand-ins of 5: written with ``--comfy-home``, with ``--url`` that ComfyUI must have them);
 3. every UI workflow in ``workflows/`` converts to API format with ComfyUI's own frontend
    (``--ui-convert``: a converter driving the frontend in headless Chromium, such as the
    workplace's ``ui_convert.py``) and runs too;
@@ -42,7 +43,7 @@ for the streaming workflow, a 1280x720 frame with the face off-centre for crop +
 for two_speakers a 1280x720 frame with two people side by side and a second, shorter speech,
 and, for the upscale chain, a small random RealESRGAN-Compact model written to
 ``models/upscale_models`` of the given ComfyUI (random weights: it proves the wiring, not
-quality). Without a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
+quality), as are the SVD stand-ins of 5 (``models/checkpoints``, ``models/emotivetalk``). Without a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
 
 Run it with ComfyUI's Python: it needs aiohttp (ComfyUI's own dependency) and av.
 """
@@ -515,6 +516,8 @@ def native_comparison(workflow: dict, steps: int, runs: dict) -> tuple[dict, dic
         del workflow[by_type[replaced]]
     apply_id, conditioning_id = by_type["EmotiveTalkApply"], by_type["EmotiveTalkConditioning"]
     conditioning = workflow[conditioning_id]["inputs"]
+    if conditioning.get("fps", 0) != 0 or "face_mask" in conditioning:  # the ETHD Sampler has neither
+        raise ValueError("native_comparison needs Conditioning's fps at 0 and no face_mask: the ETHD Sampler cannot match them")
     sigmas, noise = sampled_by_workflow["sigmas"], sampled_by_workflow["noise"]
     workflow[sigmas[0]]["inputs"]["steps"] = steps
     seed = workflow[noise[0]]["inputs"]["noise_seed"]

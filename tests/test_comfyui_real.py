@@ -1,7 +1,8 @@
 """The real-ComfyUI proof (scripts/comfyui_check.py): it says plainly when there is no ComfyUI, and,
 when COMFY_HOME points at one (ComfyUI/ with this pack in custom_nodes, venv/), runs the basic
 workflow there. CI has no ComfyUI, so the second test skips; the full proof is the script itself.
-The inputs it makes for two_speakers are checked against that workflow without a ComfyUI."""
+The inputs it makes for two_speakers are checked against that workflow without a ComfyUI, and so
+are the stand-ins it runs native_ksampler_style on."""
 
 import os
 import subprocess
@@ -80,7 +81,7 @@ def test_the_two_speakers_inputs_fit_its_face_boxes_and_speech_order(tmp_path):
     assert check.audio_of(workflow, inputs) == inputs[workflow[first]["inputs"]["audio"]]
 
 
-def test_native_svd_is_the_core_svd_chain_and_the_check_runs_it_on_its_stand_ins():
+def test_native_ksampler_style_is_the_core_svd_chain_and_the_check_runs_it_on_its_stand_ins():
     """The shipped native_ksampler_style loads SVD with core Image Only Checkpoint Loader, whose MODEL, CLIP_VISION
     and VAE feed Apply, Native Reference and core VAE Decode, and samples with core Euler and Karras
     sigmas; the check swaps exactly its two file names for the stand-ins it writes, and its

@@ -130,3 +130,36 @@ def test_every_shipped_workflow_comes_in_both_formats_with_a_thumbnail_fixed_see
         widgets = [value for node in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
                    for value in node.get("widgets_values") or ()]
         assert "randomize" not in widgets, name
+
+
+def test_every_ui_workflow_is_its_api_workflow():
+    """Each shipped UI workflow has its API twin's nodes, links and, for the pack's nodes, widget
+    values: a fix made to one format and not the other would make the two run differently."""
+    import json
+
+    import nodes
+
+    def widgets(class_type):
+        """(name, default) of each widget in the frontend's order; None for control_after_generate."""
+        spec = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+        for name, (kind, *options) in [*spec["required"].items(), *spec.get("optional", {}).items()]:
+            if isinstance(kind, list) or kind in {"INT", "FLOAT", "STRING", "BOOLEAN"}:
+                yield name, (options[0] if options else {}).get("default")
+                if name in {"seed", "noise_seed"}:
+                    yield None, None
+
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        ui, api = json.loads(path.read_text()), json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+        assert {str(node["id"]): node["type"] for node in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}, path.name
+        origin = {link[0]: (str(link[1]), link[2]) for link in ui["links"]}
+        ui_links = {(*origin[slot["link"]], str(node["id"]), slot["name"])
+                    for node in ui["nodes"] for slot in node.get("inputs", []) if slot.get("link") is not None}
+        api_links = {(*value, node_id, name) for node_id, node in api.items() for name, value in node["inputs"].items()
+                     if isinstance(value, list)}
+        assert ui_links == api_links, (path.name, ui_links ^ api_links)
+        for node in ui["nodes"]:
+            if node["type"] in nodes.NODE_CLASS_MAPPINGS:
+                inputs = api[str(node["id"])]["inputs"]
+                for (name, default), shown in zip(widgets(node["type"]), node.get("widgets_values") or []):
+                    if name is not None and not isinstance(inputs.get(name), list):  # a linked widget shows its default
+                        assert inputs.get(name, default) == shown, (path.name, node["type"], name)
