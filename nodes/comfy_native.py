@@ -30,7 +30,7 @@ import torch
 
 from . import _widgets as widgets
 from . import comfy_bridge as bridge
-from ._core import core_module, settings as settings_lib
+from ._core import core_module, pipeline, settings as settings_lib
 from ._types import CATEGORY, EXPRESSION, LIP, MODEL, REFERENCE, VAID
 from .loaders import model_file_input, resolve_model, reused_svd_parts
 from .stages import checked_reference_inputs, encoded_reference, model_tag
@@ -472,7 +472,6 @@ class EmotiveTalkConditioning:
         if lip.shape[0] != expression.shape[0]:
             raise ValueError(f"{CONDITIONING}: the lip stream has {lip.shape[0]} frames, the expression {expression.shape[0]}; "
                              "make both from the same speech")
-        pipeline = core_module("pipeline")
         if face_mask is not None:
             try:
                 reference = pipeline.with_face_mask(reference, face_mask[:1].float().cpu())

@@ -43,7 +43,8 @@ for the streaming workflow, a 1280x720 frame with the face off-centre for crop +
 for two_speakers a 1280x720 frame with two people side by side and a second, shorter speech,
 and, for the upscale chain, a small random RealESRGAN-Compact model written to
 ``models/upscale_models`` of the given ComfyUI (random weights: it proves the wiring, not
-quality), as are the SVD stand-ins of 5 (``models/checkpoints``, ``models/emotivetalk``). Without a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
+quality), as are the SVD stand-ins of 5 (``models/checkpoints``, ``models/emotivetalk``). Without
+a ComfyUI to talk to, it says so and exits with status 2, checking nothing.
 
 Run it with ComfyUI's Python: it needs aiohttp (ComfyUI's own dependency) and av.
 """
@@ -379,10 +380,7 @@ async def run_workflow(client: Client, name: str, workflow: dict, audio_path: Pa
 async def run_shipped(client: Client, args, name: str, workflow: dict, inputs: dict[str, Path], out: Path) -> Check:
     """A shipped workflow (API or converted from UI) on the check's inputs and, for native_ksampler_style, on
     the SVD stand-ins (written into the ComfyUI under test; with --url they must be there already)."""
-    if uses_stand_ins(workflow):
-        if args.comfy_home:
-            write_svd_models(Path(args.comfy_home))
-        workflow = with_stand_ins(workflow)
+    workflow = on_stand_ins(workflow, args.comfy_home)
     return await run_workflow(client, name, workflow, audio_of(workflow, inputs), out, args.timeout)
 
 
@@ -624,12 +622,20 @@ def with_stand_ins(workflow: dict) -> dict:
             for node_id, node in workflow.items()}
 
 
-def svd_checkpoint_workflow() -> dict:
+def on_stand_ins(workflow: dict, comfy_home: str | Path | None = None) -> dict:
+    """``workflow`` on the check's SVD stand-ins, written first into the ComfyUI at ``comfy_home``
+    when it names them (with --url they must be there already)."""
+    if comfy_home and uses_stand_ins(workflow):
+        write_svd_models(Path(comfy_home))
+    return with_stand_ins(workflow)
+
+
+def svd_checkpoint_workflow(comfy_home: str | Path | None = None) -> dict:
     """The shipped native_ksampler_style workflow (Image Only Checkpoint Loader -> Apply and Native Reference ->
     Conditioning -> Guider -> SamplerCustomAdvanced with core Karras sigmas -> core VAE Decode ->
     Create Video -> Save Video) on the stand-ins, plus the pack's Model Loader on the same two files
     for the pack's own sampler."""
-    workflow = with_stand_ins(json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()))
+    workflow = on_stand_ins(json.loads((ROOT / "workflows" / "api" / "native_ksampler_style.json").read_text()), comfy_home)
     workflow[str(max(int(k) for k in workflow) + 1)] = {
         "class_type": "EmotiveTalkModelLoader", "inputs": {"model_name": SVD_ADAPTERS, "base_svd": SVD_CHECKPOINT}}
     saver = next(node for node in workflow.values() if node["class_type"] == "SaveVideo")
@@ -722,14 +728,14 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
     for path in selected(ROOT / "workflows" / "api", args.only):
         checks.append(await run_shipped(client, args, f"api/{path.stem}", json.loads(path.read_text()), inputs, out))
         print(_line(checks[-1]), flush=True)
-    comparisons = {"native_equals_pack": (json.loads((ROOT / "workflows" / "api" / "native_default_model.json").read_text()),
+    # Built only when selected: native_svd_checkpoint writes its stand-ins into the ComfyUI under test.
+    comparisons = {"native_equals_pack": (lambda: json.loads((ROOT / "workflows" / "api" / "native_default_model.json").read_text()),
                                           NATIVE_RUNS)}
-    if args.comfy_home:  # its checkpoint is written into the ComfyUI under test
-        comparisons["native_svd_checkpoint"] = (svd_checkpoint_workflow(), SVD_RUNS)
-    for name, (workflow, runs) in comparisons.items():
+    if args.comfy_home:
+        comparisons["native_svd_checkpoint"] = (lambda: svd_checkpoint_workflow(args.comfy_home), SVD_RUNS)
+    for name, (build, runs) in comparisons.items():
         if not args.only or name in args.only.split(","):
-            if name == "native_svd_checkpoint":
-                write_svd_models(Path(args.comfy_home))
+            workflow = build()
             checks.append(await check_native_equals_pack(client, name, workflow, runs, audio_of(workflow, inputs), out,
                                                          args.compare_steps, args.timeout))
             print(_line(checks[-1]), flush=True)
