@@ -1,8 +1,9 @@
 """Frame-wise sequence models over long sequences: overlapping chunks, crossfaded.
 
-The V-AID lip projector and Di-CTE run over the whole speech; :func:`over_chunks` runs them in
-chunks with context on both sides and crossfades neighbouring chunks, so memory does not grow with
-the length and there is no step between chunks.
+The V-AID lip projector runs over the whole speech; :func:`over_chunks` runs it in chunks with
+context on both sides and crossfades neighbouring chunks, so memory does not grow with the length
+and there is no step between chunks. (Di-CTE and the speech encoder run in their training
+windows instead: ``DiCTE.sample``, ``pipeline.encode_speech``.)
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-# Long sequences through the frame-wise V-AID models: chunk length and the context kept on
-# each side (the projector's receptive field is far below it; Di-CTE's attention sees 2 s).
+# Long sequences through the lip projector: chunk length and the context kept on each side
+# (the projector's receptive field, 9 frames, is far below it).
 SEQUENCE_CHUNK = 250
 SEQUENCE_CONTEXT = 50
 

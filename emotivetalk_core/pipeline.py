@@ -11,10 +11,10 @@ by one; :class:`EmotiveTalkPipeline` chains them for the command line.
     sample_latents       ETHD reverse process, overlapping windows fused every step
     decode_frames        VAE decoder in overlapping chunks, streaming
 
-Long audio: the speech encoder chunks internally, the lip projector and Di-CTE run in
-overlapping chunks (:mod:`.chunking`), ETHD runs one window at a time, the VAE one chunk at a
-time; the latent state stays on the host (about 94 MiB per minute of video at 512 px, 25 fps,
-float32).
+Long audio: the speech encoder and Di-CTE run in overlapping windows of Di-CTE's training
+window (fused as ETHD's are), the lip projector in overlapping chunks (:mod:`.chunking`), ETHD
+one window at a time, the VAE one chunk at a time; the latent state stays on the host (about
+94 MiB per minute of video at 512 px, 25 fps, float32).
 
 The settings of a generation (defaults, ranges, what they resolve to) are :mod:`.settings`'s.
 """
@@ -35,7 +35,7 @@ from .media import audio as audio_lib
 from .media.image import load_image
 from .networks.edi import binary_face_mask, face_region, resolve_face_mask
 from .placement import placement
-from .sampling import default_overlap
+from .sampling import default_overlap, fusion_weights, window_spans
 from .settings import GenerationSettings, output_size
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class PreparedAudio:
     def seconds(self) -> float:
         return len(self.waveform) / self.sample_rate
 
+    def sample_of(self, frame: int) -> int:
+        """The first sample of video frame ``frame`` (the end of the audio for ``num_frames``)."""
+        return len(self.waveform) if frame >= self.num_frames else round(frame * self.sample_rate / self.fps)
+
 
 def prepare_audio(waveform, sample_rate: int, fps: float) -> PreparedAudio:
     """Mono, 16 kHz, N = ceil(samples * fps / 16000) frames, silence-padded to N / fps.
@@ -76,10 +80,23 @@ def load_prepared_audio(path, fps: float) -> PreparedAudio:
 # --- V-AID ---------------------------------------------------------------------------------
 
 def encode_speech(vaid, audio: PreparedAudio, av_offset: int = 0) -> torch.Tensor:
-    """Speech features at every video frame centre, ``[N, L, D]``, shifted by ``av_offset`` frames."""
-    device = placement(vaid.speech_encoder)["device"]
-    waveform = torch.from_numpy(audio.waveform).to(device)
-    features = vaid.speech_encoder.encode(waveform, audio.num_frames, audio.fps)
+    """Speech features at every video frame centre, ``[N, L, D]``, shifted by ``av_offset`` frames.
+
+    The speech is encoded in overlapping windows of Di-CTE's training window, each window alone
+    (its own input normalisation, attention over that window), fused as ETHD's windows are: V-AID
+    trained on features of exactly that much audio, so inference gives it the same context.
+    """
+    encoder, window = vaid.speech_encoder, vaid.dicte.window
+    device = placement(encoder)["device"]
+    overlap = default_overlap(window)
+    features = None
+    for (start, stop), weight in zip(window_spans(audio.num_frames, window, overlap),
+                                     fusion_weights(audio.num_frames, window, overlap), strict=True):
+        samples = slice(audio.sample_of(start), audio.sample_of(stop))
+        part = encoder.encode(torch.from_numpy(audio.waveform[samples]).to(device), stop - start, audio.fps).float().cpu()
+        if features is None:
+            features = part.new_zeros((audio.num_frames, *part.shape[1:]))
+        features[start:stop] += weight.to(part).view(-1, *([1] * (part.dim() - 1))) * part
     return shift_frames(features, av_offset)
 
 
@@ -262,18 +279,14 @@ def expand_expression(vaid, speech: torch.Tensor, reference: Reference, timeline
     if not expression_plan.uses_dicte:  # emotion videos drive every frame
         return expression_plan.combine()
     dicte, on = vaid.dicte, placement(vaid.dicte)
-    identity = reference.identity[None].to(**on)
-
-    def sample(frames: slice) -> torch.Tensor:
-        return dicte.sample(
-            speech[frames][None].to(**on), identity,
-            condition=expression_plan.condition[frames][None].to(**on),
-            uncond_condition=expression_plan.baseline[frames][None].to(**on),
-            guidance=expression_plan.intensity[frames][None].to(**on),
-            steps=min(steps, dicte.train_steps), generator=seed + frames.start,
-        )[0].float().cpu()
-
-    return expression_plan.combine(over_chunks(sample, num_frames))
+    codes = dicte.sample(  # in Di-CTE's training windows, fused at every step
+        speech[None].to(**on), reference.identity[None].to(**on),
+        condition=expression_plan.condition[None].to(**on),
+        uncond_condition=expression_plan.baseline[None].to(**on),
+        guidance=expression_plan.intensity[None].to(**on),
+        steps=min(steps, dicte.train_steps), generator=seed,
+    )
+    return expression_plan.combine(codes[0].float().cpu())
 
 
 # --- ETHD ----------------------------------------------------------------------------------

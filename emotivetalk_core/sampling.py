@@ -66,12 +66,14 @@ def initial_noise(
     batch_size: int = 1,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    stream: int = 0,
 ) -> torch.Tensor:
     """Unit Gaussian noise ``[batch_size, num_frames, *shape]`` (``shape`` = one frame's latent).
 
     Frame k's noise comes from its own CPU generator seeded from ``(seed, k)``, so it depends only
     on the seed and k: never on the video length or the window layout (a longer render starts
-    with the same frames), nor on the device (drawn on the CPU, then moved).
+    with the same frames), nor on the device (drawn on the CPU, then moved). Another ``stream``
+    (Di-CTE's codes; 0 = ETHD's latents) draws unrelated noise from the same seed.
     """
     import numpy as np
 
@@ -81,7 +83,7 @@ def initial_noise(
     for k in range(num_frames):
         # SeedSequence mixes (seed, k) into an unrelated 64-bit seed; seed + k would make
         # neighbouring seeds share shifted noise.
-        frame_seed = int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0])
+        frame_seed = int(np.random.SeedSequence([seed, k, *([stream] if stream else [])]).generate_state(1, np.uint64)[0])
         generator = torch.Generator().manual_seed(frame_seed)
         noise[:, k] = torch.randn((batch_size, *shape), generator=generator, dtype=torch.float32)
     return noise.to(device=device, dtype=dtype)

@@ -117,6 +117,30 @@ def test_long_sequences_run_in_overlapping_chunks_without_steps():
     torch.testing.assert_close(result, sequence * 2)
 
 
+def test_speech_and_dicte_see_the_training_window(pipeline, portrait, monkeypatch):
+    # V-AID trained on each window's speech encoded alone and Di-CTE on windows of that length:
+    # inference over longer speech encodes it, and runs Di-CTE, in windows no longer.
+    from emotivetalk_core.pipeline import encode_speech
+
+    window = pipeline.vaid.dicte.window
+    audio = prepare_audio(_tone(3 * window / 25), 16000, 25)  # three windows long
+    encoder, encoded, attended = pipeline.vaid.speech_encoder, [], []
+    plain_encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda waveform, frames, fps: encoded.append((len(waveform), frames))
+                        or plain_encode(waveform, frames, fps))
+    handle = pipeline.vaid.dicte.layers[0].register_forward_pre_hook(lambda module, args: attended.append(args[0].shape[1]))
+    try:
+        features = encode_speech(pipeline.vaid, audio)
+        pipeline.latents(portrait, audio, GenerationSettings(seed=1, **SMALL), single(EmotionSource("label", "happy"), 1.0))
+    finally:
+        handle.remove()
+    assert max(frames for _, frames in encoded) == window and all(samples == frames * 640 for samples, frames in encoded)
+    assert max(attended) == window
+    # The log-mel features are local, so encoding in windows changes nothing that one pass gives.
+    torch.testing.assert_close(features, plain_encode(torch.from_numpy(audio.waveform), audio.num_frames, 25.0),
+                               rtol=0, atol=1e-4)
+
+
 def test_same_inputs_and_seed_give_identical_frames(pipeline, portrait):
     audio = prepare_audio(_tone(0.6), 16000, 25)
     settings = GenerationSettings(seed=7, **SMALL)

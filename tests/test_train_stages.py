@@ -486,13 +486,24 @@ def test_vaid_conditions_are_the_pipelines_lip_stream_and_the_face_processors_ma
     config = _config(shards, "ethd", {"condition_source": "vaid", "mask_source": "face_processor"},
                      init={"vaid": str(vaid_path)})
     stage, modules = _build(ETHDStage, config)
-    batch = _batch(shards, [4])
+    # The stage reads audio around the window: Di-CTE's window (25) centred on the 8 frames.
+    assert stage.audio_context == 9
+    clips = ClipDataset(shards, WINDOW, LABELS, audio_context=stage.audio_context)
+    start = 4
+    item = clips.item(4, start)
+    item["reference"] = clips.outside_frame(4, torch.Generator().manual_seed(0), start)
+    batch = torch.utils.data.default_collate([item])
     with torch.no_grad():
         conditioning = stage.conditioning(modules, batch, [torch.Generator().manual_seed(0)])
-        audio = PreparedAudio(batch["audio"][0].numpy(), WINDOW, float(FPS))
-        lip = lip_stream(vaid, encode_speech(vaid, audio))
+        # Inference on the clip's whole speech, at the window's frames.
+        whole = np.concatenate([clips.item(4, first)["audio"].numpy() for first in range(0, CLIP_FRAMES, WINDOW)])
+        assert len(whole) == CLIP_FRAMES * PER_FRAME
+        lip = lip_stream(vaid, encode_speech(vaid, PreparedAudio(whole, CLIP_FRAMES, float(FPS))))[start:start + WINDOW]
+        alone = lip_stream(vaid, encode_speech(vaid, PreparedAudio(item["audio"].numpy(), WINDOW, float(FPS))))
         mask = vaid.face_processor(batch["reference"])
-    torch.testing.assert_close(conditioning.lip_windows, lip_windows(lip[None], 2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(conditioning.lip_windows, lip_windows(lip[None], 2), rtol=0, atol=1e-5)
+    # Read from the window's audio alone (zero padding inside the projector's reach), it would differ.
+    assert (alone - lip).abs().max() > 1e-2
     # The Face Processor's mask thresholded at 0.5, as inference thresholds it (an empty one: everywhere).
     assert set(conditioning.face_mask.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(conditioning.face_mask, face_region(mask))

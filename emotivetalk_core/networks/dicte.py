@@ -25,8 +25,12 @@ Choices the paper leaves open, and why:
   the condition changes exactly the frames it covers. Zero-initialised gates make every layer
   start as the identity, which keeps early training stable.
 - **Relative frame order** from a depthwise temporal convolution at the input rather than
-  learned absolute positions, so the model runs on any number of frames (long audio is
-  processed in overlapping chunks of any length).
+  learned absolute positions, so the model runs on any number of frames.
+- **Windows at inference as in training**: attention trained over ``window`` frames (the
+  config's record of the vaid stage's ``data.window``) meets only that many at inference:
+  :meth:`DiCTE.sample` denoises longer sequences in overlapping windows fused at every step,
+  from per-frame noise, so there are no independently sampled chunks whose crossfade would
+  damp the expression at the joins.
 - **Normalised codes**: Exp codes spread about 0.02 around their mean while the diffusion's noise
   has unit variance, so almost every noise level would drown them and the loss would hardly see
   them. Di-CTE diffuses ``(code - code_mean) / code_std`` (per dimension, measured on the training
@@ -46,6 +50,10 @@ from torch import nn
 from .vaid import SpeechLayerMix
 
 _POSITION_KERNEL = 5
+# The window of a model whose config does not record its own (trained before it was recorded):
+# 2 s at 25 fps, the paper's data.
+UNRECORDED_WINDOW = 50
+DICTE_NOISE_STREAM = 1
 _MLP_RATIO = 4
 
 
@@ -112,6 +120,7 @@ class DiCTE(nn.Module):
             raise ValueError(f"Di-CTE width {width} is not a multiple of heads {heads}")
         self.exp_dim = config["exp_dim"]
         self.train_steps = config["train_steps"]
+        self.window = config.get("window") or UNRECORDED_WINDOW
         # Derived from train_steps, so not a buffer: it stays float64 on the CPU whatever
         # .to() the module gets, and the checkpoint does not store it.
         self.alphas_cumprod = cosine_alphas_cumprod(self.train_steps)
@@ -242,6 +251,12 @@ class DiCTE(nn.Module):
         each step's prediction is ``e_u + guidance * (e_c - e_u)``: 0 = the portrait's own
         expression, 1 = the requested one, > 1 exaggerated. ``guidance`` is a number or a tensor
         ``[F]`` / ``[B, F]`` (an intensity per frame from an emotion timeline).
+
+        Sequences longer than :attr:`window` (the training window) run as overlapping windows
+        whose predictions are fused at every step (:func:`~emotivetalk_core.sampling.fusion_weights`,
+        as ETHD's windows are), so every call attends over what training attended over and one
+        trajectory covers the whole sequence: no independently sampled chunks to crossfade. With an
+        integer seed, frame k's starting noise depends on the seed and k alone.
         """
         if not 1 <= steps <= self.train_steps:
             raise ValueError(f"steps must be between 1 and train_steps = {self.train_steps}, got {steps}")
@@ -253,13 +268,26 @@ class DiCTE(nn.Module):
             context = torch.cat([context, context])
             conditions = torch.cat([conditions, self.normalise(self.per_frame(uncond_condition, batch, frames))])
         scale = self._guidance_scale(guidance, uncond_condition is not None, batch, frames, context)
-        x = _initial_noise((batch, frames, self.exp_dim), generator).to(context.device, context.dtype)
+        x = _initial_noise(batch, frames, self.exp_dim, generator).to(context.device, context.dtype)
+        windows = self._windows(frames)
         timesteps = torch.linspace(self.train_steps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
         for index, t in enumerate(timesteps):
-            clean = self._guided_prediction(x, t, context, conditions, scale)
+            clean = torch.zeros_like(x)
+            for (start, stop), weight in windows:
+                part = slice(start, stop)
+                window_scale = scale[:, part] if isinstance(scale, torch.Tensor) else scale
+                prediction = self._guided_prediction(x[:, part], t, context[:, part], conditions[:, part], window_scale)
+                clean[:, part] += weight.to(x)[None, :, None] * prediction
             previous = timesteps[index + 1] if index + 1 < steps else None
             x = self._ddim_step(x, clean, t, previous)
         return self.denormalise(x)
+
+    def _windows(self, frames: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """``((start, stop), fusion weights)`` of the windows over ``frames`` frames."""
+        from ..sampling import default_overlap, fusion_weights, window_spans
+
+        overlap = default_overlap(self.window)
+        return list(zip(window_spans(frames, self.window, overlap), fusion_weights(frames, self.window, overlap), strict=True))
 
     def _guided_prediction(self, x, t: int, context, conditions, scale) -> torch.Tensor:
         guided = scale is not None
@@ -293,8 +321,13 @@ class DiCTE(nn.Module):
         return guidance.reshape(-1, frames, 1).to(like.device, like.dtype)
 
 
-def _initial_noise(shape: tuple[int, ...], generator: torch.Generator | int) -> torch.Tensor:
-    """x_T from a seed (drawn on the CPU, so a seed gives the same codes on every device) or a generator."""
+def _initial_noise(batch: int, frames: int, exp_dim: int, generator: torch.Generator | int) -> torch.Tensor:
+    """x_T ``[batch, frames, exp_dim]``: from an integer seed, frame k's noise from its own CPU
+    generator (``sampling.initial_noise``, a stream of its own: ETHD's latents draw from the same
+    seed), so it is the same on every device and whatever the windows; from a generator, one draw
+    of the whole tensor."""
     if isinstance(generator, int):
-        generator = torch.Generator().manual_seed(generator)
-    return torch.randn(shape, generator=generator, device=generator.device)
+        from ..sampling import initial_noise
+
+        return initial_noise(generator, frames, (exp_dim,), batch_size=batch, stream=DICTE_NOISE_STREAM)
+    return torch.randn((batch, frames, exp_dim), generator=generator, device=generator.device)

@@ -28,7 +28,9 @@ command (``train vaid --config FILE``) picks the entry; the run folder is ``outp
 stream (``condition_source: "vaid"``) to the vaid run's export, so the stages chain without edits.
 
 ``data.window`` defaults to ``model.ethd.clip_frames`` for ETHD (and must equal it: SVD's
-conditioning is per clip, so the training clip length is the inference window);
+conditioning is per clip, so the training clip length is the inference window) and to
+``model.dicte.window`` for V-AID (Di-CTE records the window it trained on: inference samples it,
+and encodes the speech, in windows that long);
 ``data.labels`` defaults to the Mapping's labels, so a shard's emotion index is the Mapping's.
 ``data.reference`` (default ``"clip"``) is where the portrait frame x_ref comes from: the item's
 own clip, or (``"video"``) any clip of its shard (see ``shards.ClipDataset``).
@@ -261,6 +263,8 @@ def _data(data, config: dict, base_dir: Path, source: str) -> dict:
         if data["window"] != clip_frames:
             raise ConfigError(f"{source}: data.window ({data['window']}) must equal model.ethd.clip_frames ({clip_frames}) "
                               "for ETHD: the training clip length is the inference window")
+    if config["stage"] == "vaid" and config["model"]["dicte"].get("window"):
+        data.setdefault("window", config["model"]["dicte"]["window"])
     window = data.get("window")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"{source}: data.window must be a whole number of frames >= 1, got {window!r}")

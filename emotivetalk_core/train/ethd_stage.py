@@ -21,10 +21,15 @@ condition inference:
   clip's own motion bucket (:func:`motion_buckets`: 127 at the data's median motion, in proportion
   to the clip's motion, so the motion control means what it says at inference) and ``noise_aug``;
 - lip stream: Lip Encoder of the ground-truth frames (``condition_source = "encoders"``), or the
-  V-AID Audio-lip Projector on the window's speech (``"vaid"``: ETHD then learns from exactly
-  what inference feeds it, imperfections and scale included); windows of ``lip_context`` frames
-  by ``networks.ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees real
-  neighbours there);
+  V-AID Audio-lip Projector on the speech (``"vaid"``: ETHD then learns from exactly what
+  inference feeds it, imperfections and scale included). The speech is read with the context
+  inference gives it: inference encodes it in Di-CTE's windows and runs the projector over all
+  of it, so the stage reads that window of audio centred on the training window (as far as the
+  clip goes, ``ClipDataset(audio_context=...)``), encodes it, projects it and keeps the
+  window's frames. Read from the window's audio alone, every frame of an 8-frame window would
+  have zero padding inside the projector's 9-frame reach. Windows of ``lip_context`` frames by
+  ``networks.ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees
+  real neighbours there);
 - driven expression: Exp Encoder of the ground-truth frames in both modes (it is what Di-CTE is
   trained to reproduce; Di-CTE samples would not match the frames' expression and would teach
   ETHD to ignore the expression tokens); reference expression: Exp Encoder(reference);
@@ -293,6 +298,7 @@ class ETHDStage:
             ethd.enable_gradient_checkpointing()
         modules = {"ethd": ethd, "vae": frozen(vae), "image_encoder": frozen(image_encoder),
                    **load_encoders(config, fallbacks=("vaid",))}
+        self.audio_context = 0
         if opts["condition_source"] == "vaid":
             modules["lip_projector"] = self._vaid_projector(config)
         return nn.ModuleDict(modules)
@@ -333,6 +339,9 @@ class ETHDStage:
             raise ValueError("ethd.condition_source 'vaid' needs init.vaid (a V-AID export) for the lip stream")
         vaid = load_vaid_model(path, speech_source=init_path(config, "speech_encoder"))
         self.speech = SpeechHolder(vaid.speech_encoder)
+        # Inference encodes the speech in Di-CTE's windows and runs the projector over all of it:
+        # read that much audio around each training window, so its lip stream is inference's.
+        self.audio_context = max(0, -(-(vaid.dicte.window - config["model"]["ethd"]["clip_frames"]) // 2))
         return frozen(vaid.lip_projector)
 
     def trainable(self, modules: nn.ModuleDict) -> list[str]:
@@ -396,9 +405,15 @@ class ETHDStage:
     def _lip(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
         if self.options["condition_source"] == "encoders":
             return per_frame(modules["lip_encoder"], batch["frames"])
-        speech = self.speech.features(batch["audio"], batch["frames"].shape[1])
+        window, context = batch["frames"].shape[1], self.audio_context
+        per_frame_samples = batch["speech_audio"].shape[1] // (window + 2 * context)
+        lips = []
         with torch.no_grad():
-            return modules["lip_projector"](speech).float()
+            for audio, (first, count) in zip(batch["speech_audio"], batch["speech_span"].tolist(), strict=True):
+                speech = self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None], count)
+                start = context - first  # the window's first frame within the span's frames
+                lips.append(modules["lip_projector"](speech)[0, start:start + window].float())
+        return torch.stack(lips)
 
     def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
         if self.options["mask_source"] == "shard":

@@ -188,7 +188,8 @@ def train(config: dict, resume: str | None = None) -> Path:
     ema = EMA(_trained_parameters(accelerator.unwrap_model(model)), train_cfg["ema_decay"], train_cfg["ema_warmup"])
     state = load_checkpoint(accelerator, resume_dir, ema, config) if resume_dir else {"step": 0, "samples": 0}
     data = config["data"]
-    clips = ClipDataset(data["shards"], data["window"], data["labels"], data["reference"])
+    # A stage that reads audio around its windows says how many frames (the ethd stage on V-AID's lip stream).
+    clips = ClipDataset(data["shards"], data["window"], data["labels"], data["reference"], getattr(stage, "audio_context", 0))
     sampler = GlobalBatchSampler(len(clips), train_cfg["seed"], train_cfg["batch_size"], accelerator.num_processes,
                                  accelerator.process_index, train_cfg["grad_accum"], state["step"], state["samples"])
     _warn_small_dataset(len(clips), sampler.global_batch)

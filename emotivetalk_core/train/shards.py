@@ -145,7 +145,8 @@ class ClipDataset(torch.utils.data.Dataset):
     An item is a dict: ``frames`` ``[T, 3, S, S]`` and ``mask`` ``[T, 1, S, S]`` in 0..1,
     ``audio`` ``[T * samples_per_frame]``, ``box`` ``[T, 4]``, ``lip_target`` ``[T, L]``,
     ``exp_target`` ``[T, E]``, ``emotion`` (the label's index in ``labels``, -1 when unknown)
-    and ``index`` (the item's own index, for seeded per-sample noise). Windows tile each clip
+    and ``index`` (the item's own index, for seeded per-sample noise); with ``audio_context``
+    frames, also the audio around the window (:meth:`_speech_audio`). Windows tile each clip
     without overlap; a clip shorter than ``window`` gives none. :meth:`item` reads an index's
     clip from another first frame (training draws it at random, so windows do not always start
     at multiples of their length); the tiling only sets how often each clip is visited.
@@ -156,9 +157,12 @@ class ClipDataset(torch.utils.data.Dataset):
     what teaches ETHD to change the portrait's expression into the driven one).
     """
 
-    def __init__(self, root: str | Path, window: int, labels: tuple[str, ...] | list[str] = (), reference: str = "clip"):
+    def __init__(self, root: str | Path, window: int, labels: tuple[str, ...] | list[str] = (), reference: str = "clip",
+                 audio_context: int = 0):
         if window < 1:
             raise ValueError(f"window must be at least 1 frame, got {window}")
+        if audio_context < 0:
+            raise ValueError(f"audio_context must be 0 or more frames, got {audio_context}")
         if reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         self.paths = shard_paths(root)
@@ -166,6 +170,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.window = window
         self.labels = list(labels)
         self.reference = reference
+        self.audio_context = audio_context
         self.windows = [
             Window(shard, clip["name"], start, clip["frames"], clip_emotion(clip, info))
             for shard, info in enumerate(self.infos)
@@ -211,7 +216,20 @@ class ClipDataset(torch.utils.data.Dataset):
             "exp_target": torch.from_numpy(arrays["exp_target"]),
             "emotion": torch.tensor(self.labels.index(emotion) if emotion in self.labels else -1),
             "index": torch.tensor(index),
+            **(self._speech_audio(where) if self.audio_context else {}),
         }
+
+    def _speech_audio(self, where: Window) -> dict:
+        """The window's audio with ``audio_context`` frames on both sides, as far as the clip has
+        them: ``speech_audio`` ``[(window + 2 * context) * samples_per_frame]`` (zero outside the
+        clip) and ``speech_span`` ``[first, count]``, the span's frames that lie inside the clip.
+        The speech encoder and V-AID then see the context they see at inference."""
+        context, per_frame = self.audio_context, self.samples_per_frame
+        lo, hi = max(0, where.start - context), min(where.clip_frames, where.start + self.window + context)
+        first = lo - (where.start - context)
+        audio = np.zeros((self.window + 2 * context) * per_frame, dtype=np.float32)
+        audio[first * per_frame : (first + hi - lo) * per_frame] = self._read(where.shard, where.clip, lo, hi, keys=("audio",))["audio"]
+        return {"speech_audio": torch.from_numpy(audio), "speech_span": torch.tensor([first, hi - lo])}
 
     def outside_frame(self, index: int, generator: torch.Generator, start: int | None = None) -> torch.Tensor:
         """A frame ``[3, S, S]`` outside the item's window (the portrait x_ref; ``start`` as in

@@ -238,7 +238,9 @@ class VAIDStage:
             raise ValueError(f"vaid.uncond_source must be one of {UNCOND_SOURCES}, got {self.options['uncond_source']!r}")
         self.data_labels = [label.strip().lower() for label in config["data"]["labels"]]
         classes = vaid_classes()
-        trainable = {name: classes[name][0](model[classes[name][1]]) for name in TRAINABLE}
+        # Di-CTE records the window it trains on: inference samples it, and encodes the speech, in windows that long.
+        configs = {**model, "dicte": {**model["dicte"], "window": config["data"]["window"]}}
+        trainable = {name: classes[name][0](configs[classes[name][1]]) for name in TRAINABLE}
         if init_path(config, "vaid"):
             _load_trainable(trainable, init_path(config, "vaid"))
         _check_labels(config, trainable["mapping"])
