@@ -88,6 +88,8 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
     parser.add_argument("--checkpoint", default="default", help="EmotiveTalk model file, or 'default'")
     parser.add_argument("--base", type=Path, default=None, help="base SVD (svd_xt.safetensors or a diffusers folder) for an adapter-only checkpoint")
     parser.add_argument("--speech-encoder", type=Path, default=None, help="wav2vec2 file or folder, if the model uses one")
+    parser.add_argument("--text-encoder", type=Path, default=None,
+                        help="transformers text-model folder for --emotion-text, if the model was trained with one")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="the networks' precision (default: %(default)s; bfloat16 halves the memory on GPUs and CPUs, "
@@ -112,6 +114,19 @@ def _timeline(args):
     if args.neutralise:
         timeline.neutralise_portrait = True
     return timeline
+
+
+def _check_text_encoder(args, timeline) -> None:
+    """--text-encoder is a transformers folder, and given when the model needs one for a text emotion."""
+    from .bundles import resolve_model_file
+    from .checkpoints import read_metadata
+
+    if args.text_encoder is not None and not (args.text_encoder / "config.json").is_file():
+        raise UsageError(f"--text-encoder {args.text_encoder}: not a transformers model folder (no config.json)")
+    record = read_metadata(resolve_model_file(args.checkpoint))[0].get("mapping", {}).get("text_encoder")
+    if record and args.text_encoder is None and any(k.source.kind == "text" for k in timeline.keyframes):
+        raise UsageError(f"--emotion-text needs --text-encoder: this model reads emotion text with the pretrained "
+                         f"text encoder {record['name']} it was trained with (give its transformers folder)")
 
 
 def _existing(path: Path, flag: str) -> Path:
@@ -184,11 +199,13 @@ def _run(args) -> Path:
     _checked_out(args.out, inputs)
     side_by_side_out = _side_by_side_path(args, inputs) if args.command == "demo" else None
     _checked_device(args.device)
+    _check_text_encoder(args, timeline)
     # Read the inputs before loading models, so a bad file fails in a second, not after a load.
     portrait, audio = load_image(image), load_prepared_audio(audio, settings.fps)
     _check_keyframes_within(timeline, audio.num_frames / settings.fps)
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
-                                              device=args.device, dtype=getattr(torch, args.dtype))
+                                              device=args.device, dtype=getattr(torch, args.dtype),
+                                              text_encoder=args.text_encoder)
     progress = None if args.quiet else _progress_bar()
     result = pipeline.generate_to_file(portrait, audio, args.out, settings, timeline, progress=progress)
     print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")

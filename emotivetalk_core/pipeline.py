@@ -211,18 +211,30 @@ class VAIDEmotionResolver:
     ``(frames [T, 3, H, W] in 0..1, their fps)``.
     """
 
-    def __init__(self, vaid, images: dict | None = None, videos: dict | None = None):
+    def __init__(self, vaid, images: dict | None = None, videos: dict | None = None, texts: dict | None = None,
+                 text_encoder=None):
         self.vaid = vaid
         self.images = dict(images or {})
         self.videos = dict(videos or {})
+        # For a Mapping trained on a pretrained text encoder: prompt -> networks.text.TextEmbedding
+        # made already (a ComfyUI CLIP), else the embedder to make them with (a transformers folder).
+        self.texts = dict(texts or {})
+        self.text_encoder = text_encoder
 
     def label(self, name: str) -> torch.Tensor:
         with torch.no_grad():
             return self.vaid.mapping.from_label([name])[0].float().cpu()
 
     def text(self, prompt: str) -> torch.Tensor:
+        from .networks.text import check_text_encoder, embed_prompt
+
+        mapping = self.vaid.mapping
         with torch.no_grad():
-            return self.vaid.mapping.from_text([prompt])[0].float().cpu()
+            if mapping.text_record is None or (prompt not in self.texts and self.text_encoder is None):
+                return mapping.from_text([prompt])[0].float().cpu()  # the byte encoder, or its refusal
+            embedded = self.texts.get(prompt) or embed_prompt(self.text_encoder, prompt)
+            check_text_encoder(mapping.text_record, embedded.probes, "the text encoder given")
+            return mapping.from_text_embedding(embedded.vector[None])[0].float().cpu()
 
     def image(self, value) -> torch.Tensor:
         images = self.images[value] if value in self.images else load_image(value)
@@ -393,21 +405,24 @@ class EmotiveTalkPipeline:
     """Both model bundles on one device, and the stages chained: what the command line runs."""
 
     def __init__(self, model, vaid, device: str | torch.device = "cpu", files: dict | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, text_encoder=None):
         """``dtype``: every network's weights and compute (None: as loaded, float32). bfloat16 and
         float16 run on GPUs and, bfloat16 at least, on CPUs; the log-mel speech features stay
         float32 (``networks.speech.logmel``) and so do the sampler's noise levels and latents
-        between steps (``sampling``)."""
+        between steps (``sampling``). ``text_encoder``: the embedder of emotion prompts for a
+        Mapping trained on a pretrained text encoder (``networks.text``)."""
         from .bundles import to_device
 
         self.device = torch.device(device)
         self.model = to_device(model, self.device, dtype)
         self.vaid = to_device(vaid, self.device, dtype)
         self.files = dict(files or {})
+        self.text_encoder = text_encoder
 
     @classmethod
     def from_files(cls, checkpoint="default", base=None, speech_source=None, device="cpu",
-                   dtype: torch.dtype | None = None) -> "EmotiveTalkPipeline":
+                   dtype: torch.dtype | None = None, text_encoder=None) -> "EmotiveTalkPipeline":
+        """``text_encoder``: a local transformers text-model folder, for a model trained with one."""
         from .bundles import file_digest, load_emotivetalk_model, load_vaid_model, resolve_model_file
 
         check_device(device)
@@ -418,7 +433,12 @@ class EmotiveTalkPipeline:
         for name, source in (("base", base), ("speech_encoder", speech_source)):
             if source is not None:
                 files[name] = file_digest(source)
-        return cls(model, vaid, device, files, dtype)
+        embedder = None
+        if text_encoder is not None:
+            from .networks.text import TransformersTextEncoder
+
+            embedder = TransformersTextEncoder(text_encoder, device)
+        return cls(model, vaid, device, files, dtype, embedder)
 
     @property
     def trained(self) -> bool:
@@ -435,7 +455,7 @@ class EmotiveTalkPipeline:
         reference = encode_reference(self.model, self.vaid, image, settings.width, settings.height, mask,
                                      settings.noise_aug, settings.seed)
         driven = expand_expression(self.vaid, speech, reference, timeline, audio.fps, settings.seed, settings.dicte_steps,
-                                   resolver)
+                                   resolver or VAIDEmotionResolver(self.vaid, text_encoder=self.text_encoder))
         return sample_latents(self.model, reference, lip, driven, settings, progress), reference
 
     def generate_to_file(self, image: torch.Tensor, audio, out_path, settings: GenerationSettings, timeline,

@@ -25,6 +25,7 @@ configs = importlib.import_module(f"{CORE_PACKAGE}.configs")
 emotion = importlib.import_module(f"{CORE_PACKAGE}.emotion")
 pipeline = importlib.import_module(f"{CORE_PACKAGE}.pipeline")
 settings = importlib.import_module(f"{CORE_PACKAGE}.settings")
+text = importlib.import_module(f"{CORE_PACKAGE}.networks.text")
 
 
 def core_module(name: str):

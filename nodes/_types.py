@@ -83,4 +83,6 @@ class EmotionInput:
     timeline: emotion.EmotionTimeline
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> IMAGE [B, H, W, 3]
     videos: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # key -> (frames, fps)
+    # prompt -> networks.text.TextEmbedding, made by a connected CLIP (EmotiveTalk Emotion Text)
+    texts: dict = field(default_factory=dict)
 

@@ -9,7 +9,10 @@ import uuid
 from dataclasses import replace
 
 from . import _widgets as widgets
+import torch
+
 from ._core import configs, emotion
+from ._core import text as text_lib
 from ._types import CATEGORY, EMOTION, EmotionInput, checked_images
 
 MAX_TIMELINE_INPUTS = 4
@@ -47,18 +50,43 @@ class EmotiveTalkEmotionLabel(_EmotionNode):
 
 
 class EmotiveTalkEmotionText(_EmotionNode):
-    DESCRIPTION = "An emotion described in words (the Mapping's text encoder), for the whole video."
+    DESCRIPTION = ("An emotion described in words, for the whole video: read by the model's own text encoder, or by "
+                   "the CLIP connected here when the model was trained with a pretrained text encoder.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "text": ("STRING", {"multiline": True, "default": "a cheerful, smiling speaker",
-                                "tooltip": "A description of the emotion, e.g. 'calm but slightly sad'."}),
-            "intensity": widgets.intensity(),
-        }}
+        return {
+            "required": {
+                "text": ("STRING", {"multiline": True, "default": "a cheerful, smiling speaker",
+                                    "tooltip": "A description of the emotion, e.g. 'calm but slightly sad'."}),
+                "intensity": widgets.intensity(),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "For a model trained with a pretrained text encoder: a CLIP loading that "
+                                             "encoder (its file says which; another one is refused). Models with their "
+                                             "own text encoder ignore it."}),
+            },
+        }
 
-    def make(self, text, intensity):
-        return _single(emotion.EmotionSource("text", text), intensity)
+    def make(self, text, intensity, clip=None):
+        texts = {} if clip is None else {text: text_lib.embed_prompt(clip_embedder(clip), text)}
+        return _single(emotion.EmotionSource("text", text), intensity, texts=texts)
+
+
+def clip_embedder(clip):
+    """Prompt embeddings ``[N, D]`` from a core CLIP (any text encoder ComfyUI loads): its pooled
+    output, which for CLIP text models is the end-of-text embedding a transformers folder of the
+    same weights gives (``networks.text.TransformersTextEncoder``)."""
+    def embed(texts: list[str]) -> torch.Tensor:
+        rows = []
+        for text in texts:
+            _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            if pooled is None:
+                raise ValueError("EmotiveTalk Emotion Text, input 'clip': this text encoder gives no pooled embedding; "
+                                 "connect the CLIP text encoder the model was trained with")
+            rows.append(pooled.reshape(-1, pooled.shape[-1])[0].float().cpu())
+        return torch.stack(rows)
+    return embed
 
 
 class EmotiveTalkEmotionImage(_EmotionNode):
@@ -123,7 +151,7 @@ class EmotiveTalkEmotionTimeline(_EmotionNode):
         }
 
     def make(self, spec, neutralise_portrait, **connected):
-        keyframes, images, videos = [], {}, {}
+        keyframes, images, videos, texts = [], {}, {}, {}
         if spec.strip():
             keyframes.extend(emotion.parse_timeline(spec).keyframes)
         for index in range(1, MAX_TIMELINE_INPUTS + 1):
@@ -133,10 +161,11 @@ class EmotiveTalkEmotionTimeline(_EmotionNode):
             keyframes.extend(_placed(source, connected.get(f"start_{index}", 0.0), connected.get(f"blend_{index}", 0.5)))
             images.update(source.images)
             videos.update(source.videos)
+            texts.update(source.texts)
         if not keyframes:
             raise ValueError(f"the emotion timeline is empty: write a spec ({emotion.COMPACT_SYNTAX}) or connect an emotion")
         timeline = emotion.EmotionTimeline(tuple(keyframes), bool(neutralise_portrait))
-        return (EmotionInput(timeline, images, videos),)
+        return (EmotionInput(timeline, images, videos, texts),)
 
 
 def _placed(source: EmotionInput, start: float, blend: float) -> list:

@@ -188,7 +188,8 @@ def emotion_resolver(vaid, emotion: EmotionInput):
     (kept under the key their EmotionSource carries)."""
     return pipeline.VAIDEmotionResolver(
         vaid, images={key: image_to_nchw(images) for key, images in emotion.images.items()},
-        videos={key: (image_to_nchw(frames), fps) for key, (frames, fps) in emotion.videos.items()})
+        videos={key: (image_to_nchw(frames), fps) for key, (frames, fps) in emotion.videos.items()},
+        texts=emotion.texts)
 
 
 class EmotiveTalkDiCTEExpand:

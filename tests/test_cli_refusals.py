@@ -151,3 +151,20 @@ def test_sigterm_while_writing_leaves_no_partial_file(capsys, tmp_path, speech, 
     assert capsys.readouterr().err.strip() == "terminated"
     assert list(tmp_path.iterdir()) == []  # neither the video nor a hidden .partial
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the caller's again
+
+
+def test_a_text_encoder_that_is_no_model_folder_is_refused(capsys, speech, tmp_path, no_models):
+    _refused(capsys, _generate(speech, tmp_path / "out.mp4", "--emotion-text", "speak seriously",
+                               "--text-encoder", str(tmp_path)), "--text-encoder", "no config.json")
+
+
+def test_emotion_text_on_a_model_trained_with_a_text_encoder_needs_one(capsys, speech, tmp_path, no_models):
+    from emotivetalk_core.checkpoints import read_metadata, save_model_file
+    from emotivetalk_core.configs import get_config
+    from emotivetalk_core.networks.mapping import Mapping
+
+    config = {**get_config("tiny")["mapping"], "text_encoder": {"kind": "pretrained", "name": "clip-l-text", "dim": 4, "probes": {}}}
+    model = save_model_file(tmp_path / "model.safetensors", {"mapping": (Mapping(config).state_dict(), config)}, {})
+    assert read_metadata(model)[0]["mapping"]["text_encoder"]["name"] == "clip-l-text"
+    _refused(capsys, _generate(speech, tmp_path / "out.mp4", "--emotion-text", "speak seriously", "--checkpoint", str(model)),
+             "--text-encoder", "clip-l-text")

@@ -512,3 +512,31 @@ def test_vaid_conditions_are_the_pipelines_lip_stream_and_the_face_processors_ma
         assert torch.equal(modules["exp_encoder"].state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="needs init.vaid"):
         _build(ETHDStage, _config(shards, "ethd", {"condition_source": "vaid"}))
+
+
+def test_vaid_learns_the_text_route_from_a_pretrained_encoders_paraphrases(shards, tmp_path):
+    from emotivetalk_core.networks.text import TransformersTextEncoder
+    from emotivetalk_core.train.paraphrases import PARAPHRASES
+    from text_models import tiny_text_model
+
+    folder = tiny_text_model(tmp_path / "text-model", seed=0)
+    config = _config(shards, "vaid", {"label_prob": 0.0, "text_prob": 1.0}, init={"text_encoder": str(folder)})
+    stage, modules = _build(VAIDStage, config)
+    mapping, encoder = modules["mapping"], TransformersTextEncoder(folder)
+    batch = _batch(shards, [0, 2, 4, 6])
+    sources = stage.emotion_sources(batch, SampleNoise(0, 0))
+    # Every labelled clip asks by text, in one of its emotion's paraphrases, through the encoder's embedding.
+    sources = [source for source in sources if source["label"] is not None]
+    assert len(sources) >= 3 and all(source["kind"] == "text" for source in sources)
+    assert all(source["text"] in PARAPHRASES[source["label"]] for source in sources)
+    prompts = [source["text"] for source in sources]
+    with torch.no_grad():
+        torch.testing.assert_close(stage._text_route(mapping)(prompts), mapping.from_text_embedding(encoder(prompts)))
+    # The Mapping's text head trains (the byte encoder is gone), and the file records the encoder.
+    before = {name: p.clone() for name, p in mapping.text_head.named_parameters()}
+    _train(stage, modules, batch, _optimizer(stage, modules, 3e-3), steps=3)
+    assert any(not torch.equal(before[name], p) for name, p in mapping.text_head.named_parameters())
+    loaded = load_vaid_model(_save(stage, modules, config, tmp_path / "vaid.safetensors"))
+    assert loaded.mapping.text_record["name"] == "text-model" and loaded.mapping.text_encoder is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.mapping.from_text_embedding(encoder(prompts)), mapping.from_text_embedding(encoder(prompts)))

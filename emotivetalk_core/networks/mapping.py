@@ -6,7 +6,8 @@ paper's demos are labelled neutral/angry/happy/surprised). The condition space i
 Encoder's code space: Di-CTE's "unconditional" condition is Exp Encoder(x_ref), so every source
 is mapped to where a face showing that emotion would land.
 
-Takes the ``mapping`` config dict: ``exp_dim``, ``text_width``, ``labels``.
+Takes the ``mapping`` config dict: ``exp_dim``, ``text_width``, ``labels`` and, for a model
+trained with a pretrained text encoder, ``text_encoder`` (:func:`networks.text.text_record`).
 """
 
 from __future__ import annotations
@@ -93,8 +94,11 @@ class Mapping(nn.Module):
         exp_dim, width = config["exp_dim"], config["text_width"]
         self.labels = [label.lower() for label in config["labels"]]
         self.label_embedding = nn.Embedding(len(self.labels), exp_dim)
-        self.text_encoder = ByteTextEncoder(width)
-        self.text_head = _mlp(width, width, exp_dim)
+        # A pretrained text encoder (networks.text) lives outside the model file: only the head
+        # that projects its embeddings is the Mapping's. Without one, the built-in byte encoder.
+        self.text_record = config.get("text_encoder")
+        self.text_encoder = None if self.text_record else ByteTextEncoder(width)
+        self.text_head = _mlp(self.text_record["dim"] if self.text_record else width, width, exp_dim)
         self.image_head = _mlp(exp_dim, 2 * exp_dim, exp_dim)
         # An image's Exp Encoder code is already in the condition space; the head learns a
         # correction (e.g. removing the source face's identity), so it starts as the identity.
@@ -114,8 +118,23 @@ class Mapping(nn.Module):
         return self.label_embedding(index)
 
     def from_text(self, texts: list[str]) -> torch.Tensor:
-        """Emotion prompts (at most :data:`MAX_TEXT_BYTES` UTF-8 bytes each) -> ``[N, exp_dim]``."""
+        """Emotion prompts (at most :data:`MAX_TEXT_BYTES` UTF-8 bytes each) -> ``[N, exp_dim]``,
+        with the built-in byte encoder (a model trained with a pretrained text encoder reads
+        that encoder's embeddings instead: :meth:`from_text_embedding`)."""
+        if self.text_encoder is None:
+            raise ValueError(f"this model reads emotion text with the pretrained text encoder {self.text_record['name']} "
+                             "it was trained with: in ComfyUI connect a CLIP of it to EmotiveTalk Emotion Text's 'clip' "
+                             "input; on the command line pass --text-encoder FOLDER (that model's transformers folder)")
         return self.text_head(self.text_encoder(texts))
+
+    def from_text_embedding(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """A pretrained text encoder's prompt embeddings ``[N, D]`` -> ``[N, exp_dim]``."""
+        if self.text_record is None:
+            raise ValueError("this model's Mapping reads emotion text with its built-in byte encoder, not embeddings")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.text_record["dim"]:
+            raise ValueError(f"text embeddings must be [N, {self.text_record['dim']}], got {tuple(embeddings.shape)}")
+        weight = self.text_head[0].weight
+        return self.text_head(embeddings.to(weight.device, weight.dtype))
 
     def from_image(self, exp_codes: torch.Tensor) -> torch.Tensor:
         """Exp Encoder codes ``[N, exp_dim]`` of emotion images -> ``[N, exp_dim]``."""

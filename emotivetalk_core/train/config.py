@@ -8,7 +8,8 @@ working directory)::
       "stage":  "base" | "encoders" | "vaid" | "ethd",
       "model":  "tiny" | "svd-xt" | {full model config dict, as configs.py},
       "data":   {"shards": DIR, "window": FRAMES, "labels": [emotion labels], "reference": "clip" | "video"},
-      "init":   {"encoders": FILE, "vaid": FILE, "base": FILE, "base_svd": FILE_OR_DIR, "speech_encoder": FILE_OR_DIR},
+      "init":   {"encoders": FILE, "vaid": FILE, "base": FILE, "base_svd": FILE_OR_DIR, "speech_encoder": FILE_OR_DIR,
+                 "text_encoder": DIR},
       "train":  {"seed", "steps", "batch_size", "grad_accum", "lr", "lr_warmup", "lr_schedule", "lr_min", "weight_decay",
                  "ema_decay", "ema_warmup", "mixed_precision", "gradient_checkpointing",
                  "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",
@@ -47,7 +48,7 @@ from pathlib import Path
 STAGES = ("base", "encoders", "vaid", "ethd")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
-INIT_KEYS = ("encoders", "vaid", "base", "base_svd", "speech_encoder")
+INIT_KEYS = ("encoders", "vaid", "base", "base_svd", "speech_encoder", "text_encoder")
 REFERENCES = ("clip", "video")
 
 # Every train key with its default (None = required).

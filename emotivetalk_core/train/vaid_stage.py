@@ -28,7 +28,9 @@ One batch, fed the way the inference pipeline feeds these networks:
   label no shard carries keeps its random embedding; ``build`` warns).
 
 Emotion sources per clip (drawn per clip): a labelled clip takes its label with probability
-``label_prob``, a label-derived prompt (:data:`TEXT_TEMPLATES`) with ``text_prob``, else an
+``label_prob``, a label-derived prompt (:data:`TEXT_TEMPLATES` for the byte encoder; one of 30
+paraphrases per emotion, ``train.paraphrases``, for a pretrained text encoder given as
+``init.text_encoder``, whose embeddings the Mapping then learns to project) with ``text_prob``, else an
 emotion image; an unlabelled clip always takes an emotion image. The emotion image
 (``batch["emotion_image"]``, added by the loop: ``ClipDataset.emotion_frame``) is a frame of
 another clip with the same label, of another person where the data has one, augmented (Exp
@@ -239,7 +241,8 @@ class VAIDStage:
         self.data_labels = [label.strip().lower() for label in config["data"]["labels"]]
         classes = vaid_classes()
         # Di-CTE records the window it trains on: inference samples it, and encodes the speech, in windows that long.
-        configs = {**model, "dicte": {**model["dicte"], "window": config["data"]["window"]}}
+        configs = {**model, "dicte": {**model["dicte"], "window": config["data"]["window"]},
+                   "mapping": self._text_encoder(config, model["mapping"])}
         trainable = {name: classes[name][0](configs[classes[name][1]]) for name in TRAINABLE}
         if init_path(config, "vaid"):
             _load_trainable(trainable, init_path(config, "vaid"))
@@ -251,6 +254,28 @@ class VAIDStage:
         if not init_path(config, "vaid"):
             trainable["dicte"].set_code_statistics(*code_statistics(config, encoders["exp_encoder"]))
         return nn.ModuleDict({**trainable, **encoders})
+
+    def _text_encoder(self, config: dict, mapping: dict) -> dict:
+        """The Mapping's config: with ``init.text_encoder`` (a transformers folder), its record, and
+        the embeddings of every prompt the text route can draw (the encoder is frozen, so they are
+        computed once here: ``self.text_table``); without, the byte encoder's (unchanged)."""
+        from ..networks.text import TransformersTextEncoder, text_record
+
+        self.text_table = None
+        folder = init_path(config, "text_encoder")
+        if not folder:
+            return mapping
+        embed = TransformersTextEncoder(folder)
+        prompts = sorted({prompt for label in mapping["labels"] for prompt in label_prompts(label, paraphrases=True)})
+        self.text_table = dict(zip(prompts, torch.cat([embed(prompts[i:i + 64]) for i in range(0, len(prompts), 64)]),
+                                   strict=True))
+        return {**mapping, "text_encoder": text_record(Path(folder).name, embed)}
+
+    def _text_route(self, mapping: nn.Module):
+        """Prompts -> Mapping conditions: the byte encoder, or the pretrained encoder's embeddings."""
+        if self.text_table is None:
+            return mapping.from_text
+        return lambda texts: mapping.from_text_embedding(torch.stack([self.text_table[text] for text in texts]))
 
     def trainable(self, modules: nn.ModuleDict) -> list[str]:
         return list(TRAINABLE)
@@ -310,11 +335,12 @@ class VAIDStage:
         labelled = [row for row in rows if sources[row]["label"] is not None]
         idle = target.new_zeros(())
         if labelled:
-            for kind, route in (("label", mapping.from_label), ("text", mapping.from_text)):
+            for kind, route in (("label", mapping.from_label), ("text", self._text_route(mapping))):
                 codes[kind] = dict(zip(labelled, route([sources[row][kind] for row in labelled]).float(), strict=True))
         else:
             anchor = mapping.labels[0]
-            idle = 0 * (mapping.from_label([anchor]).sum() + mapping.from_text([text_prompt(anchor, 0.0)]).sum())
+            idle = 0 * (mapping.from_label([anchor]).sum()
+                        + self._text_route(mapping)([text_prompt(anchor, 0.0, self.text_table is not None)]).sum())
         condition = torch.stack([codes[sources[row]["kind"]][row] for row in rows])
         terms = torch.stack([
             torch.stack([(codes[kind][row] - target[row]).square().mean() for kind in ("image", "label", "text")
@@ -337,12 +363,14 @@ class VAIDStage:
                 kind = "text"
             else:
                 kind = "image"
-            sources.append({"kind": kind, "label": label, "text": None if label is None else text_prompt(label, pick)})
+            text = None if label is None else text_prompt(label, pick, paraphrases=self.text_table is not None)
+            sources.append({"kind": kind, "label": label, "text": text})
         return sources
 
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
-        # Di-CTE's config carries the code statistics measured at build.
-        return vaid_components(self._bundle(modules, config), {**config["model"], "dicte": modules["dicte"].config})
+        # Di-CTE's config carries the code statistics measured at build, the Mapping's its text encoder.
+        return vaid_components(self._bundle(modules, config),
+                               {**config["model"], "dicte": modules["dicte"].config, "mapping": modules["mapping"].config})
 
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
         return vaid_info(self._bundle(modules, config))
@@ -443,11 +471,23 @@ def _check_labels(config: dict, mapping) -> None:
                     " (including 'neutral', which the neutralise option uses)" if "neutral" in unseen else "")
 
 
-def text_prompt(label: str, pick: float) -> str:
-    """A label-derived emotion prompt; ``pick`` in [0, 1) chooses the template."""
+def label_prompts(label: str, paraphrases: bool = False) -> tuple[str, ...]:
+    """Every emotion prompt the text route can draw for ``label``: the templates filled with its
+    words, or, for a pretrained text encoder (``paraphrases``), its paraphrases
+    (``train.paraphrases``: many wordings per emotion, so the Mapping learns what the encoder's
+    embedding means rather than a few strings)."""
+    from .paraphrases import PARAPHRASES
+
+    if paraphrases and label in PARAPHRASES:
+        return PARAPHRASES[label]
     adjective, noun = TEXT_WORDS.get(label, (label, label))
-    template = TEXT_TEMPLATES[min(int(pick * len(TEXT_TEMPLATES)), len(TEXT_TEMPLATES) - 1)]
-    return template.format(adjective=adjective, noun=noun)
+    return tuple(template.format(adjective=adjective, noun=noun) for template in TEXT_TEMPLATES)
+
+
+def text_prompt(label: str, pick: float, paraphrases: bool = False) -> str:
+    """One of :func:`label_prompts`; ``pick`` in [0, 1) chooses it."""
+    prompts = label_prompts(label, paraphrases)
+    return prompts[min(int(pick * len(prompts)), len(prompts) - 1)]
 
 
 def dicte_loss(dicte, e_v, speech, identity, condition, uncond, drop_prob: float, noise: SampleNoise,

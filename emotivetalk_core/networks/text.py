@@ -1,0 +1,105 @@
+"""Pretrained text encoders for the Mapping's text route, and the record that pins one to a model.
+
+A byte-level encoder trained from scratch on a few templates per label cannot understand "Speak
+seriously" or "Be cheerful and say that sentence". A model trained with a pretrained text encoder
+(``init.text_encoder``: a local transformers folder) learns the Mapping's projection of that
+encoder's sentence embedding from many paraphrases per emotion, and its file records which
+encoder it was (:func:`text_record`): a name, the embedding size and the embeddings of a few
+fixed probe prompts. At inference any source of the same embeddings serves: on the command line
+the same folder (:class:`TransformersTextEncoder`), in ComfyUI a core CLIP input that loads the
+same weights. :func:`check_text_encoder` compares the probes, so another encoder (which would
+give meaningless conditions) is refused with what to connect instead.
+
+An embedder is any callable ``list[str] -> [N, D]`` float tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+Embedder = Callable[[list[str]], torch.Tensor]
+
+# Embedded at training and again at inference: the same encoder gives the same directions.
+TEXT_PROBES = ("happy", "speak seriously", "a frightened face")
+# Cosine similarity each probe must reach: float16 against float32 weights stays above 0.999,
+# two different encoders (even of one architecture) fall far below.
+PROBE_SIMILARITY = 0.99
+
+
+@dataclass
+class TextEmbedding:
+    """A prompt's embedding ``[D]`` and the probes' ``[len(TEXT_PROBES), D]`` by the same encoder."""
+
+    vector: torch.Tensor
+    probes: torch.Tensor
+
+
+def embed_prompt(embed: Embedder, prompt: str) -> TextEmbedding:
+    """The prompt and the probes in one call of ``embed``."""
+    vectors = embed([prompt, *TEXT_PROBES]).detach().float().cpu()
+    return TextEmbedding(vectors[0], vectors[1:])
+
+
+def text_record(name: str, embed: Embedder) -> dict:
+    """What a model file records about the text encoder its Mapping was trained on."""
+    probes = embed(list(TEXT_PROBES)).detach().float().cpu()
+    return {"kind": "pretrained", "name": name, "dim": int(probes.shape[1]),
+            "probes": {text: [float(v) for v in row] for text, row in zip(TEXT_PROBES, probes, strict=True)}}
+
+
+def check_text_encoder(record: dict, probes: torch.Tensor, given: str) -> None:
+    """Refuse embeddings (``probes`` of :data:`TEXT_PROBES`) from another encoder than ``record``'s."""
+    expected = torch.tensor([record["probes"][text] for text in TEXT_PROBES])
+    wanted = f"{record['name']} ({record['dim']}-dimensional embeddings)"
+    if probes.shape != expected.shape:
+        raise ValueError(f"{given} gives {probes.shape[-1]}-dimensional text embeddings; this model's Mapping was "
+                         f"trained on {wanted}: use that text encoder")
+    similarity = torch.nn.functional.cosine_similarity(probes.float(), expected, dim=1)
+    if float(similarity.min()) < PROBE_SIMILARITY:
+        raise ValueError(f"{given} is not the text encoder this model's Mapping was trained on ({wanted}): its "
+                         f"embeddings of the probe prompts differ (cosine {float(similarity.min()):.3f}); use that "
+                         "text encoder")
+
+
+class TransformersTextEncoder:
+    """Sentence embeddings ``[N, D]`` from a local transformers text-model folder (no download).
+
+    CLIP text models give their pooled (end-of-text) embedding, projected when the folder holds
+    the projection (``CLIPTextModelWithProjection``); other encoders (BERT, T5's encoder, ...) the
+    mean of the last hidden states over the prompt's tokens.
+    """
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"text encoder folder {folder} has no config.json: give a local transformers "
+                                    "text-model folder (saved with save_pretrained, tokenizer files included)")
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        self.name = folder.name
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        architectures = config.architectures or []
+        if "CLIPTextModelWithProjection" in architectures:
+            self.model = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True)
+        else:
+            self.model = AutoModel.from_pretrained(folder, local_files_only=True)
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            self.model = self.model.get_encoder()
+        self.model.to(device).eval().requires_grad_(False)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        output = self.model(**tokens)
+        if getattr(output, "text_embeds", None) is not None:
+            return output.text_embeds.float().cpu()
+        if self.model.config.model_type.startswith("clip"):
+            return output.pooler_output.float().cpu()
+        keep = tokens["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return ((output.last_hidden_state * keep).sum(1) / keep.sum(1)).float().cpu()

@@ -1,0 +1,29 @@
+"""Tiny random transformers text models saved as local folders (no download): stand-ins for the
+pretrained text encoder a real model is trained with (tests/test_text_encoder.py, test_train_stages.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from emotivetalk_core.networks.text import TEXT_PROBES
+from emotivetalk_core.train.paraphrases import HELD_OUT, PARAPHRASES
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_text_model(folder: Path, seed: int) -> Path:
+    """A 1-layer BERT of width 32 whose vocabulary holds every word of the paraphrases and probes."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    prompts = [*TEXT_PROBES, *(p for group in (PARAPHRASES, HELD_OUT) for prompts in group.values() for p in prompts)]
+    words = sorted({word for prompt in prompts for word in re.findall(r"\w+|[^\w\s]", prompt.lower())})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(SPECIALS) + len(words), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    return folder
