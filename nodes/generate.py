@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import _widgets as widgets
 from ._core import configs, emotion
 from ._types import CATEGORY, EmotionInput, checked_images
+from .emotion_nodes import EmotiveTalkEmotionText
 from .loaders import EmotiveTalkModelLoader, EmotiveTalkVAIDLoader, model_file_input, resolve_model
 from .output_nodes import EmotiveTalkDecode
 from .stages import (EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference, EmotiveTalkETHDSampler,
@@ -16,9 +17,11 @@ from .stages import (EmotiveTalkDiCTEExpand, EmotiveTalkEDIReference, EmotiveTal
 NAME = "EmotiveTalk Generate (all-in-one)"
 
 
-def emotion_of(label: str, intensity: float, text: str) -> EmotionInput:
-    source = emotion.EmotionSource("text", text) if text.strip() else emotion.EmotionSource("label", label)
-    return EmotionInput(emotion.single(source, intensity))
+def emotion_of(label: str, intensity: float, text: str, clip=None) -> EmotionInput:
+    if text.strip():
+        (described,) = EmotiveTalkEmotionText().make(text, intensity, clip)
+        return described
+    return EmotionInput(emotion.single(emotion.EmotionSource("label", label), intensity))
 
 
 class EmotiveTalkGenerate:
@@ -52,6 +55,7 @@ class EmotiveTalkGenerate:
             "optional": {
                 "emotion_text": ("STRING", {"multiline": True, "default": "", "tooltip": "Describe the emotion in words instead of picking a label (leave empty to use the label)."}),
                 "face_mask": ("MASK", {"tooltip": "Optional face mask of the portrait (1 = face), e.g. from EmotiveTalk Face Crop; without it the model's Face Processor finds the face."}),
+                "clip": ("CLIP", {"tooltip": "For emotion_text on a model trained with a pretrained text encoder: a CLIP loading that encoder (see EmotiveTalk Emotion Text)."}),
             },
         }
 
@@ -68,14 +72,14 @@ class EmotiveTalkGenerate:
         return self._loaded[1:]
 
     def generate(self, portrait, audio, emotion, intensity, seed, steps, width, height, fps, model_name, emotion_text="",
-                 face_mask=None):
+                 face_mask=None, clip=None):
         # Bad inputs are refused before models load, naming this node (not the stages it runs).
         portrait = checked_images(portrait, f"{NAME}, input 'portrait'")
         speech = prepare_speech(audio, fps, 0, node=NAME)
         model, vaid = self.models(model_name)
         lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
-        (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text),
+        (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text, clip),
                                                        seed, steps)
         defaults = widgets.DEFAULTS
         (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, defaults.sampler, seed,

@@ -381,3 +381,44 @@ def test_refusals_name_the_input_and_the_fix(native, streams):
     (other,) = comfy_native.EmotiveTalkUNetToModel().convert(build_emotivetalk_model(get_config("tiny")))
     with pytest.raises(ValueError, match="EmotiveTalk Apply: the adapters in .* (were trained on another SVD|do not fit)"):
         comfy_native.EmotiveTalkApply().apply(other, "default")
+
+
+def test_a_core_clip_gives_the_embeddings_of_the_same_text_encoders_folder(tmp_path):
+    """EmotiveTalk Emotion Text's clip input: ComfyUI's own CLIP-L (Load CLIP, type stable_diffusion)
+    gives the embeddings a transformers folder of the same weights gives, so a Mapping trained on that
+    folder takes it; another CLIP is refused."""
+    import shutil
+
+    import comfy.sd
+    import comfy.sd1_clip
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from emotivetalk_core.networks.text import TransformersTextEncoder, check_text_encoder, embed_prompt, text_record
+    from nodes.emotion_nodes import clip_embedder
+
+    def clip_l(seed: int) -> tuple:
+        """A random CLIP-L text tower as a transformers folder (ComfyUI's tokenizer files) and as a ComfyUI file."""
+        torch.manual_seed(seed)
+        config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                                projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+                                pad_token_id=49407)
+        model = CLIPTextModelWithProjection(config)
+        folder = tmp_path / f"clip-l-{seed}"
+        model.save_pretrained(folder)
+        for file in (Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer").iterdir():
+            shutil.copy(file, folder)
+        path = tmp_path / f"clip_l_{seed}.safetensors"
+        save_file({name: tensor.half().contiguous() for name, tensor in model.state_dict().items()}, str(path))
+        return folder, comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+
+    folder, clip = clip_l(0)
+    prompts = ["speak seriously", "Be cheerful and say that sentence"]
+    reference = TransformersTextEncoder(folder)
+    similarity = torch.nn.functional.cosine_similarity(clip_embedder(clip)(prompts), reference(prompts), dim=1)
+    assert float(similarity.min()) > 0.999, similarity
+    record = text_record("clip-l-0", reference)
+    check_text_encoder(record, embed_prompt(clip_embedder(clip), prompts[1]).probes, "ComfyUI's CLIP")
+    _, other = clip_l(1)
+    with pytest.raises(ValueError, match="not the text encoder"):
+        check_text_encoder(record, embed_prompt(clip_embedder(other), prompts[1]).probes, "ComfyUI's CLIP")

@@ -117,28 +117,42 @@ def test_long_sequences_run_in_overlapping_chunks_without_steps():
     torch.testing.assert_close(result, sequence * 2)
 
 
-def test_speech_and_dicte_see_the_training_window(pipeline, portrait, monkeypatch):
-    # V-AID trained on each window's speech encoded alone and Di-CTE on windows of that length:
-    # inference over longer speech encodes it, and runs Di-CTE, in windows no longer.
+@pytest.mark.parametrize("fps", [25, 29.97])
+def test_speech_is_encoded_in_the_training_window(pipeline, monkeypatch, fps):
+    # V-AID trained on each window's speech encoded alone: inference over speech three windows
+    # long encodes it in windows no longer, each from its own stretch of the audio.
     from emotivetalk_core.pipeline import encode_speech
 
     window = pipeline.vaid.dicte.window
-    audio = prepare_audio(_tone(3 * window / 25), 16000, 25)  # three windows long
-    encoder, encoded, attended = pipeline.vaid.speech_encoder, [], []
+    audio = prepare_audio(_tone(3 * window / fps), 16000, fps)
+    encoder, encoded = pipeline.vaid.speech_encoder, []
     plain_encode = encoder.encode
-    monkeypatch.setattr(encoder, "encode", lambda waveform, frames, fps: encoded.append((len(waveform), frames))
-                        or plain_encode(waveform, frames, fps))
+    monkeypatch.setattr(encoder, "encode", lambda waveform, frames, rate: encoded.append((len(waveform), frames))
+                        or plain_encode(waveform, frames, rate))
+    features = encode_speech(pipeline.vaid, audio)
+    assert len(encoded) >= 3 and max(frames for _, frames in encoded) == window
+    assert all(abs(samples - frames * 16000 / fps) <= 1 for samples, frames in encoded)
+    one_pass = plain_encode(torch.from_numpy(audio.waveform), audio.num_frames, fps)
+    if fps == 25:
+        # The log-mel features are local and a window starts on the STFT's 10 ms grid at 25 fps
+        # (640 samples a frame), so encoding in windows changes nothing one pass gives. (At 29.97
+        # a window's grid is shifted by a few samples, which moves quiet mel bands, as it does for
+        # training windows.)
+        torch.testing.assert_close(features, one_pass, rtol=0, atol=1e-4)
+    else:
+        assert features.shape == one_pass.shape
+
+
+def test_dicte_attends_within_its_training_window(pipeline, portrait):
+    window = pipeline.vaid.dicte.window
+    audio = prepare_audio(_tone(3 * window / 25), 16000, 25)
+    attended = []
     handle = pipeline.vaid.dicte.layers[0].register_forward_pre_hook(lambda module, args: attended.append(args[0].shape[1]))
     try:
-        features = encode_speech(pipeline.vaid, audio)
         pipeline.latents(portrait, audio, GenerationSettings(seed=1, **SMALL), single(EmotionSource("label", "happy"), 1.0))
     finally:
         handle.remove()
-    assert max(frames for _, frames in encoded) == window and all(samples == frames * 640 for samples, frames in encoded)
     assert max(attended) == window
-    # The log-mel features are local, so encoding in windows changes nothing that one pass gives.
-    torch.testing.assert_close(features, plain_encode(torch.from_numpy(audio.waveform), audio.num_frames, 25.0),
-                               rtol=0, atol=1e-4)
 
 
 def test_same_inputs_and_seed_give_identical_frames(pipeline, portrait):

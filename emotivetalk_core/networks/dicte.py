@@ -272,12 +272,13 @@ class DiCTE(nn.Module):
         windows = self._windows(frames)
         timesteps = torch.linspace(self.train_steps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
         for index, t in enumerate(timesteps):
-            clean = torch.zeros_like(x)
+            clean = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # weights sum to 1 in float32
             for (start, stop), weight in windows:
                 part = slice(start, stop)
                 window_scale = scale[:, part] if isinstance(scale, torch.Tensor) else scale
                 prediction = self._guided_prediction(x[:, part], t, context[:, part], conditions[:, part], window_scale)
-                clean[:, part] += weight.to(x)[None, :, None] * prediction
+                clean[:, part] += weight.to(clean)[None, :, None] * prediction.float()
+            clean = clean.to(x.dtype)
             previous = timesteps[index + 1] if index + 1 < steps else None
             x = self._ddim_step(x, clean, t, previous)
         return self.denormalise(x)

@@ -123,8 +123,9 @@ class Mapping(nn.Module):
         that encoder's embeddings instead: :meth:`from_text_embedding`)."""
         if self.text_encoder is None:
             raise ValueError(f"this model reads emotion text with the pretrained text encoder {self.text_record['name']} "
-                             "it was trained with: in ComfyUI connect a CLIP of it to EmotiveTalk Emotion Text's 'clip' "
-                             "input; on the command line pass --text-encoder FOLDER (that model's transformers folder)")
+                             "it was trained with: in ComfyUI connect a CLIP of it to the 'clip' input of EmotiveTalk Emotion "
+                             "Text (or Generate); on the command line pass --text-encoder FOLDER (that model's "
+                             "transformers folder)")
         return self.text_head(self.text_encoder(texts))
 
     def from_text_embedding(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -68,9 +68,10 @@ def check_text_encoder(record: dict, probes: torch.Tensor, given: str) -> None:
 class TransformersTextEncoder:
     """Sentence embeddings ``[N, D]`` from a local transformers text-model folder (no download).
 
-    CLIP text models give their pooled (end-of-text) embedding, projected when the folder holds
-    the projection (``CLIPTextModelWithProjection``); other encoders (BERT, T5's encoder, ...) the
-    mean of the last hidden states over the prompt's tokens.
+    CLIP text models give their pooled (end-of-text) embedding before the text projection: what
+    ComfyUI's CLIP gives as its pooled output for CLIP-L (Load CLIP, type stable_diffusion or
+    sdxl), whatever the folder's architecture; other encoders (BERT, T5's encoder, ...) the mean
+    of the last hidden states over the prompt's tokens.
     """
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
@@ -78,16 +79,11 @@ class TransformersTextEncoder:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {folder} has no config.json: give a local transformers "
                                     "text-model folder (saved with save_pretrained, tokenizer files included)")
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+        from transformers import AutoModel, AutoTokenizer
 
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
         self.name = folder.name
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        architectures = config.architectures or []
-        if "CLIPTextModelWithProjection" in architectures:
-            self.model = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True)
-        else:
-            self.model = AutoModel.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True)
         if getattr(self.model.config, "is_encoder_decoder", False):
             self.model = self.model.get_encoder()
         self.model.to(device).eval().requires_grad_(False)
@@ -97,8 +93,6 @@ class TransformersTextEncoder:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
         output = self.model(**tokens)
-        if getattr(output, "text_embeds", None) is not None:
-            return output.text_embeds.float().cpu()
         if self.model.config.model_type.startswith("clip"):
             return output.pooler_output.float().cpu()
         keep = tokens["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)

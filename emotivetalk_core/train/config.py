@@ -266,6 +266,9 @@ def _data(data, config: dict, base_dir: Path, source: str) -> dict:
                               "for ETHD: the training clip length is the inference window")
     if config["stage"] == "vaid" and config["model"]["dicte"].get("window"):
         data.setdefault("window", config["model"]["dicte"]["window"])
+    if config["stage"] == "vaid" and isinstance(data.get("window"), int) and data["window"] < 2:
+        raise ConfigError(f"{source}: data.window must be at least 2 frames for vaid (Di-CTE's windows overlap), "
+                          f"got {data['window']}")
     window = data.get("window")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ConfigError(f"{source}: data.window must be a whole number of frames >= 1, got {window!r}")

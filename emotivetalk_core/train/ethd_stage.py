@@ -340,7 +340,8 @@ class ETHDStage:
         vaid = load_vaid_model(path, speech_source=init_path(config, "speech_encoder"))
         self.speech = SpeechHolder(vaid.speech_encoder)
         # Inference encodes the speech in Di-CTE's windows and runs the projector over all of it:
-        # read that much audio around each training window, so its lip stream is inference's.
+        # read that much audio around each training window (rounded up to the same on both sides,
+        # so 26 frames around 8 for a 25-frame window), so its lip stream is inference's.
         self.audio_context = max(0, -(-(vaid.dicte.window - config["model"]["ethd"]["clip_frames"]) // 2))
         return frozen(vaid.lip_projector)
 
@@ -406,10 +407,15 @@ class ETHDStage:
         if self.options["condition_source"] == "encoders":
             return per_frame(modules["lip_encoder"], batch["frames"])
         window, context = batch["frames"].shape[1], self.audio_context
-        per_frame_samples = batch["speech_audio"].shape[1] // (window + 2 * context)
+        if context == 0:  # Di-CTE's window is no longer than ETHD's: the window's own audio
+            spans = torch.tensor([[0, window]]).expand(len(batch["audio"]), 2)
+            audios = batch["audio"]
+        else:
+            spans, audios = batch["speech_span"], batch["speech_audio"]
+        per_frame_samples = audios.shape[1] // (window + 2 * context)
         lips = []
         with torch.no_grad():
-            for audio, (first, count) in zip(batch["speech_audio"], batch["speech_span"].tolist(), strict=True):
+            for audio, (first, count) in zip(audios, spans.tolist(), strict=True):
                 speech = self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None], count)
                 start = context - first  # the window's first frame within the span's frames
                 lips.append(modules["lip_projector"](speech)[0, start:start + window].float())

@@ -1,7 +1,8 @@
 """Free-text emotion prompts that the vaid training stage draws for the text route
 when the model is trained with a pretrained text encoder (many paraphrases per emotion).
-``HELD_OUT`` prompts are never used in training, so tests and evaluation can
-measure how well the Mapping generalises to wording it has not seen.
+``HELD_OUT`` prompts are never drawn in training: with a real pretrained encoder they measure how
+well the Mapping generalises to wording it has not seen (the tests' tiny random encoders only take
+their words into the vocabulary).
 """
 
 from __future__ import annotations

@@ -437,16 +437,34 @@ def _checkpointed(forward, *args):
 def _load_trainable(modules: dict[str, nn.Module], path: str) -> None:
     states, configs, _ = load_model_file(path, list(TRAINABLE))
     for name, module in modules.items():
-        # Di-CTE's code statistics come from the data the file was trained on, not from the model config.
-        recorded = {key: value for key, value in configs[name].items() if key not in CODE_STATISTICS}
-        if recorded != module.config:
+        # Records of the data and encoders a file was trained with, not architecture: Di-CTE's code
+        # statistics (kept from the file) and window (this run's data.window), the Mapping's text encoder.
+        architecture = [{key: value for key, value in config.items() if key not in TRAINING_RECORDS}
+                        for config in (configs[name], module.config)]
+        if architecture[0] != architecture[1]:
             raise ValueError(f"init.vaid {path}: {name} has config {configs[name]}, the model config says {module.config}")
+        if name == "mapping":
+            _check_same_text_encoder(configs[name].get("text_encoder"), module.config.get("text_encoder"), path)
         if "code_mean" in configs[name]:
             module.set_code_statistics(*(torch.tensor(configs[name][key]) for key in CODE_STATISTICS))
         load_built(module, states[name], name, Path(path))
 
 
+def _check_same_text_encoder(recorded: dict | None, given: dict | None, path: str) -> None:
+    """A fine-tuned Mapping keeps the text encoder it was trained on (init.text_encoder, or none)."""
+    from ..networks.text import TEXT_PROBES, check_text_encoder
+
+    if recorded is None and given is None:
+        return
+    if recorded is None or given is None:
+        had = f"the pretrained text encoder {recorded['name']}" if recorded else "its byte-level text encoder"
+        raise ValueError(f"init.vaid {path}: its Mapping was trained with {had}; give "
+                         f"{'init.text_encoder (that folder)' if recorded else 'no init.text_encoder'} to fine-tune it")
+    check_text_encoder(recorded, torch.tensor([given["probes"][text] for text in TEXT_PROBES]), "init.text_encoder")
+
+
 CODE_STATISTICS = ("code_mean", "code_std")
+TRAINING_RECORDS = (*CODE_STATISTICS, "window", "text_encoder")
 STATISTICS_SAMPLE = 128  # windows whose Exp codes set Di-CTE's code statistics
 
 
