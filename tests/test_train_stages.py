@@ -90,9 +90,9 @@ def _config(shards, stage: str, options: dict | None = None, init: dict | None =
     }
 
 
-def _batch(shards, indices: list[int], step: int = 0, window: int = WINDOW) -> dict:
+def _batch(shards, indices: list[int], step: int = 0, window: int = WINDOW, audio_context: int = 0) -> dict:
     """A collated batch as the training loop makes it (the seeded reference frame included)."""
-    data = SteppedClips(ClipDataset(shards, window, LABELS), seed=0)
+    data = SteppedClips(ClipDataset(shards, window, LABELS, audio_context=audio_context), seed=0)
     return torch.utils.data.default_collate([data[(index, step)] for index in indices])
 
 
@@ -577,3 +577,37 @@ def test_vaid_fine_tunes_an_export_from_before_dicte_recorded_its_window(shards,
     assert modules["dicte"].window == WINDOW  # this run's data.window is recorded
     for name, tensor in vaid.dicte.state_dict().items():
         assert torch.equal(modules["dicte"].state_dict()[name], tensor), name
+
+
+def test_ethd_can_train_on_dictes_estimates_of_the_expression(shards, tmp_path):
+    from emotivetalk_core.bundles import vaid_components, vaid_info
+
+    config_model = get_config("tiny")
+    vaid = build_vaid_model(config_model)
+    vaid_path = save_model_file(tmp_path / "vaid.safetensors", vaid_components(vaid, config_model), vaid_info(vaid))
+    options = {"condition_source": "vaid", "dicte_expression": 1.0, "dicte_ramp": 0.5}
+    config = _config(shards, "ethd", options, init={"vaid": str(vaid_path)}, train={"steps": 100})
+    stage, modules = _build(ETHDStage, config)
+    batch = _batch(shards, [0, 2, 4, 6], audio_context=stage.audio_context)
+    timesteps = []
+    modules["dicte"].register_forward_pre_hook(lambda module, args: timesteps.append(args[1].tolist()))
+
+    def driven(step: int) -> torch.Tensor:
+        conditioning = stage.conditioning(modules, batch, [torch.Generator().manual_seed(0)] * 4)
+        with torch.no_grad():
+            return stage._dicte_expression(modules, batch, conditioning.driven_exp, SampleNoise(0, step)), conditioning.driven_exp
+
+    # At the first step the noise ceiling is 0: Di-CTE estimates the codes from a clean copy.
+    start, codes = driven(0)
+    assert timesteps[-1] == [0, 0, 0, 0] and not torch.allclose(start, codes, atol=1e-4)
+    # Half-way through training (dicte_ramp 0.5) the ceiling is Di-CTE's last timestep.
+    late, _ = driven(60)
+    assert max(timesteps[-1]) > get_config("tiny")["dicte"]["train_steps"] // 4
+    assert torch.equal(late, driven(60)[0])  # the draws are the step's and the clip's
+    # Without it, the frames' own codes; and it needs V-AID's Di-CTE.
+    plain_stage, plain = _build(ETHDStage, _config(shards, "ethd", {"condition_source": "vaid"}, init={"vaid": str(vaid_path)}))
+    assert "dicte" not in plain
+    with pytest.raises(ValueError, match="needs condition_source 'vaid'"):
+        _build(ETHDStage, _config(shards, "ethd", {"dicte_expression": 0.5}))
+    losses = stage.loss(modules, batch, SampleNoise(0, 60))
+    assert torch.isfinite(losses["loss"])

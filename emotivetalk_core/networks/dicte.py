@@ -227,10 +227,22 @@ class DiCTE(nn.Module):
             self.per_frame(condition, batch, frames),
         )
         target = self.normalise(e_v)
-        alpha = self.alphas_cumprod[t.cpu()].to(e_v.device, e_v.dtype)[:, None, None]
-        noisy = alpha.sqrt() * target + (1 - alpha).sqrt() * noise
-        prediction = self(noisy, t, speech, identity, self.normalise(condition))
+        prediction = self(self._noised(target, t, noise), t, speech, identity, self.normalise(condition))
         return F.mse_loss(prediction, target.to(prediction.dtype)), self.denormalise(prediction)
+
+    def estimate(self, e_v: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, speech: torch.Tensor,
+                 identity: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Di-CTE's clean estimate ``[B, F, exp_dim]`` (Exp Encoder units) of codes ``e_v`` noised
+        at timesteps ``t`` ``[B]`` with ``noise`` ``[B, F, exp_dim]``, as :meth:`loss` noises them:
+        near ``e_v`` at small t, as free as a sample at the last."""
+        batch, frames = e_v.shape[:2]
+        noisy = self._noised(self.normalise(e_v), t, noise.to(e_v.device, e_v.dtype))
+        condition = self.normalise(self.per_frame(condition, batch, frames))
+        return self.denormalise(self(noisy, t.to(e_v.device), speech, identity, condition))
+
+    def _noised(self, target: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        alpha = self.alphas_cumprod[t.cpu()].to(target.device, target.dtype)[:, None, None]
+        return alpha.sqrt() * target + (1 - alpha).sqrt() * noise
 
     # --- sampling ----------------------------------------------------------------------------
     @torch.no_grad()

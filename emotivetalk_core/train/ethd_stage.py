@@ -30,9 +30,12 @@ condition inference:
   have zero padding inside the projector's 9-frame reach. Windows of ``lip_context`` frames by
   ``networks.ethd.lip_windows`` (at the window's edges the edge frame repeats; inference sees
   real neighbours there);
-- driven expression: Exp Encoder of the ground-truth frames in both modes (it is what Di-CTE is
-  trained to reproduce; Di-CTE samples would not match the frames' expression and would teach
-  ETHD to ignore the expression tokens); reference expression: Exp Encoder(reference);
+- driven expression: Exp Encoder of the ground-truth frames (it is what Di-CTE is trained to
+  reproduce), or, per clip with probability ``dicte_expression`` (``"vaid"`` only), Di-CTE's
+  estimate of those codes from a noised copy whose noise ceiling rises over the first
+  ``dicte_ramp`` of training (:meth:`ETHDStage._dicte_expression`): inference feeds ETHD Di-CTE's
+  samples, yet free samples from the start would not match the frames and would teach ETHD to
+  ignore the expression tokens; reference expression: Exp Encoder(reference);
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
   reference frame (``"face_processor"``, what inference computes), thresholded at 0.5 as
@@ -74,6 +77,8 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
   (the same for every frame of the clip), so what moves within the clip (the mouth above all)
   counts more in every frame, the closed ones included: the change from the portrait alone
   weights a closed mouth like the background when the portrait's mouth is closed too;
+- ``dicte_expression`` 0, ``dicte_ramp`` 0.5: the share of clips whose driven expression is
+  Di-CTE's estimate, and the fraction of training over which its noise ceiling rises (above);
 - ``sample_steps`` 4: Euler steps of :meth:`ETHDStage.sample`;
 - ``sample_guidance`` null: its (reference, lip, expression) strengths; null = the library's
   default guidance (``settings.GenerationSettings``), what a user's generation uses.
@@ -89,6 +94,7 @@ its VAE and image encoder). The adapter's settings are ``model.ethd`` with what 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -143,6 +149,8 @@ ETHD_DEFAULTS = {
     "motion_weight": 0.0,
     "sample_steps": 4,
     "sample_guidance": None,
+    "dicte_expression": 0.0,
+    "dicte_ramp": 0.5,
 }
 CONDITION_SOURCES = ("encoders", "vaid")
 MASK_SOURCES = ("shard", "face_processor")
@@ -168,6 +176,11 @@ def _check_options(opts: dict) -> None:
     for key in ("change_weight", "motion_weight"):
         if opts[key] < 0:
             raise ValueError(f"ethd.{key} must be >= 0, got {opts[key]}")
+    for key in ("dicte_expression", "dicte_ramp"):
+        if not 0 <= opts[key] <= 1:
+            raise ValueError(f"ethd.{key} must be between 0 and 1, got {opts[key]}")
+    if opts["dicte_expression"] and opts["condition_source"] != "vaid":
+        raise ValueError("ethd.dicte_expression needs condition_source 'vaid' (Di-CTE comes from init.vaid)")
 
 
 def nested_passes(draws: torch.Tensor, opts: dict) -> list[str]:
@@ -299,8 +312,10 @@ class ETHDStage:
         modules = {"ethd": ethd, "vae": frozen(vae), "image_encoder": frozen(image_encoder),
                    **load_encoders(config, fallbacks=("vaid",))}
         self.audio_context = 0
+        self.total_steps = config.get("train", {}).get("steps") or 1
+        self.data_labels = [label.strip().lower() for label in config["data"].get("labels", [])]
         if opts["condition_source"] == "vaid":
-            modules["lip_projector"] = self._vaid_projector(config)
+            modules.update(self._vaid_modules(config))
         return nn.ModuleDict(modules)
 
     def _base(self, config: dict):
@@ -331,7 +346,8 @@ class ETHDStage:
         return (load_built(build_vae(configs["vae"]), states["vae"], "vae", Path(path)),
                 load_built(build_image_encoder(configs["image_encoder"]), states["image_encoder"], "image_encoder", Path(path)))
 
-    def _vaid_projector(self, config: dict) -> nn.Module:
+    def _vaid_modules(self, config: dict) -> dict[str, nn.Module]:
+        """V-AID's frozen lip projector; with ``dicte_expression``, also Di-CTE, the Identity Encoder and the Mapping."""
         from ..bundles import load_vaid_model
 
         path = init_path(config, "vaid")
@@ -343,7 +359,8 @@ class ETHDStage:
         # read that much audio around each training window (rounded up to the same on both sides,
         # so 26 frames around 8 for a 25-frame window), so its lip stream is inference's.
         self.audio_context = max(0, -(-(vaid.dicte.window - config["model"]["ethd"]["clip_frames"]) // 2))
-        return frozen(vaid.lip_projector)
+        names = ("lip_projector", "dicte", "identity_encoder", "mapping") if self.options["dicte_expression"] else ("lip_projector",)
+        return {name: frozen(getattr(vaid, name)) for name in names}
 
     def trainable(self, modules: nn.ModuleDict) -> list[str]:
         # The UNet inside is frozen unless train_unet: the loop trains what requires grad.
@@ -356,6 +373,8 @@ class ETHDStage:
         self._check_frames(frames)
         index = batch["index"]
         conditioning = self.conditioning(modules, batch, [noise.generator("ethd.reference", i) for i in index.tolist()])
+        if opts["dicte_expression"]:
+            conditioning = replace(conditioning, driven_exp=self._dicte_expression(modules, batch, conditioning.driven_exp, noise))
         passes = nested_passes(noise.uniform("ethd.dropout", index, (3,)), opts)
         inputs = select_passes(conditioning, passes, frames.shape[1])
         x0 = encode_latents(modules["vae"], frames)
@@ -406,6 +425,14 @@ class ETHDStage:
     def _lip(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
         if self.options["condition_source"] == "encoders":
             return per_frame(modules["lip_encoder"], batch["frames"])
+        window = batch["frames"].shape[1]
+        with torch.no_grad():
+            return torch.stack([modules["lip_projector"](speech[None])[0, start:start + window].float()
+                                for speech, start in self._speech(batch)])
+
+    def _speech(self, batch: dict) -> list[tuple[torch.Tensor, int]]:
+        """Per clip: speech features ``[n, L, D]`` of the audio read around its window, and the
+        window's first frame among them."""
         window, context = batch["frames"].shape[1], self.audio_context
         if context == 0:  # Di-CTE's window is no longer than ETHD's: the window's own audio
             spans = torch.tensor([[0, window]]).expand(len(batch["audio"]), 2)
@@ -413,13 +440,44 @@ class ETHDStage:
         else:
             spans, audios = batch["speech_span"], batch["speech_audio"]
         per_frame_samples = audios.shape[1] // (window + 2 * context)
-        lips = []
+        return [(self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None], count)[0],
+                 context - first)
+                for audio, (first, count) in zip(audios, spans.tolist(), strict=True)]
+
+    def _dicte_expression(self, modules: nn.ModuleDict, batch: dict, codes: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+        """Driven expression ``[B, T, exp_dim]``: per clip with probability ``dicte_expression``,
+        Di-CTE's estimate of the window's codes instead of the codes themselves (inference feeds
+        ETHD Di-CTE's samples). The estimate denoises the codes noised at a timestep drawn up to a
+        ceiling that rises from 0 to Di-CTE's last over the first ``dicte_ramp`` of training: near
+        the frames' expression at first, later as free as a sample, so ETHD learns to follow
+        imperfect codes without learning that the codes do not match the frames."""
+        opts, index, frames = self.options, batch["index"], codes.shape[1]
+        use = noise.uniform("ethd.dicte", index) < opts["dicte_expression"]
+        if not bool(use.any()):
+            return codes
+        dicte, mapping = modules["dicte"], modules["mapping"]
+        ramp = min(1.0, noise.step / (opts["dicte_ramp"] * self.total_steps)) if opts["dicte_ramp"] else 1.0
+        t = (noise.uniform("ethd.dicte_t", index) * (ramp * (dicte.train_steps - 1) + 1)).long().clamp(max=dicte.train_steps - 1)
+        epsilon = noise.normal("ethd.dicte_noise", index, (frames, dicte.exp_dim))
+        on = placement(dicte)
         with torch.no_grad():
-            for audio, (first, count) in zip(audios, spans.tolist(), strict=True):
-                speech = self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None], count)
-                start = context - first  # the window's first frame within the span's frames
-                lips.append(modules["lip_projector"](speech)[0, start:start + window].float())
-        return torch.stack(lips)
+            speech = torch.stack([features[start:start + frames] for features, start in self._speech(batch)])
+            identity = modules["identity_encoder"](reference_frames(batch).to(on["device"]))
+            estimate = dicte.estimate(codes.to(**on), t, epsilon, speech.to(**on), identity, self._emotion(mapping, batch, codes))
+        return torch.where(use.to(codes.device)[:, None, None], estimate.to(codes), codes)
+
+    def _emotion(self, mapping: nn.Module, batch: dict, codes: torch.Tensor) -> torch.Tensor:
+        """Each clip's emotion as a user would give it: its label through the Mapping, else (no
+        label) the image route on its own mean expression."""
+        weight = mapping.label_embedding.weight
+        rows = []
+        for emotion, clip_codes in zip(batch["emotion"].tolist(), codes, strict=True):
+            label = self.data_labels[emotion] if emotion >= 0 else None
+            if label is not None and label in mapping.labels:
+                rows.append(mapping.from_label([label])[0])
+            else:
+                rows.append(mapping.from_image(clip_codes.mean(0, keepdim=True).to(weight))[0])
+        return torch.stack(rows).to(weight)
 
     def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
         if self.options["mask_source"] == "shard":
