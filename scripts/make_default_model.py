@@ -36,9 +36,15 @@ def _synthtalk_run(model: Path) -> tuple[dict, dict, dict, dict]:
     return states, configs, info, info["synthtalk"]
 
 
-def half(model: Path, out: Path) -> Path:
-    """The run's weights in float16, its info unchanged."""
+def half(model: Path, out: Path, dicte_window: int | None = None) -> Path:
+    """The run's weights in float16, its info unchanged. ``dicte_window`` records the window Di-CTE
+    trained on in a run from before the vaid stage recorded it (SynthTalk's recipe then: 25)."""
     states, configs, info, _ = _synthtalk_run(model)
+    if dicte_window is not None:
+        recorded = configs["dicte"].get("window")
+        if recorded not in (None, dicte_window):
+            raise SystemExit(f"{model} records Di-CTE's window {recorded}, not {dicte_window}")
+        configs = {**configs, "dicte": {**configs["dicte"], "window": dicte_window}}
     halved = {name: ({key: tensor.half() if tensor.is_floating_point() else tensor for key, tensor in state.items()},
                      configs[name]) for name, state in states.items()}
     return save_model_file(_new(out, model), halved, info)
@@ -74,13 +80,15 @@ def main() -> None:
     halve = commands.add_parser("half", help="a float16 copy of a SynthTalk run's model file")
     halve.add_argument("model", type=Path)
     halve.add_argument("--out", type=Path, required=True)
+    halve.add_argument("--dicte-window", type=int, default=None,
+                       help="record Di-CTE's training window in a model from before it was recorded")
     shipping = commands.add_parser("ship", help="the default model: weights of MODEL with its held-out report")
     shipping.add_argument("model", type=Path)
     shipping.add_argument("--report", type=Path, required=True, help="synth evaluate --json of MODEL on a held-out world")
     shipping.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
     args = parser.parse_args()
     if args.command == "half":
-        path = half(args.model, args.out)
+        path = half(args.model, args.out, args.dicte_window)
     else:
         path = ship(args.model, json.loads(args.report.read_text()), args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
