@@ -2,6 +2,7 @@
 
     python -m emotivetalk_core synth train --out RUN
     python scripts/make_default_model.py half RUN/emotivetalk_synthtalk.safetensors --out RUN/half.safetensors
+        [--dicte-window 25]   # a run from before the vaid stage recorded Di-CTE's window
     python -m emotivetalk_core synth evaluate --checkpoint RUN/half.safetensors --seed 1 --json > REPORT.json
     python scripts/make_default_model.py ship RUN/half.safetensors --report REPORT.json
 
@@ -41,6 +42,8 @@ def half(model: Path, out: Path, dicte_window: int | None = None) -> Path:
     trained on in a run from before the vaid stage recorded it (SynthTalk's recipe then: 25)."""
     states, configs, info, _ = _synthtalk_run(model)
     if dicte_window is not None:
+        if dicte_window < 2:
+            raise SystemExit(f"--dicte-window must be at least 2 frames, got {dicte_window}")
         recorded = configs["dicte"].get("window")
         if recorded not in (None, dicte_window):
             raise SystemExit(f"{model} records Di-CTE's window {recorded}, not {dicte_window}")

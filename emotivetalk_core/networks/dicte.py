@@ -232,12 +232,13 @@ class DiCTE(nn.Module):
 
     def estimate(self, e_v: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, speech: torch.Tensor,
                  identity: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Di-CTE's clean estimate ``[B, F, exp_dim]`` (Exp Encoder units) of codes ``e_v`` noised
-        at timesteps ``t`` ``[B]`` with ``noise`` ``[B, F, exp_dim]``, as :meth:`loss` noises them:
-        near ``e_v`` at small t, as free as a sample at the last."""
+        """Di-CTE's one-step clean estimate ``[B, F, exp_dim]`` (Exp Encoder units) of codes ``e_v``
+        noised at timesteps ``t`` ``[B]`` with ``noise`` ``[B, F, exp_dim]``, as :meth:`loss` noises
+        them: near ``e_v`` at small t, Di-CTE's guess from the speech and condition alone at the last."""
         batch, frames = e_v.shape[:2]
-        noisy = self._noised(self.normalise(e_v), t, noise.to(e_v.device, e_v.dtype))
-        condition = self.normalise(self.per_frame(condition, batch, frames))
+        # Noised in float32 (as training noises): in half precision alpha_t rounds to 1 at small t.
+        noisy = self._noised(self.normalise(e_v.float()), t, noise.to(e_v.device, torch.float32))
+        condition = self.normalise(self.per_frame(condition.float(), batch, frames))
         return self.denormalise(self(noisy, t.to(e_v.device), speech, identity, condition))
 
     def _noised(self, target: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,10 @@ condition inference:
   real neighbours there);
 - driven expression: Exp Encoder of the ground-truth frames (it is what Di-CTE is trained to
   reproduce), or, per clip with probability ``dicte_expression`` (``"vaid"`` only), Di-CTE's
-  estimate of those codes from a noised copy whose noise ceiling rises over the first
+  one-step estimate of those codes from a noised copy whose noise ceiling rises over the first
   ``dicte_ramp`` of training (:meth:`ETHDStage._dicte_expression`): inference feeds ETHD Di-CTE's
-  samples, yet free samples from the start would not match the frames and would teach ETHD to
-  ignore the expression tokens; reference expression: Exp Encoder(reference);
+  codes, yet codes far from the frames from the start would teach ETHD to ignore the expression
+  tokens; reference expression: Exp Encoder(reference);
 - face mask, one per clip as ETHD takes it: the union over the window of the shard's masks
   (``mask_source = "shard"``: wherever the face goes in the clip) or the Face Processor on the
   reference frame (``"face_processor"``, what inference computes), thresholded at 0.5 as
@@ -372,9 +372,11 @@ class ETHDStage:
         frames = batch["frames"]
         self._check_frames(frames)
         index = batch["index"]
-        conditioning = self.conditioning(modules, batch, [noise.generator("ethd.reference", i) for i in index.tolist()])
+        speech = None if opts["condition_source"] == "encoders" else self._speech(batch)
+        conditioning = self.conditioning(modules, batch, [noise.generator("ethd.reference", i) for i in index.tolist()], speech)
         if opts["dicte_expression"]:
-            conditioning = replace(conditioning, driven_exp=self._dicte_expression(modules, batch, conditioning.driven_exp, noise))
+            conditioning = replace(conditioning, driven_exp=self._dicte_expression(modules, batch, conditioning.driven_exp,
+                                                                                   speech, noise))
         passes = nested_passes(noise.uniform("ethd.dropout", index, (3,)), opts)
         inputs = select_passes(conditioning, passes, frames.shape[1])
         x0 = encode_latents(modules["vae"], frames)
@@ -392,9 +394,11 @@ class ETHDStage:
         if frames.shape[1] != clip_frames:
             raise ValueError(f"the batch has {frames.shape[1]}-frame windows, ETHD trains on clip_frames = {clip_frames}")
 
-    def conditioning(self, modules: nn.ModuleDict, batch: dict, generators: list[torch.Generator]) -> Conditioning:
+    def conditioning(self, modules: nn.ModuleDict, batch: dict, generators: list[torch.Generator],
+                     speech: list | None = None) -> Conditioning:
         """ETHD's conditions of every clip of ``batch`` (``generators``: the reference latent's
-        noise augmentation, one per clip), as the pipeline builds them at inference."""
+        noise augmentation, one per clip; ``speech``: :meth:`_speech` of the batch when already
+        computed), as the pipeline builds them at inference."""
         settings = self.settings
         frames = batch["frames"]
         reference = reference_frames(batch)
@@ -409,7 +413,7 @@ class ETHDStage:
             reference_latent=latent.to(**on),
             image_embeds=embeds.to(**on),
             added_time_ids=self._time_ids(frames, on),
-            lip_windows=lip_windows(self._lip(modules, batch), ethd.lip_context).to(**on),
+            lip_windows=lip_windows(self._lip(modules, batch, speech), ethd.lip_context).to(**on),
             driven_exp=per_frame(modules["exp_encoder"], frames).to(**on),
             reference_exp=reference_exp.to(**on),
             face_mask=self._mask(modules, batch, reference).to(**on),
@@ -422,17 +426,17 @@ class ETHDStage:
         ids[:, 1] = motion_buckets(frames, settings["motion_reference"]).to(ids)
         return ids
 
-    def _lip(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
+    def _lip(self, modules: nn.ModuleDict, batch: dict, speech: list | None = None) -> torch.Tensor:
         if self.options["condition_source"] == "encoders":
             return per_frame(modules["lip_encoder"], batch["frames"])
         window = batch["frames"].shape[1]
         with torch.no_grad():
-            return torch.stack([modules["lip_projector"](speech[None])[0, start:start + window].float()
-                                for speech, start in self._speech(batch)])
+            return torch.stack([modules["lip_projector"](features[None])[0, start:start + window].float()
+                                for features, start in (speech or self._speech(batch))])
 
     def _speech(self, batch: dict) -> list[tuple[torch.Tensor, int]]:
         """Per clip: speech features ``[n, L, D]`` of the audio read around its window, and the
-        window's first frame among them."""
+        window's first frame among them (no gradient: the speech encoder is frozen)."""
         window, context = batch["frames"].shape[1], self.audio_context
         if context == 0:  # Di-CTE's window is no longer than ETHD's: the window's own audio
             spans = torch.tensor([[0, window]]).expand(len(batch["audio"]), 2)
@@ -440,43 +444,48 @@ class ETHDStage:
         else:
             spans, audios = batch["speech_span"], batch["speech_audio"]
         per_frame_samples = audios.shape[1] // (window + 2 * context)
-        return [(self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None], count)[0],
-                 context - first)
-                for audio, (first, count) in zip(audios, spans.tolist(), strict=True)]
+        with torch.no_grad():
+            return [(self.speech.features(audio[first * per_frame_samples:(first + count) * per_frame_samples][None],
+                                          count)[0], context - first)
+                    for audio, (first, count) in zip(audios, spans.tolist(), strict=True)]
 
-    def _dicte_expression(self, modules: nn.ModuleDict, batch: dict, codes: torch.Tensor, noise: SampleNoise) -> torch.Tensor:
+    def _dicte_expression(self, modules: nn.ModuleDict, batch: dict, codes: torch.Tensor, speech: list,
+                          noise: SampleNoise) -> torch.Tensor:
         """Driven expression ``[B, T, exp_dim]``: per clip with probability ``dicte_expression``,
-        Di-CTE's estimate of the window's codes instead of the codes themselves (inference feeds
-        ETHD Di-CTE's samples). The estimate denoises the codes noised at a timestep drawn up to a
-        ceiling that rises from 0 to Di-CTE's last over the first ``dicte_ramp`` of training: near
-        the frames' expression at first, later as free as a sample, so ETHD learns to follow
-        imperfect codes without learning that the codes do not match the frames."""
+        Di-CTE's one-step estimate of the window's codes (on the window's frames) instead of the
+        codes themselves: inference feeds ETHD Di-CTE's codes, not the frames'. The estimate
+        denoises the codes noised at a timestep drawn uniformly up to a ceiling that rises from 0
+        to Di-CTE's last over the first ``dicte_ramp`` of ``train.steps``: near the frames'
+        expression at first, later as far from them as Di-CTE's guess from noise alone, so ETHD
+        learns to follow imperfect codes without learning that codes and frames disagree."""
         opts, index, frames = self.options, batch["index"], codes.shape[1]
         use = noise.uniform("ethd.dicte", index) < opts["dicte_expression"]
         if not bool(use.any()):
             return codes
-        dicte, mapping = modules["dicte"], modules["mapping"]
+        dicte = modules["dicte"]
         ramp = min(1.0, noise.step / (opts["dicte_ramp"] * self.total_steps)) if opts["dicte_ramp"] else 1.0
-        t = (noise.uniform("ethd.dicte_t", index) * (ramp * (dicte.train_steps - 1) + 1)).long().clamp(max=dicte.train_steps - 1)
+        ceiling = int(ramp * (dicte.train_steps - 1))
+        t = (noise.uniform("ethd.dicte_t", index) * (ceiling + 1)).long().clamp(max=ceiling)
         epsilon = noise.normal("ethd.dicte_noise", index, (frames, dicte.exp_dim))
         on = placement(dicte)
         with torch.no_grad():
-            speech = torch.stack([features[start:start + frames] for features, start in self._speech(batch)])
+            window_speech = torch.stack([features[start:start + frames] for features, start in speech])
             identity = modules["identity_encoder"](reference_frames(batch).to(on["device"]))
-            estimate = dicte.estimate(codes.to(**on), t, epsilon, speech.to(**on), identity, self._emotion(mapping, batch, codes))
+            estimate = dicte.estimate(codes.to(on["device"]), t, epsilon, window_speech.to(on["device"]), identity,
+                                      self._emotion(modules, batch))
         return torch.where(use.to(codes.device)[:, None, None], estimate.to(codes), codes)
 
-    def _emotion(self, mapping: nn.Module, batch: dict, codes: torch.Tensor) -> torch.Tensor:
-        """Each clip's emotion as a user would give it: its label through the Mapping, else (no
-        label) the image route on its own mean expression."""
+    def _emotion(self, modules: nn.ModuleDict, batch: dict) -> torch.Tensor:
+        """Each clip's emotion as a user gives it: its label through the Mapping, else the image
+        route on the loop's emotion image (another clip with the emotion, never the window)."""
+        mapping = modules["mapping"]
         weight = mapping.label_embedding.weight
+        with torch.no_grad():
+            shown = mapping.from_image(modules["exp_encoder"](batch["emotion_image"].to(weight.device)).float())
         rows = []
-        for emotion, clip_codes in zip(batch["emotion"].tolist(), codes, strict=True):
+        for row, emotion in enumerate(batch["emotion"].tolist()):
             label = self.data_labels[emotion] if emotion >= 0 else None
-            if label is not None and label in mapping.labels:
-                rows.append(mapping.from_label([label])[0])
-            else:
-                rows.append(mapping.from_image(clip_codes.mean(0, keepdim=True).to(weight))[0])
+            rows.append(mapping.from_label([label])[0] if label in mapping.labels else shown[row])
         return torch.stack(rows).to(weight)
 
     def _mask(self, modules: nn.ModuleDict, batch: dict, reference: torch.Tensor) -> torch.Tensor:
