@@ -53,7 +53,9 @@ class Wav2Vec2SpeechEncoder(SpeechEncoder):
     Long audio is encoded in chunks of ``chunk_seconds`` with ``context_seconds`` of extra audio on
     each side whose outputs are discarded, so memory does not grow with the audio length. The
     waveform is normalised, and base's first-conv group norm measured, over the full length, so
-    chunking only narrows what attention sees (the chunk instead of the whole clip).
+    chunking only narrows what attention sees (the chunk instead of the whole clip). (Generation
+    and training call it on one Di-CTE window at a time, ``pipeline.encode_speech``, which stays
+    below a chunk; the chunks keep a direct call on minutes of audio within memory.)
     """
 
     def __init__(self, model, layers, source: str, chunk_seconds: float = 20.0, context_seconds: float = 2.0):
