@@ -282,26 +282,17 @@ class DiCTE(nn.Module):
             conditions = torch.cat([conditions, self.normalise(self.per_frame(uncond_condition, batch, frames))])
         scale = self._guidance_scale(guidance, uncond_condition is not None, batch, frames, context)
         x = _initial_noise(batch, frames, self.exp_dim, generator).to(context.device, context.dtype)
-        windows = self._windows(frames)
+        windows = _Windows(frames, self.window, x.device)
+        if isinstance(scale, torch.Tensor):
+            scale = scale.expand(batch, -1, -1)
+        context, conditions, scale = windows.cut(context), windows.cut(conditions), windows.cut(scale)
         timesteps = torch.linspace(self.train_steps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
         for index, t in enumerate(timesteps):
-            clean = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # weights sum to 1 in float32
-            for (start, stop), weight in windows:
-                part = slice(start, stop)
-                window_scale = scale[:, part] if isinstance(scale, torch.Tensor) else scale
-                prediction = self._guided_prediction(x[:, part], t, context[:, part], conditions[:, part], window_scale)
-                clean[:, part] += weight.to(clean)[None, :, None] * prediction.float()
-            clean = clean.to(x.dtype)
+            # Every window in one network batch; their predictions fused with ETHD's weights.
+            clean = windows.fuse(self._guided_prediction(windows.cut(x), t, context, conditions, scale), batch).to(x.dtype)
             previous = timesteps[index + 1] if index + 1 < steps else None
             x = self._ddim_step(x, clean, t, previous)
         return self.denormalise(x)
-
-    def _windows(self, frames: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
-        """``((start, stop), fusion weights)`` of the windows over ``frames`` frames."""
-        from ..sampling import default_overlap, fusion_weights, window_spans
-
-        overlap = default_overlap(self.window)
-        return list(zip(window_spans(frames, self.window, overlap), fusion_weights(frames, self.window, overlap), strict=True))
 
     def _guided_prediction(self, x, t: int, context, conditions, scale) -> torch.Tensor:
         guided = scale is not None
@@ -333,6 +324,34 @@ class DiCTE(nn.Module):
         if guidance.shape not in ((frames,), (batch, frames)):
             raise ValueError(f"a guidance tensor must be [F] or [B, F] = [{batch}, {frames}], got {tuple(guidance.shape)}")
         return guidance.reshape(-1, frames, 1).to(like.device, like.dtype)
+
+
+class _Windows:
+    """Overlapping windows over ``frames`` frames (``sampling.window_spans``, all ``window`` long
+    when there are several) as one batch: :meth:`cut` stacks a sequence's windows along the batch,
+    :meth:`fuse` adds their predictions back with ``sampling.fusion_weights`` (in float32, where
+    the weights sum to 1)."""
+
+    def __init__(self, frames: int, window: int, device: torch.device):
+        from ..sampling import default_overlap, fusion_weights, window_spans
+
+        overlap = default_overlap(window)
+        spans = window_spans(frames, window, overlap)
+        self.frames, self.count = frames, len(spans)
+        self.index = torch.stack([torch.arange(start, stop) for start, stop in spans]).to(device)  # [W, L]
+        self.weights = torch.stack(fusion_weights(frames, window, overlap)).float().to(device)  # [W, L]
+
+    def cut(self, sequence):
+        """``[B, F, ...]`` -> ``[B * W, L, ...]`` (batch-major); numbers pass through."""
+        if not isinstance(sequence, torch.Tensor):
+            return sequence
+        return sequence[:, self.index].flatten(0, 1)
+
+    def fuse(self, predictions: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[B * W, L, D]`` -> ``[B, F, D]`` float32: each frame the weighted sum of its windows."""
+        weighted = predictions.float().unflatten(0, (batch, self.count)) * self.weights[None, :, :, None]
+        fused = torch.zeros((batch, self.frames, predictions.shape[-1]), dtype=torch.float32, device=predictions.device)
+        return fused.index_add_(1, self.index.flatten(), weighted.flatten(1, 2))
 
 
 def _initial_noise(batch: int, frames: int, exp_dim: int, generator: torch.Generator | int) -> torch.Tensor:
