@@ -218,7 +218,7 @@ def test_lr_schedule_and_lr_min_are_validated(tmp_path):
 def test_a_base_stage_in_a_multi_stage_file_feeds_ethds_init_base(tmp_path):
     from emotivetalk_core.train.cli import build_parser
 
-    assert STAGES == ("base", "encoders", "vaid", "ethd")
+    assert STAGES == ("base", "encoders", "vaid", "ethd", "distill")
     assert build_parser().parse_args(["base", "--config", "all.json"]).command == "base"
     raw = {"model": "tiny", "data": {"shards": "shards", "window": 8}, "output": "runs",
            "train": {"steps": 10, "batch_size": 2, "lr": 1e-3},

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..command_line import Parser, UsageError, run_reporting_errors
-from .config import STAGES, TrainingError
+from .config import INIT_KEYS, STAGES, TrainingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {"base": "SVD's VAE and image encoder from scratch (for a model with no pretrained SVD base)",
              "encoders": "Lip Encoder, Exp Encoder, Face Processor from the preprocessing targets",
              "vaid": "Audio-lip Projector, Di-CTE with Identity Encoder, Mapping",
-             "ethd": "ETHD adapters (optionally the whole UNet) on base SVD"}
+             "ethd": "ETHD adapters (optionally the whole UNet) on base SVD",
+             "distill": "a few-step, one-pass student of a trained model (init.teacher)"}
     for stage in STAGES:
         command = commands.add_parser(stage, help=helps[stage])
         command.add_argument("--config", required=True, type=Path,
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--steps", type=int, help="override train.steps (total, counting resumed steps)")
         command.add_argument("--seed", type=int, help="override train.seed")
         command.add_argument("--init", action="append", default=[], metavar="KEY=PATH",
-                             help="override init.KEY (encoders, vaid, base, base_svd, speech_encoder); repeatable")
+                             help=f"override init.KEY ({', '.join(INIT_KEYS)}); repeatable")
         command.add_argument("--resume", help="a checkpoint folder, or 'latest' for the run's newest checkpoint")
         command.add_argument("--debug", action="store_true", help="show tracebacks")
     export = commands.add_parser("export", help="merge stage exports into one inference file the nodes load")

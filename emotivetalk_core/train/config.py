@@ -45,10 +45,10 @@ import json
 import numbers
 from pathlib import Path
 
-STAGES = ("base", "encoders", "vaid", "ethd")
+STAGES = ("base", "encoders", "vaid", "ethd", "distill")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
-INIT_KEYS = ("encoders", "vaid", "base", "base_svd", "speech_encoder", "text_encoder")
+INIT_KEYS = ("encoders", "vaid", "base", "base_svd", "speech_encoder", "text_encoder", "teacher")
 REFERENCES = ("clip", "video")
 
 # Every train key with its default (None = required).
@@ -259,7 +259,7 @@ def _data(data, config: dict, base_dir: Path, source: str) -> dict:
     data = dict(data)
     data["shards"] = str(_path(data["shards"], base_dir, "data.shards", source))
     clip_frames = config["model"]["ethd"]["clip_frames"]
-    if config["stage"] == "ethd":
+    if config["stage"] in ("ethd", "distill"):
         data.setdefault("window", clip_frames)
         if data["window"] != clip_frames:
             raise ConfigError(f"{source}: data.window ({data['window']}) must equal model.ethd.clip_frames ({clip_frames}) "

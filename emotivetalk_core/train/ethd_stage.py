@@ -212,14 +212,20 @@ def edm_v_loss(ethd: ETHD, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch
     (broadcastable to ``x0``, mean 1 per clip) weights the squared error per latent pixel."""
     s = sigma.view(-1, 1, 1, 1, 1)
     scale = (s**2 + 1).sqrt()
-    noisy = x0 + s * epsilon
-    dtype = placement(ethd)["dtype"]
-    sample = torch.cat([noisy / scale, inputs["latent"].float()], dim=2).to(dtype)
-    v = ethd(sample, (0.25 * sigma.log()).to(dtype), inputs["image_embeds"], inputs["added_time_ids"],
-             inputs["lip_windows"], inputs["driven_exp"], inputs["reference_exp"], inputs["face_mask"])
+    v = ethd_v(ethd, x0 + s * epsilon, sigma, inputs)
     target = (epsilon - s * x0) / scale
     error = (v.float() - target).square()
     return (error if weight is None else weight * error).mean(dim=(1, 2, 3, 4))
+
+
+def ethd_v(ethd: ETHD, noisy: torch.Tensor, sigma: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """ETHD's v prediction for latents ``noisy`` at per-clip noise levels ``sigma`` ``[B]`` (SVD's
+    EDM preconditioning: ``c_in = 1 / sqrt(sigma^2 + 1)``, ``c_noise = 0.25 log sigma``)."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    dtype = placement(ethd)["dtype"]
+    sample = torch.cat([noisy / (s**2 + 1).sqrt(), inputs["latent"].float()], dim=2).to(dtype)
+    return ethd(sample, (0.25 * sigma.log()).to(dtype), inputs["image_embeds"], inputs["added_time_ids"],
+                inputs["lip_windows"], inputs["driven_exp"], inputs["reference_exp"], inputs["face_mask"])
 
 
 def change_weights(x0: torch.Tensor, reference: torch.Tensor, strength: float, motion: float = 0.0) -> torch.Tensor:

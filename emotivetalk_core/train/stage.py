@@ -46,7 +46,8 @@ from torch import nn
 
 from .noise import SampleNoise
 
-STAGE_CLASSES = {"base": "BaseStage", "encoders": "EncodersStage", "vaid": "VAIDStage", "ethd": "ETHDStage"}
+STAGE_CLASSES = {"base": "BaseStage", "encoders": "EncodersStage", "vaid": "VAIDStage", "ethd": "ETHDStage",
+                 "distill": "DistillStage"}
 
 
 def get_stage(name: str) -> Stage:
