@@ -347,6 +347,17 @@ def _samplers() -> dict:
     return {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 
 
+def _warn_off_distillation(distilled: dict | None, settings: GenerationSettings) -> None:
+    """A distilled student (train/distill_stage.py) samples as it was trained to, or it wastes passes."""
+    if not distilled:
+        return
+    strengths = [settings.reference_strength, settings.lip_strength, settings.expression_strength]
+    if settings.steps != distilled["steps"] or strengths != distilled["guidance"] or settings.sampler != distilled["sampler"]:
+        log.warning("this model was distilled for %d %s steps at guidance strengths %s (one UNet pass per step); "
+                    "these settings ask for %d %s steps at %s", distilled["steps"], distilled["sampler"],
+                    distilled["guidance"], settings.steps, settings.sampler, strengths)
+
+
 def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
                    settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """ETHD reverse process over the whole video: latents ``[N, 4, h, w]`` on the host, in the
@@ -362,6 +373,7 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
     if lip.shape[0] != num_frames:
         raise ValueError(f"lip stream has {lip.shape[0]} frames, the expression stream {num_frames}")
     plan = settings.sampling_plan(model, num_frames)
+    _warn_off_distillation(model.info.get("distilled"), settings)
     denoiser = GuidedDenoiser(model.ethd, conditioning(model, reference, lip, driven, settings), plan.guidance,
                               settings.max_batch)
     done = 0

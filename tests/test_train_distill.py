@@ -21,6 +21,7 @@ STUDENT, TEACHER = 2, 8
 def _teacher(path):
     torch.manual_seed(0)
     config = get_config("tiny")
+    config["ethd"]["resolution"] = [32, 32]  # the test shards' size: distillation refuses data of another
     model, vaid = build_emotivetalk_model(config), build_vaid_model(config)
     with torch.no_grad():  # adapters start at zero: give them weights, so the conditions matter
         for name, parameter in model.ethd.named_parameters():
@@ -72,3 +73,20 @@ def test_the_student_learns_the_teachers_guided_steps_in_fewer_one_pass_steps(tm
     # 60 steps took the gap from 0.52 to 0.36 here (0.34 after 100): the student moves toward the
     # teacher's guided sampling at an eighth of its UNet passes.
     assert after < 0.85 * before, (before, after)
+
+
+def test_the_students_target_is_what_one_euler_step_needs_to_land_where_the_teacher_did():
+    from emotivetalk_core.train.distill_stage import euler_target, v_of
+
+    g = torch.Generator().manual_seed(0)
+    noisy, landed = torch.randn(2, 3, 4, 2, 2, generator=g), torch.randn(2, 3, 4, 2, 2, generator=g)
+    sigma, after = torch.tensor([5.0, 0.002]), torch.tensor([1.5, 0.0])
+    target = euler_target(noisy, landed, sigma, after)
+    for clip in range(2):
+        grid = torch.tensor([sigma[clip], after[clip]])
+        stepped = sample_euler(lambda x, s: target[clip:clip + 1], noisy[clip:clip + 1].clone(), grid)
+        torch.testing.assert_close(stepped[0], landed[clip])
+    # The v that the student is trained toward gives that target through SVD's preconditioning.
+    s = sigma.view(-1, 1, 1, 1, 1)
+    denoised = noisy / (s**2 + 1) - s / (s**2 + 1).sqrt() * v_of(target, noisy, sigma)
+    torch.testing.assert_close(denoised, target)

@@ -5,11 +5,11 @@ config file's folder; ``--data``/``--out`` given on the command line are relativ
 working directory)::
 
     {
-      "stage":  "base" | "encoders" | "vaid" | "ethd",
+      "stage":  "base" | "encoders" | "vaid" | "ethd" | "distill",
       "model":  "tiny" | "svd-xt" | {full model config dict, as configs.py},
       "data":   {"shards": DIR, "window": FRAMES, "labels": [emotion labels], "reference": "clip" | "video"},
       "init":   {"encoders": FILE, "vaid": FILE, "base": FILE, "base_svd": FILE_OR_DIR, "speech_encoder": FILE_OR_DIR,
-                 "text_encoder": DIR},
+                 "text_encoder": DIR, "teacher": FILE},
       "train":  {"seed", "steps", "batch_size", "grad_accum", "lr", "lr_warmup", "lr_schedule", "lr_min", "weight_decay",
                  "ema_decay", "ema_warmup", "mixed_precision", "gradient_checkpointing",
                  "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",

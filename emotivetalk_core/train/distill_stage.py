@@ -31,7 +31,6 @@ teacher's strengths ``[reference, lip, expression]``; null: the library's defaul
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,21 +56,26 @@ class DistillStage(ETHDStage):
         from ..checkpoints import read_metadata
 
         self.distill = opts = options(config, "distill", DISTILL_DEFAULTS)
-        if not 1 <= opts["student_steps"] <= opts["teacher_steps"]:
-            raise ValueError(f"distill.student_steps must be between 1 and teacher_steps ({opts['teacher_steps']}), "
-                             f"got {opts['student_steps']}")
+        if not 1 <= opts["student_steps"] <= opts["teacher_steps"] or opts["teacher_steps"] % opts["student_steps"]:
+            raise ValueError(f"distill.teacher_steps ({opts['teacher_steps']}) must be a multiple of student_steps "
+                             f"({opts['student_steps']}): the teacher takes as many steps over each of its intervals")
         teacher_path = init_path(config, "teacher")
         if not teacher_path:
             raise ValueError("the distill stage needs init.teacher: a self-contained EmotiveTalk model file")
-        teacher, self.vaid = load_emotivetalk_model(teacher_path), load_vaid_model(teacher_path)
-        self.teacher_file = file_digest(teacher_path)
-        self.teacher_configs = read_metadata(teacher_path)[0]
+        teacher = load_emotivetalk_model(teacher_path)
+        self.vaid = load_vaid_model(teacher_path, speech_source=init_path(config, "speech_encoder"))
+        self.teacher_path, self.teacher_file = teacher_path, file_digest(teacher_path)
+        self.teacher_configs, self.teacher_info = read_metadata(teacher_path)
         strengths = opts["guidance"]
         self.guidance = GenerationSettings().guidance() if strengths is None else Guidance(*strengths)
         # What the ethd stage's conditioning reads: inference's mask and V-AID's lip stream.
         self.options = {**ETHD_DEFAULTS, "condition_source": "vaid", "mask_source": "face_processor"}
         # The teacher's SVD conditioning; what its file does not record, from the data (as the ethd stage).
-        self.settings = {**data_settings(config), **teacher.settings}
+        data = data_settings(config)
+        if "resolution" in teacher.settings and list(teacher.settings["resolution"]) != data["resolution"]:
+            raise ValueError(f"the shards are {data['resolution']} px, the teacher was trained at "
+                             f"{teacher.settings['resolution']}: distill on data of the teacher's resolution")
+        self.settings = {**data, **teacher.settings}
         self.base_configs = {}
         self.data_labels = []
         self.speech = SpeechHolder(self.vaid.speech_encoder)
@@ -95,24 +99,22 @@ class DistillStage(ETHDStage):
         sigma, after = sigmas[interval].to(x0.device), sigmas[interval + 1].to(x0.device)
         noisy = x0 + sigma.view(-1, 1, 1, 1, 1) * noise.normal("distill.noise", index, tuple(x0.shape[1:]), device=x0.device)
         landed = self._teacher(modules["teacher"], conditioning, noisy, interval, sigmas)
-        s, a = sigma.view(-1, 1, 1, 1, 1), after.view(-1, 1, 1, 1, 1)
-        target = torch.where(a > 0, noisy - s * (noisy - landed) / (s - a), landed)
         inputs = select_passes(conditioning, ["expression"] * len(index), frames.shape[1])
         v = ethd_v(modules["ethd"], noisy, sigma, inputs)
-        # v of the target: D = c_skip x + c_out v with c_skip = 1 / (s^2 + 1), c_out = -s / sqrt(s^2 + 1).
-        v_target = (noisy / (s**2 + 1) - target) * (s**2 + 1).sqrt() / s
-        return {"loss": (v.float() - v_target).square().mean()}
+        return {"loss": (v.float() - v_of(euler_target(noisy, landed, sigma, after), noisy, sigma)).square().mean()}
 
     def _teacher(self, teacher: nn.Module, conditioning: Conditioning, noisy: torch.Tensor, interval: torch.Tensor,
                  sigmas: torch.Tensor) -> torch.Tensor:
         """Where the guided teacher lands from each clip's ``noisy`` at ``sigmas[i]`` after its
         steps over the interval to ``sigmas[i + 1]`` (clips of one interval run together)."""
-        per_interval = math.ceil(self.distill["teacher_steps"] / self.distill["student_steps"])
+        per_interval = self.distill["teacher_steps"] // self.distill["student_steps"]
         landed = torch.empty_like(noisy)
         with torch.no_grad():
             for i in interval.unique().tolist():
                 rows = (interval == i).nonzero().flatten()
-                grid = _between(float(sigmas[i]), float(sigmas[i + 1]), per_interval)
+                # The last interval (sigma_min -> 0) is one step for the teacher too: its denoised estimate.
+                steps = per_interval if float(sigmas[i + 1]) > 0 else 1
+                grid = _between(float(sigmas[i]), float(sigmas[i + 1]), steps)
                 denoiser = GuidedDenoiser(teacher, _rows(conditioning, rows), self.guidance)
                 landed[rows] = sample_euler(denoiser, noisy[rows], grid)
         return landed
@@ -120,14 +122,20 @@ class DistillStage(ETHDStage):
     def export(self, modules: nn.ModuleDict, config: dict) -> dict[str, tuple[dict, dict]]:
         """A self-contained file: the student's UNet and adapters, everything else the teacher's,
         each with the teacher file's config (the student keeps the teacher's architecture)."""
+        from ..checkpoints import load_model_file
+
         student = modules["ethd"]
-        states = {"unet": student.unet.state_dict(), "adapter": student.adapter_state_dict(),
-                  "vae": modules["vae"].state_dict(), "image_encoder": modules["image_encoder"].state_dict(),
-                  **{name: getattr(self.vaid, name).state_dict() for name in VAID_PARTS}}
-        return {name: (state, self.teacher_configs[name]) for name, state in states.items()}
+        copied, _, _ = load_model_file(self.teacher_path, ["vae", "image_encoder", *VAID_PARTS])  # as the file holds them
+        states = {"unet": student.unet.state_dict(), "adapter": student.adapter_state_dict(), **copied}
+        configs = {**self.teacher_configs, "adapter": {**self.teacher_configs["adapter"], "ethd": dict(self.settings)}}
+        return {name: (state, configs[name]) for name, state in states.items()}
 
     def export_info(self, modules: nn.ModuleDict, config: dict) -> dict:
-        return {"ethd": dict(self.settings), **vaid_info(self.vaid),
+        # The teacher's record (how it was trained, e.g. SynthTalk's world seed, which evaluation
+        # refuses), but not its held-out figures or the loop's facts about its own run.
+        inherited = {key: value for key, value in self.teacher_info.items()
+                     if key not in ("trained", "note", "stage", "steps", "config", "held_out", "script")}
+        return {**inherited, "ethd": dict(self.settings), **vaid_info(self.vaid),
                 "distilled": {"teacher": self.teacher_file, "steps": self.distill["student_steps"],
                               "teacher_steps": self.distill["teacher_steps"], "sampler": "euler",
                               "guidance": [1.0, 1.0, 1.0],
@@ -135,6 +143,20 @@ class DistillStage(ETHDStage):
 
     def sample(self, modules: nn.ModuleDict, batch: dict, folder: Path, step: int) -> list[Path]:
         return []
+
+
+def euler_target(noisy: torch.Tensor, landed: torch.Tensor, sigma: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """The denoised estimate whose Euler step from ``noisy`` at ``sigma`` to ``after`` (``[B]``)
+    gives ``landed``: ``x' = x + (a - s)(x - D)/s`` solved for D; at ``after`` 0 it is ``landed``."""
+    s, a = sigma.view(-1, 1, 1, 1, 1), after.view(-1, 1, 1, 1, 1)
+    return torch.where(a > 0, noisy - s * (noisy - landed) / (s - a), landed)
+
+
+def v_of(denoised: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The v prediction that gives ``denoised`` at ``noisy`` (``GuidedDenoiser``'s preconditioning:
+    ``D = x / (s^2 + 1) - s v / sqrt(s^2 + 1)``)."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    return (noisy / (s**2 + 1) - denoised) * (s**2 + 1).sqrt() / s
 
 
 def _between(high: float, low: float, steps: int) -> torch.Tensor:

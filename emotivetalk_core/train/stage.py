@@ -5,7 +5,8 @@ which modules exist, which of them train, what the loss of a batch is, and what 
 writes. Stages: ``base`` (SVD's VAE and image encoder from scratch, for a base nobody ships),
 ``encoders`` (Lip/Exp Encoders and Face Processor distilled from the
 preprocessing targets), ``vaid`` (Audio-lip Projector, Di-CTE + Identity Encoder, Mapping),
-``ethd`` (ETHD adapters, optionally the whole UNet).
+``ethd`` (ETHD adapters, optionally the whole UNet), ``distill`` (a few-step, one-pass student
+of a trained model).
 
 What the loop does around a stage (so a stage need not):
 
