@@ -1,5 +1,6 @@
 """The distill stage: a few-step, one-pass student of a guided teacher, trained with the pack's loop."""
 
+import pytest
 import torch
 
 from emotivetalk_core.bundles import (build_emotivetalk_model, build_vaid_model, ethd_components, vaid_components,
@@ -90,3 +91,16 @@ def test_the_students_target_is_what_one_euler_step_needs_to_land_where_the_teac
     s = sigma.view(-1, 1, 1, 1, 1)
     denoised = noisy / (s**2 + 1) - s / (s**2 + 1).sqrt() * v_of(target, noisy, sigma)
     torch.testing.assert_close(denoised, target)
+
+
+def test_bad_distillation_settings_are_refused(tmp_path):
+    teacher = _teacher(tmp_path / "teacher.safetensors")
+    config = _config(tmp_path, teacher, steps=1)
+    with pytest.raises(ValueError, match="must be a multiple of student_steps"):
+        DistillStage().build({**config, "distill": {"student_steps": 3, "teacher_steps": 8}})
+    with pytest.raises(ValueError, match="needs init.teacher"):
+        DistillStage().build({**config, "init": {**config["init"], "teacher": None}})
+    other = tmp_path / "other"
+    write_synthetic_shards(other, videos=1, clips=1, frames=8, size=64)
+    with pytest.raises(ValueError, match=r"\[64, 64\] px, the teacher was trained at \[32, 32\]"):
+        DistillStage().build({**config, "data": {**config["data"], "shards": str(other)}})
