@@ -4,9 +4,11 @@
         [--configs euler:25,dpmpp_2m:6,...] [--out quality_per_call.jsonl] [--plot docs/quality_per_call.png]
     python benchmarks/bench_quality_per_call.py --plot-only quality_per_call.jsonl --plot docs/quality_per_call.png
 
-A config is ``sampler:steps[:sigma]``: a sampler of ``GenerationSettings``, its steps and, when
-given, ``guidance_sigma_min`` (the guidance ends at that noise level; later steps run one pass).
-Every other setting is the library's default (guidance 2, 4, 2). Each config generates the same
+A config is ``sampler:steps[:sigma][@reference/lip/expression]``: a sampler of
+``GenerationSettings``, its steps, when given ``guidance_sigma_min`` (the guidance ends at that
+noise level; later steps run one pass) and the guidance strengths (``@1/1/1``: one pass per step,
+how a distilled student samples: run it with ``--checkpoint`` and append its lines to the
+teacher's). Every other setting is the library's default (guidance 2, 4, 2). Each config generates the same
 held-out SynthTalk clips (``synth evaluate``'s world, clip i asks for emotion i mod 5 by label,
 its own seed) and the SynthTalk judge reads them. Per config one JSON line: the UNet passes per
 ETHD window (counted on the model: one pass = one window's frames through the UNet once), and
@@ -32,12 +34,15 @@ METRICS = ("lip_sync", "lip_sync_within_clip", "emotion_accuracy", "emotion_stre
 
 
 def parse_config(text: str) -> dict:
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise SystemExit(f"--configs: expected sampler:steps[:sigma], got {text!r}")
+    schedule, _, strengths = text.partition("@")
+    parts = schedule.split(":")
+    if len(parts) not in (2, 3) or (strengths and len(strengths.split("/")) != 3):
+        raise SystemExit(f"--configs: expected sampler:steps[:sigma][@reference/lip/expression], got {text!r}")
     settings = {"sampler": parts[0]}
     if len(parts) == 3:
         settings["guidance_sigma_min"] = float(parts[2])
+    if strengths:  # e.g. a distilled student's one pass: @1/1/1
+        settings.update(zip(("reference_strength", "lip_strength", "expression_strength"), map(float, strengths.split("/"))))
     return {"name": text, "steps": int(parts[1]), "settings": settings}
 
 
@@ -119,7 +124,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="default")
     parser.add_argument("--seed", type=int, default=1, help="held-out world (not the training world)")
     parser.add_argument("--clips", type=int, default=32)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated sampler:steps[:sigma]; the first is the reference")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated sampler:steps[:sigma][@ref/lip/exp]; the first is the reference")
     parser.add_argument("--out", type=Path, default=Path("quality_per_call.jsonl"), help="JSON lines, one per config")
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG")
     parser.add_argument("--plot-only", type=Path, help="only plot an earlier run's JSON lines")
