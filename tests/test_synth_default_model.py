@@ -6,9 +6,9 @@ with the speech (well above the portrait-repeated floor, which lip guidance 1 di
 requested emotion shows, the portrait's identity holds and frames are clean. It does not yet
 reach the issue's lip-sync goal (0.85): the 64-clip figures, goals met and not, are in
 BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.82
-(within a clip 0.84; floors 0.07 and -0.03), emotion 4 of 5, identity 0.043, grain 0.024 (the
-model before it: lip_sync 0.83, emotion 4 of 5, grain 0.029; an earlier one at (2, 1, 1):
-lip_sync 0.32).
+(within a clip 0.84; floors 0.07 and -0.03), emotion 4 of 5, identity 0.043, grain 0.025 (with
+Di-CTE in its training window; 0.024 before; the model before it: lip_sync 0.83, emotion 4 of 5,
+grain 0.029; an earlier one at (2, 1, 1): lip_sync 0.32).
 """
 
 import pytest
