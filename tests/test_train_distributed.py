@@ -199,11 +199,14 @@ def test_shipped_training_configs_resolve_for_every_stage(size):
     for stage, config in configs.items():
         assert config["stage"] == stage and config["output"].endswith(f"runs/{size}/{stage}")
     assert configs["ethd"]["data"]["window"] == configs["ethd"]["model"]["ethd"]["clip_frames"]
+    # V-AID trains on Di-CTE's window (what inference samples and encodes the speech in)
+    assert configs["vaid"]["data"]["window"] == configs["vaid"]["model"]["dicte"]["window"] == (50 if size == "full" else 25)
     # the later stages read the encoders run's export
     encoders_export = str(Path(configs["encoders"]["output"]) / "export" / "encoders.safetensors")
     assert configs["vaid"]["init"]["encoders"] == configs["ethd"]["init"]["encoders"] == encoders_export
     if size == "full":
         assert configs["ethd"]["model"]["unet"] == {} and configs["ethd"]["train"]["mixed_precision"] == "bf16"
-        # the paper's figure: the whole UNet trains, on the lip stream inference gives it (V-AID's)
-        assert configs["ethd"]["ethd"] == {"train_unet": True, "condition_source": "vaid"}
+        # the paper's figure: the whole UNet trains, on the lip stream inference gives it (V-AID's),
+        # half of the clips on Di-CTE's estimate of the expression
+        assert configs["ethd"]["ethd"] == {"train_unet": True, "condition_source": "vaid", "dicte_expression": 0.5}
         assert configs["ethd"]["init"]["vaid"] == str(Path(configs["vaid"]["output"]) / "export" / "vaid.safetensors")
