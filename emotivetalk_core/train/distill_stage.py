@@ -41,7 +41,7 @@ from ..bundles import VAID_COMPONENTS as VAID_PARTS
 from ..bundles import file_digest, vaid_info
 from ..sampling import Conditioning, Guidance, GuidedDenoiser, karras_sigmas, sample_euler
 from ..settings import GenerationSettings
-from .ethd_stage import ETHD_DEFAULTS, ETHDStage, data_settings, encode_latents, ethd_v, select_passes
+from .ethd_stage import ETHD_DEFAULTS, ETHDStage, data_settings, encode_latents, ethd_v, select_passes, speech_context
 from .noise import SampleNoise
 from .vaid_stage import SpeechHolder, frozen, init_path, options
 
@@ -76,10 +76,8 @@ class DistillStage(ETHDStage):
             raise ValueError(f"the shards are {data['resolution']} px, the teacher was trained at "
                              f"{teacher.settings['resolution']}: distill on data of the teacher's resolution")
         self.settings = {**data, **teacher.settings}
-        self.base_configs = {}
-        self.data_labels = []
         self.speech = SpeechHolder(self.vaid.speech_encoder)
-        self.audio_context = max(0, -(-(self.vaid.dicte.window - self.settings["clip_frames"]) // 2))
+        self.audio_context = speech_context(self.vaid.dicte.window, self.settings["clip_frames"])
         student = copy.deepcopy(teacher.ethd).requires_grad_(True)
         if (config.get("train") or {}).get("gradient_checkpointing"):
             student.enable_gradient_checkpointing()
@@ -114,7 +112,8 @@ class DistillStage(ETHDStage):
                 rows = (interval == i).nonzero().flatten()
                 # The last interval (sigma_min -> 0) is one step for the teacher too: its denoised estimate.
                 steps = per_interval if float(sigmas[i + 1]) > 0 else 1
-                grid = _between(float(sigmas[i]), float(sigmas[i + 1]), steps)
+                high, low = float(sigmas[i]), float(sigmas[i + 1])
+                grid = karras_sigmas(steps + 1, low, high)[:-1] if low > 0 else karras_sigmas(1, high, high)
                 denoiser = GuidedDenoiser(teacher, _rows(conditioning, rows), self.guidance)
                 landed[rows] = sample_euler(denoiser, noisy[rows], grid)
         return landed
@@ -157,13 +156,6 @@ def v_of(denoised: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor) -> to
     ``D = x / (s^2 + 1) - s v / sqrt(s^2 + 1)``)."""
     s = sigma.view(-1, 1, 1, 1, 1)
     return (noisy / (s**2 + 1) - denoised) * (s**2 + 1).sqrt() / s
-
-
-def _between(high: float, low: float, steps: int) -> torch.Tensor:
-    """``steps + 1`` noise levels from ``high`` to ``low`` spaced as Karras' (rho 7) grid spaces them."""
-    rho = 7.0
-    t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    return ((high ** (1 / rho)) + t * ((low ** (1 / rho)) - (high ** (1 / rho)))).pow(rho).float()
 
 
 def _rows(conditioning: Conditioning, rows: torch.Tensor) -> Conditioning:

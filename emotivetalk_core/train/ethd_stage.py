@@ -218,6 +218,12 @@ def edm_v_loss(ethd: ETHD, x0: torch.Tensor, sigma: torch.Tensor, epsilon: torch
     return (error if weight is None else weight * error).mean(dim=(1, 2, 3, 4))
 
 
+def speech_context(dicte_window: int, clip_frames: int) -> int:
+    """Frames of audio read on each side of a training window so the speech around it spans
+    Di-CTE's window, the context inference encodes it in (rounded up to the same on both sides)."""
+    return max(0, -(-(dicte_window - clip_frames) // 2))
+
+
 def ethd_v(ethd: ETHD, noisy: torch.Tensor, sigma: torch.Tensor, inputs: dict) -> torch.Tensor:
     """ETHD's v prediction for latents ``noisy`` at per-clip noise levels ``sigma`` ``[B]`` (SVD's
     EDM preconditioning: ``c_in = 1 / sqrt(sigma^2 + 1)``, ``c_noise = 0.25 log sigma``)."""
@@ -364,7 +370,7 @@ class ETHDStage:
         # Inference encodes the speech in Di-CTE's windows and runs the projector over all of it:
         # read that much audio around each training window (rounded up to the same on both sides,
         # so 26 frames around 8 for a 25-frame window), so its lip stream is inference's.
-        self.audio_context = max(0, -(-(vaid.dicte.window - config["model"]["ethd"]["clip_frames"]) // 2))
+        self.audio_context = speech_context(vaid.dicte.window, config["model"]["ethd"]["clip_frames"])
         names = ("lip_projector", "dicte", "identity_encoder", "mapping") if self.options["dicte_expression"] else ("lip_projector",)
         return {name: frozen(getattr(vaid, name)) for name in names}
 
