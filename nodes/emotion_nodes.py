@@ -74,19 +74,33 @@ class EmotiveTalkEmotionText(_EmotionNode):
 
 
 def clip_embedder(clip):
-    """Prompt embeddings ``[N, D]`` from a core CLIP (any text encoder ComfyUI loads): its pooled
-    output, which for CLIP text models is the end-of-text embedding a transformers folder of the
-    same weights gives (``networks.text.TransformersTextEncoder``)."""
+    """Prompt embeddings ``[N, D]`` from a core CLIP (any text encoder ComfyUI loads), as a
+    transformers folder of the same weights gives them (``networks.text.TransformersTextEncoder``):
+    the pooled output where the encoder has one (CLIP text models: the end-of-text embedding),
+    else the mean of the prompt's token states (T5, UMT5, ...)."""
     def embed(texts: list[str]) -> torch.Tensor:
-        rows = []
-        for text in texts:
-            _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-            if pooled is None:
-                raise ValueError("EmotiveTalk Emotion Text, input 'clip': this text encoder gives no pooled embedding; "
-                                 "connect the CLIP text encoder the model was trained with")
-            rows.append(pooled.reshape(-1, pooled.shape[-1])[0].float().cpu())
-        return torch.stack(rows)
+        return torch.stack([_clip_embedding(clip, text) for text in texts])
     return embed
+
+
+def _clip_embedding(clip, text: str) -> torch.Tensor:
+    _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    # No pooled output, or SD3's zeros where CLIP-L/G are not loaded: the encoder pools nothing.
+    if pooled is not None and bool(pooled.any()):
+        return pooled.reshape(-1, pooled.shape[-1])[0].float().cpu()
+    tokens = {name: [_without_padding(batch) for batch in batches]
+              for name, batches in clip.tokenize(text, return_word_ids=True).items()}
+    states = clip.encode_from_tokens(tokens)
+    return states.reshape(-1, states.shape[-1]).float().mean(0).cpu()
+
+
+def _without_padding(batch: list) -> list:
+    """One token batch of ``clip.tokenize(..., return_word_ids=True)`` without the pads ComfyUI's
+    tokenizers append up to a minimum length: after the last word token (word id > 0) only the end
+    token stays. The encoder must not see pads: where ComfyUI runs it without an attention mask (T5-XXL
+    in SD3 and Flux) they change every token's state, and where it zeroes them they would dilute the mean."""
+    words = [index for index, token in enumerate(batch) if token[2] > 0]
+    return batch[:words[-1] + 2] if words else batch[:1]
 
 
 class EmotiveTalkEmotionImage(_EmotionNode):

@@ -422,3 +422,44 @@ def test_a_core_clip_gives_the_embeddings_of_the_same_text_encoders_folder(tmp_p
     _, other = clip_l(1)
     with pytest.raises(ValueError, match="not the text encoder"):
         check_text_encoder(record, embed_prompt(clip_embedder(other), prompts[1]).probes, "ComfyUI's CLIP")
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["pads-masked", "pads-unmasked"])
+def test_a_core_text_encoder_without_a_pooled_output_gives_the_folders_mean_embedding(tmp_path, masked):
+    """A T5 (Load CLIP, type stable_audio: T5-base, no pooled output) gives the mean of its token
+    states that a transformers folder of the same weights gives; whether ComfyUI masks the pads it
+    appends (as for T5-base) or runs them through the encoder (as SD3 and Flux run T5-XXL) does not
+    change it, so a Mapping trained on that folder takes it."""
+    import json
+    import shutil
+
+    import comfy.sd
+    import comfy.text_encoders.sa_t5
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    from emotivetalk_core.networks.text import TransformersTextEncoder, check_text_encoder, embed_prompt, text_record
+    from nodes.emotion_nodes import clip_embedder
+
+    comfy_dir = Path(comfy.text_encoders.sa_t5.__file__).parent
+    torch.manual_seed(0)
+    # ComfyUI builds T5-base from its own config: the random weights must have those shapes.
+    model = T5EncoderModel(T5Config(**json.loads((comfy_dir / "t5_config_base.json").read_text())))
+    folder = tmp_path / "t5-base-random"
+    model.save_pretrained(folder)
+    for file in (comfy_dir / "t5_tokenizer").iterdir():
+        shutil.copy(file, folder)
+    path = tmp_path / "t5_base_random.safetensors"
+    save_file({name: tensor.clone().contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    clip = comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.STABLE_AUDIO)
+    clip.cond_stage_model.t5base.enable_attention_masks = masked
+    clip.cond_stage_model.t5base.zero_out_masked = masked
+
+    prompts = ["speak seriously", "Be cheerful and say that sentence"]
+    reference = TransformersTextEncoder(folder)
+    similarity = torch.nn.functional.cosine_similarity(clip_embedder(clip)(prompts), reference(prompts), dim=1)
+    assert float(similarity.min()) > 0.999, similarity
+    size = clip_embedder(clip)(prompts).norm(dim=1) / reference(prompts).norm(dim=1)
+    assert torch.allclose(size, torch.ones(2), atol=1e-3), size  # the mean of the same tokens, not diluted by pads
+    check_text_encoder(text_record("t5-base-random", reference),
+                       embed_prompt(clip_embedder(clip), prompts[1]).probes, "ComfyUI's CLIP")

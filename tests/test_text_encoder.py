@@ -9,7 +9,7 @@ from emotivetalk_core.configs import get_config
 from emotivetalk_core.networks.mapping import Mapping
 from emotivetalk_core.networks.text import TEXT_PROBES, TransformersTextEncoder, text_record
 from emotivetalk_core.pipeline import VAIDEmotionResolver
-from text_models import tiny_text_model
+from text_models import tiny_t5_model, tiny_text_model
 
 PROMPT = "be cheerful and say that sentence"
 
@@ -29,17 +29,29 @@ def _vaid(encoder) -> SimpleNamespace:
 
 
 class FakeCLIP:
-    """What EmotiveTalk Emotion Text calls on a core CLIP: tokenize, then encode_from_tokens with the pooled output."""
+    """A core CLIP as EmotiveTalk Emotion Text calls it, shaped as ComfyUI's: ``tokenize`` appends the
+    end token and pads up to a minimum length (word ids on request), ``encode_from_tokens`` gives
+    token states and the pooled output. ``pooled``: "yes" (CLIP), "none" (T5 alone) or "zeros" (SD3
+    with only T5 loaded). Every token state is the prompt's embedding by ``encoder``, shifted by the
+    number of pads the encoder was given: pads that reach an encoder change every state."""
 
-    def __init__(self, encoder, pooled: bool = True):
+    END, PAD, LENGTH = "</s>", "<pad>", 16
+
+    def __init__(self, encoder, pooled: str = "yes"):
         self.encoder, self.pooled = encoder, pooled
 
-    def tokenize(self, text):
-        return {"l": [text]}
+    def tokenize(self, text, return_word_ids=False):
+        batch = [(word, 1.0, i + 1) for i, word in enumerate(text.split())] + [(self.END, 1.0, 0)]
+        batch += [(self.PAD, 1.0, 0)] * (self.LENGTH - len(batch))
+        return {"l": [batch if return_word_ids else [token[:2] for token in batch]]}
 
     def encode_from_tokens(self, tokens, return_pooled=False):
-        pooled = self.encoder(tokens["l"]).half() if self.pooled else None  # ComfyUI often runs CLIP in float16
-        return torch.zeros(1, 77, 32), pooled
+        (batch,) = tokens["l"]
+        words = [token[0] for token in batch if token[0] not in (self.END, self.PAD)]
+        embedding = self.encoder([" ".join(words)]).half()  # ComfyUI often runs text encoders in float16
+        states = embedding.expand(len(batch), -1) + sum(token[0] == self.PAD for token in batch)
+        pooled = {"yes": embedding, "none": None, "zeros": torch.zeros_like(embedding)}[self.pooled]
+        return (states[None], pooled) if return_pooled else states[None]
 
 
 def test_a_prompts_embedding_does_not_depend_on_its_batch(encoders):
@@ -62,20 +74,45 @@ def test_the_model_records_its_encoder_and_reads_prompts_through_it(encoders):
         VAIDEmotionResolver(vaid).text(PROMPT)
 
 
-def test_comfyui_clip_gives_the_emotion_text_its_embedding(encoders):
+@pytest.mark.parametrize("pooled", ["yes", "none", "zeros"])
+def test_comfyui_clip_gives_the_emotion_text_its_embedding(encoders, pooled):
+    """With a pooled output, that; without one, the mean of the states of the prompt's own tokens
+    (end token included, pads never given to the encoder)."""
     from nodes.emotion_nodes import EmotiveTalkEmotionText
     from nodes.stages import emotion_resolver
 
     trained_with, another = encoders
     vaid = _vaid(trained_with)
-    (emotion,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(trained_with))
+    (emotion,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(trained_with, pooled))
     code = emotion_resolver(vaid, emotion).text(PROMPT)
     torch.testing.assert_close(code, vaid.mapping.from_text_embedding(trained_with([PROMPT]))[0], rtol=0, atol=2e-3)
-    (other,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(another))
+    (other,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(another, pooled))
     with pytest.raises(ValueError, match="not the text encoder"):
         emotion_resolver(vaid, other).text(PROMPT)
-    with pytest.raises(ValueError, match="no pooled embedding"):
-        EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(trained_with, pooled=False))
+
+
+@pytest.mark.parametrize("batch, kept", [
+    ([(49406, 1.0, 0), (320, 1.0, 1), (321, 1.0, 2), (49407, 1.0, 0), (49407, 1.0, 0)], 4),  # CLIP: start, pads = end
+    ([(10, 1.0, 1), (11, 1.0, 1), (12, 1.0, 2), (1, 1.0, 0), (0, 1.0, 0), (0, 1.0, 0)], 4),  # T5: end, then pad 0
+    ([(10, 1.0, 1), (1, 1.0, 0)], 2),  # no padding
+])
+def test_comfyui_token_batches_lose_their_padding_and_keep_their_end_token(batch, kept):
+    from nodes.emotion_nodes import _without_padding
+
+    assert _without_padding(batch) == batch[:kept]
+
+
+def test_a_t5_folder_loads_its_encoder_alone_and_embeds_the_mean_of_its_tokens(tmp_path):
+    """T5 text encoders ship as the encoder alone: it loads as such (not as an encoder-decoder whose
+    forward wants decoder inputs) and embeds a prompt as the mean of its tokens' last states."""
+    encoder = TransformersTextEncoder(tiny_t5_model(tmp_path / "t5", seed=0))
+    assert type(encoder.model).__name__ == "T5EncoderModel"
+    both = encoder(["happy", PROMPT])
+    torch.testing.assert_close(encoder(["happy"])[0], both[0], rtol=0, atol=1e-5)
+    tokens = encoder.tokenizer([PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        states = encoder.model(**tokens).last_hidden_state[0]
+    torch.testing.assert_close(both[1], states.mean(0), rtol=0, atol=1e-5)
 
 
 def test_models_with_their_own_byte_encoder_ignore_a_connected_clip(encoders):

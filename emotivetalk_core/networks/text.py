@@ -71,7 +71,8 @@ class TransformersTextEncoder:
     CLIP text models give their pooled (end-of-text) embedding before the text projection: what
     ComfyUI's CLIP gives as its pooled output for CLIP-L (Load CLIP, type stable_diffusion or
     sdxl), whatever the folder's architecture; other encoders (BERT, T5's encoder, ...) the mean
-    of the last hidden states over the prompt's tokens.
+    of the last hidden states over the prompt's tokens, end token included: what the node's
+    embedder takes from a ComfyUI encoder without a pooled output (nodes.emotion_nodes.clip_embedder).
     """
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
@@ -79,13 +80,16 @@ class TransformersTextEncoder:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {folder} has no config.json: give a local transformers "
                                     "text-model folder (saved with save_pretrained, tokenizer files included)")
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding, AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
 
         self.name = folder.name
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True)
-        if getattr(self.model.config, "is_encoder_decoder", False):
-            self.model = self.model.get_encoder()
+        # T5 and UMT5 load as their encoder alone: AutoModel builds the encoder-decoder, whose forward
+        # wants decoder inputs, with a randomly initialised decoder as large as the encoder.
+        kind = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
+        loader = AutoModelForTextEncoding if kind in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES else AutoModel
+        self.model = loader.from_pretrained(folder, local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
 
