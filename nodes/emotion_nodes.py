@@ -84,6 +84,7 @@ def clip_embedder(clip):
 
 
 def _clip_embedding(clip, text: str) -> torch.Tensor:
+    # The pooled output from the tokens as ComfyUI pads them (its CLIP wants all 77).
     _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
     # No pooled output, or SD3's zeros where CLIP-L/G are not loaded: the encoder pools nothing.
     if pooled is not None and bool(pooled.any()):
