@@ -9,7 +9,7 @@ from emotivetalk_core.configs import get_config
 from emotivetalk_core.networks.mapping import Mapping
 from emotivetalk_core.networks.text import TEXT_PROBES, TransformersTextEncoder, text_record
 from emotivetalk_core.pipeline import VAIDEmotionResolver
-from text_models import tiny_t5_model, tiny_text_model
+from text_models import tiny_clip_model, tiny_t5_model, tiny_text_model
 
 PROMPT = "be cheerful and say that sentence"
 
@@ -124,3 +124,17 @@ def test_models_with_their_own_byte_encoder_ignore_a_connected_clip(encoders):
     (emotion,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(encoders[0]))
     with torch.no_grad():
         torch.testing.assert_close(emotion_resolver(vaid, emotion).text(PROMPT), vaid.mapping.from_text([PROMPT])[0])
+
+
+def test_a_whole_clip_folder_embeds_with_its_text_tower(tmp_path):
+    """CLIP-L usually ships as the whole CLIP (text and vision): its text tower loads alone and
+    gives its pooled output before the projection (the whole model's forward wants an image)."""
+    from transformers import CLIPModel
+
+    folder = tiny_clip_model(tmp_path / "clip", seed=0)
+    encoder = TransformersTextEncoder(folder)
+    assert type(encoder.model).__name__ == "CLIPTextModel"
+    tokens = encoder.tokenizer([PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        expected = CLIPModel.from_pretrained(folder).text_model(**tokens).pooler_output
+    torch.testing.assert_close(encoder([PROMPT]), expected, rtol=0, atol=1e-5)

@@ -38,6 +38,22 @@ def tiny_t5_model(folder: Path, seed: int) -> Path:
     return folder
 
 
+def tiny_clip_model(folder: Path, seed: int) -> Path:
+    """A whole CLIP (text and vision towers, width 32), saved as CLIP-L usually is, with the same
+    vocabulary ([SEP] ends a prompt: its state is the pooled output)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    size = _vocabulary(folder)
+    torch.manual_seed(seed)
+    text = dict(vocab_size=size, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
+                max_position_embeddings=64, pad_token_id=0, bos_token_id=SPECIALS.index("[CLS]"),
+                eos_token_id=SPECIALS.index("[SEP]"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    return folder
+
+
 def _vocabulary(folder: Path) -> int:
     """Writes a word-level tokenizer of every word of the paraphrases and probes; returns its size."""
     from transformers import BertTokenizer

@@ -80,16 +80,12 @@ class TransformersTextEncoder:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {folder} has no config.json: give a local transformers "
                                     "text-model folder (saved with save_pretrained, tokenizer files included)")
-        from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding, AutoTokenizer
-        from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
+        from transformers import AutoConfig, AutoTokenizer
 
         self.name = folder.name
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        # T5 and UMT5 load as their encoder alone: AutoModel builds the encoder-decoder, whose forward
-        # wants decoder inputs, with a randomly initialised decoder as large as the encoder.
         kind = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
-        loader = AutoModelForTextEncoding if kind in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES else AutoModel
-        self.model = loader.from_pretrained(folder, local_files_only=True)
+        self.model = _text_model_class(kind).from_pretrained(folder, local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
 
@@ -101,3 +97,16 @@ class TransformersTextEncoder:
             return output.pooler_output.float().cpu()
         keep = tokens["attention_mask"].unsqueeze(-1).to(output.last_hidden_state.dtype)
         return ((output.last_hidden_state * keep).sum(1) / keep.sum(1)).float().cpu()
+
+
+def _text_model_class(model_type: str):
+    """The transformers class that loads a folder's text model alone: a whole CLIP (text and
+    vision, how CLIP-L is usually saved) loads its text tower, whose forward needs no image; T5
+    and UMT5 their encoder, not the encoder-decoder whose forward wants decoder inputs (with a
+    randomly initialised decoder as large as the encoder)."""
+    from transformers import AutoModel, AutoModelForTextEncoding, CLIPTextModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
+
+    if model_type == "clip":
+        return CLIPTextModel
+    return AutoModelForTextEncoding if model_type in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES else AutoModel
