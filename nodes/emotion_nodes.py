@@ -69,23 +69,28 @@ class EmotiveTalkEmotionText(_EmotionNode):
         }
 
     def make(self, text, intensity, clip=None):
+        source = emotion.EmotionSource("text", text)  # refuses an empty text before the encoder runs
         texts = {} if clip is None else {text: text_lib.embed_prompt(clip_embedder(clip), text)}
-        return _single(emotion.EmotionSource("text", text), intensity, texts=texts)
+        return _single(source, intensity, texts=texts)
 
 
 def clip_embedder(clip):
-    """Prompt embeddings ``[N, D]`` from a core CLIP (any text encoder ComfyUI loads), as a
+    """Prompt embeddings ``[N, D]`` from a core CLIP (a text encoder Load CLIP loads), as a
     transformers folder of the same weights gives them (``networks.text.TransformersTextEncoder``):
-    the pooled output where the encoder has one (CLIP text models: the end-of-text embedding),
-    else the mean of the prompt's token states (T5, UMT5, ...)."""
+    the unprojected pooled output where the encoder has one (CLIP text models: the end-of-text
+    state), else the mean of the prompt's last token states (T5, UMT5, ...). The prompt is read
+    literally, as the folder reads it: parentheses are text, not ComfyUI's prompt weights."""
+    clip = clip.clone()
+    clip.clip_layer(None)  # CLIP Set Last Layer picks a layer for prompts; the folder's states are the last
+
     def embed(texts: list[str]) -> torch.Tensor:
-        return torch.stack([_clip_embedding(clip, text) for text in texts])
+        return torch.stack([_clip_embedding(clip, text.replace("(", "\\(").replace(")", "\\)")) for text in texts])
     return embed
 
 
 def _clip_embedding(clip, text: str) -> torch.Tensor:
     # The pooled output from the tokens as ComfyUI pads them (its CLIP wants all 77).
-    _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled="unprojected")
     # No pooled output, or SD3's zeros where CLIP-L/G are not loaded: the encoder pools nothing.
     if pooled is not None and bool(pooled.any()):
         return pooled.reshape(-1, pooled.shape[-1])[0].float().cpu()
@@ -97,11 +102,13 @@ def _clip_embedding(clip, text: str) -> torch.Tensor:
 
 def _without_padding(batch: list) -> list:
     """One token batch of ``clip.tokenize(..., return_word_ids=True)`` without the pads ComfyUI's
-    tokenizers append up to a minimum length: after the last word token (word id > 0) only the end
-    token stays. The encoder must not see pads: where ComfyUI runs it without an attention mask (T5-XXL
-    in SD3 and Flux) they change every token's state, and where it zeroes them they would dilute the mean."""
+    tokenizers append up to a minimum length: after the last word token (word id > 0) one token
+    stays, the end token (T5, UMT5, BERT: every tokenizer of an encoder without a pooled output
+    that a folder can match has one). The encoder must not see pads: where ComfyUI runs it without
+    an attention mask (T5-XXL loaded alone as type sd3) they change every token's state, and where
+    it zeroes them they would dilute the mean."""
     words = [index for index, token in enumerate(batch) if token[2] > 0]
-    return batch[:words[-1] + 2] if words else batch[:1]
+    return batch[:words[-1] + 2] if words else batch  # no words: EmotionSource refused the text
 
 
 class EmotiveTalkEmotionImage(_EmotionNode):

@@ -413,7 +413,7 @@ def test_a_core_clip_gives_the_embeddings_of_the_same_text_encoders_folder(tmp_p
         return folder, comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
 
     folder, clip = clip_l(0)
-    prompts = ["speak seriously", "Be cheerful and say that sentence"]
+    prompts = ["speak seriously", "Be (very) cheerful and say that sentence"]  # parentheses are text, not weights
     reference = TransformersTextEncoder(folder)
     similarity = torch.nn.functional.cosine_similarity(clip_embedder(clip)(prompts), reference(prompts), dim=1)
     assert float(similarity.min()) > 0.999, similarity
@@ -428,8 +428,8 @@ def test_a_core_clip_gives_the_embeddings_of_the_same_text_encoders_folder(tmp_p
 def test_a_core_text_encoder_without_a_pooled_output_gives_the_folders_mean_embedding(tmp_path, masked):
     """A T5 (Load CLIP, type stable_audio: T5-base, no pooled output) gives the mean of its token
     states that a transformers folder of the same weights gives; whether ComfyUI masks the pads it
-    appends (as for T5-base) or runs them through the encoder (as SD3 and Flux run T5-XXL) does not
-    change it, so a Mapping trained on that folder takes it."""
+    appends (as for T5-base) or runs them through the encoder (as SD3 runs T5-XXL loaded alone) does
+    not change it, nor does a CLIP Set Last Layer, so a Mapping trained on that folder takes it."""
     import json
     import shutil
 
@@ -454,8 +454,9 @@ def test_a_core_text_encoder_without_a_pooled_output_gives_the_folders_mean_embe
     clip = comfy.sd.load_clip(ckpt_paths=[str(path)], clip_type=comfy.sd.CLIPType.STABLE_AUDIO)
     clip.cond_stage_model.t5base.enable_attention_masks = masked
     clip.cond_stage_model.t5base.zero_out_masked = masked
+    clip.clip_layer(-2)  # CLIP Set Last Layer, for the workflow's prompts
 
-    prompts = ["speak seriously", "Be cheerful and say that sentence"]
+    prompts = ["speak seriously", "Be (very) cheerful and say that sentence"]  # parentheses are text
     reference = TransformersTextEncoder(folder)
     similarity = torch.nn.functional.cosine_similarity(clip_embedder(clip)(prompts), reference(prompts), dim=1)
     assert float(similarity.min()) > 0.999, similarity

@@ -1,5 +1,6 @@
 """The text route with a pretrained text encoder: embeddings, the record in the model, refusals, ComfyUI's CLIP."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -38,7 +39,13 @@ class FakeCLIP:
     END, PAD, LENGTH = "</s>", "<pad>", 16
 
     def __init__(self, encoder, pooled: str = "yes"):
-        self.encoder, self.pooled = encoder, pooled
+        self.encoder, self.pooled, self.layer = encoder, pooled, None
+
+    def clone(self):
+        return copy.copy(self)
+
+    def clip_layer(self, layer):  # CLIP Set Last Layer
+        self.layer = layer
 
     def tokenize(self, text, return_word_ids=False):
         batch = [(word, 1.0, i + 1) for i, word in enumerate(text.split())] + [(self.END, 1.0, 0)]
@@ -50,6 +57,7 @@ class FakeCLIP:
         words = [token[0] for token in batch if token[0] not in (self.END, self.PAD)]
         embedding = self.encoder([" ".join(words)]).half()  # ComfyUI often runs text encoders in float16
         states = embedding.expand(len(batch), -1) + sum(token[0] == self.PAD for token in batch)
+        states = states if self.layer is None else states + 100.0  # another layer's states
         pooled = {"yes": embedding, "none": None, "zeros": torch.zeros_like(embedding)}[self.pooled]
         return (states[None], pooled) if return_pooled else states[None]
 
@@ -76,14 +84,18 @@ def test_the_model_records_its_encoder_and_reads_prompts_through_it(encoders):
 
 @pytest.mark.parametrize("pooled", ["yes", "none", "zeros"])
 def test_comfyui_clip_gives_the_emotion_text_its_embedding(encoders, pooled):
-    """With a pooled output, that; without one, the mean of the states of the prompt's own tokens
-    (end token included, pads never given to the encoder)."""
+    """With a pooled output, that; without one, the mean of the last states of the prompt's own
+    tokens (end token included, pads never given to the encoder), whatever layer CLIP Set Last
+    Layer chose for the workflow's prompts."""
     from nodes.emotion_nodes import EmotiveTalkEmotionText
     from nodes.stages import emotion_resolver
 
     trained_with, another = encoders
     vaid = _vaid(trained_with)
-    (emotion,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(trained_with, pooled))
+    clip = FakeCLIP(trained_with, pooled)
+    clip.clip_layer(-2)  # a CLIP Set Last Layer upstream changes the prompts of the workflow, not this
+    (emotion,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=clip)
+    assert clip.layer == -2
     code = emotion_resolver(vaid, emotion).text(PROMPT)
     torch.testing.assert_close(code, vaid.mapping.from_text_embedding(trained_with([PROMPT]))[0], rtol=0, atol=2e-3)
     (other,) = EmotiveTalkEmotionText().make(PROMPT, 1.0, clip=FakeCLIP(another, pooled))
