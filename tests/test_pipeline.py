@@ -171,7 +171,7 @@ def test_same_inputs_and_seed_give_identical_frames(pipeline, portrait):
 # Half precision against float32 (the trained default model, 1.2 s, 6 steps): frames in 0..1 may
 # differ by at most HALF_MEAN on average and HALF_MAX anywhere. The sampler carries rounding
 # differences from step to step, so the figure depends on the model; measured on the default model:
-# bfloat16 0.011 / 0.149, float16 0.007 / 0.096 (a broken cast or NaN reads far above).
+# bfloat16 0.014 / 0.157, float16 0.008 / 0.096 (a broken cast or NaN reads far above).
 HALF_MEAN, HALF_MAX = 0.02, 0.25
 
 

@@ -2,13 +2,12 @@
 pipeline and the frozen judge (a short ``synth evaluate``: one clip per emotion, by label).
 
 What it checks is what the model does, with a margin that holds on any machine: the lips move
-with the speech (well above the portrait-repeated floor, which lip guidance 1 did not reach), the
-requested emotion shows, the portrait's identity holds and frames are clean. It does not yet
-reach the issue's lip-sync goal (0.85): the 64-clip figures, goals met and not, are in
-BENCHMARKS.md. This run of 5 clips, at the default guidance (2, 4, 2), read lip_sync 0.82
-(within a clip 0.84; floors 0.07 and -0.03), emotion 4 of 5, identity 0.043, grain 0.025 (with
-Di-CTE in its training window; 0.024 before; the model before it: lip_sync 0.83, emotion 4 of 5,
-grain 0.029; an earlier one at (2, 1, 1): lip_sync 0.32).
+with the speech (near the issue's goals, well above the portrait-repeated floor), the requested
+emotion shows, the portrait's identity holds and frames are clean. The 64-clip figures, where every
+goal is met (lip_sync 0.852), are in BENCHMARKS.md. This run of 5 clips, at the default guidance
+(2, 4, 2), read lip_sync 0.83 (within a clip 0.85; floors 0.07 and -0.03), emotion 4 of 5,
+identity 0.042, grain 0.025 (the model before it: lip_sync 0.82, within 0.84, emotion 4 of 5,
+identity 0.043, grain 0.025; an earlier one at guidance (2, 1, 1): lip_sync 0.32).
 """
 
 import pytest
@@ -37,6 +36,9 @@ def _entry(report, name):
 def test_lips_move_with_the_speech(report):
     for name in ("lip_sync", "lip_sync_within_clip"):
         entry = _entry(report, name)
+        # 0.1 under the goal (met over 64 clips): 5 clips read 0.83 and 0.85, and a few clips
+        # vary more than many; the floor (the portrait repeated) is near 0.
+        assert entry["value"] >= float(GOALS[name][1]) - 0.1, entry
         assert entry["value"] > entry["floor"] + 0.3, entry
 
 
