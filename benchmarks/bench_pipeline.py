@@ -189,7 +189,7 @@ def default_model_figures(long_s: float, short_s: float) -> dict:
 
     pipeline = EmotiveTalkPipeline.from_files("default")
     portrait = load_image(DEMO_PORTRAIT)
-    settings = GenerationSettings(steps=2, dicte_steps=4).sized_for(pipeline.model)  # the model's native size
+    settings = GenerationSettings(steps=2, dicte_steps=4).for_model(pipeline.model)  # the model's native size
     with tempfile.TemporaryDirectory() as folder:
         _timed_generation(pipeline, portrait, 1.0, settings, Path(folder) / "warm.mp4")
         short = _timed_generation(pipeline, portrait, short_s, settings, Path(folder) / "short.mp4")

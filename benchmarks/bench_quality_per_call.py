@@ -7,8 +7,8 @@
 A config is ``sampler:steps[:sigma][@reference/lip/expression]``: a sampler of
 ``GenerationSettings``, its steps, when given ``guidance_sigma_min`` (the guidance ends at that
 noise level; later steps run one pass) and the guidance strengths (``@1/1/1``: one pass per step,
-how a distilled student samples: run it with ``--checkpoint`` and append its lines to the
-teacher's). Every other setting is the library's default (guidance 2, 4, 2). Each config generates the same
+how a distilled student samples: run it with ``--checkpoint fast`` and append its lines to the
+teacher's). Every other setting is the model's own (guidance 2, 4, 2; a student's 1, 1, 1). Each config generates the same
 held-out SynthTalk clips (``synth evaluate``'s world, clip i asks for emotion i mod 5 by label,
 its own seed) and the SynthTalk judge reads them. Per config one JSON line: the UNet passes per
 ETHD window (counted on the model: one pass = one window's frames through the UNet once), and

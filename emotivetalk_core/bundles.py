@@ -8,7 +8,7 @@ matching the two halves of the paper's figure and the two loader nodes:
 - :class:`VAIDModel` (speech encoder + Audio-lip Projector + Di-CTE + visual encoders + Mapping):
   the audio side, plus the encoders that read the portrait.
 
-Both load from one self-contained EmotiveTalk file (such as the shipped ``default`` model), or,
+Both load from one self-contained EmotiveTalk file (such as the shipped ``default`` and ``fast`` models), or,
 for ETHD, from an adapter file plus base SVD weights the user already has.
 """
 
@@ -32,17 +32,22 @@ from .svd.build import build_image_encoder, build_unet, build_vae
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "emotivetalk_default.safetensors"
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+# The models the pack ships, by the name a user gives instead of a path: "default" (trained in
+# SynthTalk, guided sampling) and "fast" (its distilled few-step student: one UNet pass per step).
+SHIPPED_MODELS = {"default": WEIGHTS / "emotivetalk_default.safetensors", "fast": WEIGHTS / "emotivetalk_fast.safetensors"}
+DEFAULT_MODEL_PATH = SHIPPED_MODELS["default"]
 
 ETHD_COMPONENTS = ("unet", "adapter", "vae", "image_encoder")
 VAID_COMPONENTS = ("lip_projector", "dicte", "lip_encoder", "exp_encoder", "identity_encoder", "face_processor", "mapping")
 
 
 def resolve_model_file(source: str | Path) -> Path:
-    """``"default"`` -> the shipped default model; anything else is a path that must exist."""
-    path = DEFAULT_MODEL_PATH if str(source) == "default" else Path(source)
+    """A shipped model's name (:data:`SHIPPED_MODELS`) -> its file; anything else is a path that must exist."""
+    shipped = SHIPPED_MODELS.get(str(source))
+    path = shipped or Path(source)
     if not path.is_file():
-        hint = " (the default model ships in the repository: reinstall the pack)" if path == DEFAULT_MODEL_PATH else ""
+        hint = f" (the '{source}' model ships in the repository: reinstall the pack)" if shipped else ""
         raise CheckpointError(f"EmotiveTalk model file not found: {path}{hint}")
     return path
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .command_line import Parser, UsageError, run_reporting_errors, terminate_as_interrupt
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--side-by-side", type=Path, default=None,
                       help="also this mp4: the portrait, then one column per emotion (default: OUT_emotions.mp4)")
     _add_emotion_arguments(demo, default_label="happy")
-    _add_common_arguments(demo, steps=12)
+    _add_common_arguments(demo, steps_help="denoising steps (default: 12, or a distilled model's own)")
 
     from .synth.cli import add_commands
 
@@ -57,13 +58,17 @@ def _add_emotion_arguments(parser, default_label: str | None = None) -> None:
     parser.add_argument("--neutralise", action="store_true", help="start from a neutral face instead of the portrait's expression")
 
 
-def _add_common_arguments(parser, steps: int | None = None) -> None:
-    """Generation flags; their defaults are GenerationSettings' (``steps`` overrides for the demo)."""
-    from .settings import SAMPLERS, GenerationSettings  # the one owner of every generation setting
+def _add_common_arguments(parser, steps_help: str | None = None) -> None:
+    """Generation flags; their defaults are GenerationSettings' (None: the model's own, resolved once it loads)."""
+    from .settings import GUIDED_SAMPLING, SAMPLERS, GenerationSettings  # the one owner of every generation setting
 
     defaults = GenerationSettings()
+    guided = {name: f"{value:g}" for name, value in GUIDED_SAMPLING.items()}
+    own = "default: the model's, {}; a distilled model's own (1 for the 'fast' model)"
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=steps or defaults.steps, help="denoising steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=steps_help or f"denoising steps (default: the model's, {guided['steps']}; a distilled model's own, "
+                                           f"6 for the 'fast' model)")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default=defaults.sampler)
     parser.add_argument("--fps", type=float, default=defaults.fps)
     parser.add_argument("--width", type=int, default=defaults.width,
@@ -72,12 +77,12 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
                         help="a multiple of the model's step (64 for SVD, 4 for the default model); 0 = its native size (default)")
     parser.add_argument("--motion", type=int, default=None, help="SVD motion bucket (default: the model's)")
     parser.add_argument("--noise-aug", type=float, default=None, help="noise augmentation of the portrait (default: the model's)")
-    parser.add_argument("--reference-strength", type=float, default=defaults.reference_strength,
-                        help="guidance toward the portrait (default: %(default)s)")
-    parser.add_argument("--lip-strength", type=float, default=defaults.lip_strength,
-                        help="guidance toward the lip stream (default: %(default)s)")
-    parser.add_argument("--expression-strength", type=float, default=defaults.expression_strength,
-                        help="guidance toward the driven expression (default: %(default)s)")
+    parser.add_argument("--reference-strength", type=float, default=None,
+                        help=f"guidance toward the portrait ({own.format(guided['reference_strength'])})")
+    parser.add_argument("--lip-strength", type=float, default=None,
+                        help=f"guidance toward the lip stream ({own.format(guided['lip_strength'])})")
+    parser.add_argument("--expression-strength", type=float, default=None,
+                        help=f"guidance toward the driven expression ({own.format(guided['expression_strength'])})")
     parser.add_argument("--guidance-sigma-min", type=float, default=defaults.guidance_sigma_min,
                         help="noise level below which steps run one pass with every condition instead of the guidance "
                              "(fewer UNet passes; default: %(default)s, guide every step)")
@@ -85,7 +90,7 @@ def _add_common_arguments(parser, steps: int | None = None) -> None:
     parser.add_argument("--lip-context", type=int, default=None, help="lip frames either side each frame sees (default: the model's)")
     parser.add_argument("--window", type=int, default=None, help="frames per ETHD window (default: the model's clip length)")
     parser.add_argument("--overlap", type=int, default=None, help="window overlap in frames (default: 25%% of the window)")
-    parser.add_argument("--checkpoint", default="default", help="EmotiveTalk model file, or 'default'")
+    parser.add_argument("--checkpoint", default="default", help="EmotiveTalk model file, or a shipped model: 'default' or 'fast' (its distilled student, one UNet pass per step)")
     parser.add_argument("--base", type=Path, default=None, help="base SVD (svd_xt.safetensors or a diffusers folder) for an adapter-only checkpoint")
     parser.add_argument("--speech-encoder", type=Path, default=None, help="wav2vec2 file or folder, if the model uses one")
     parser.add_argument("--text-encoder", type=Path, default=None,
@@ -190,6 +195,7 @@ def _run(args) -> Path:
 
     from .media.image import load_image
     from .pipeline import EmotiveTalkPipeline, load_prepared_audio
+    from .settings import preview_steps
 
     image = DEMO_PORTRAIT if args.command == "demo" else _existing(args.image, "--image")
     audio = DEMO_SPEECH if args.command == "demo" else _existing(args.audio, "--audio")
@@ -206,6 +212,8 @@ def _run(args) -> Path:
     pipeline = EmotiveTalkPipeline.from_files(args.checkpoint, base=args.base, speech_source=args.speech_encoder,
                                               device=args.device, dtype=getattr(torch, args.dtype),
                                               text_encoder=args.text_encoder)
+    if args.command == "demo" and settings.steps is None:
+        settings = replace(settings, steps=preview_steps(pipeline.model.info))
     progress = None if args.quiet else _progress_bar()
     result = pipeline.generate_to_file(portrait, audio, args.out, settings, timeline, progress=progress)
     print(f"wrote {result.path} ({result.num_frames} frames at {settings.fps:g} fps, {result.seconds:.2f} s)")

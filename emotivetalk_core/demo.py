@@ -33,7 +33,7 @@ def side_by_side(pipeline, image: torch.Tensor, audio, settings, out_path: str |
     from .media.video_writer import VideoWriter
     from .pipeline import decode_frames, fit_portrait
 
-    settings = settings.sized_for(pipeline.model)
+    settings = settings.for_model(pipeline.model)
     labels = list(labels or pipeline.vaid.mapping.labels)
     columns = []
     for index, label in enumerate(labels):

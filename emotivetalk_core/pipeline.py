@@ -348,7 +348,8 @@ def _samplers() -> dict:
 
 
 def _warn_off_distillation(distilled: dict | None, settings: GenerationSettings) -> None:
-    """A distilled student (train/distill_stage.py) samples as it was trained to, or it wastes passes."""
+    """A distilled student (train/distill_stage.py) samples as it was trained to unless a user sets
+    otherwise (settings left None follow it); other settings waste passes, or drift."""
     if not distilled:
         return
     strengths = [settings.reference_strength, settings.lip_strength, settings.expression_strength]
@@ -369,6 +370,7 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
     from .svd.vae_decode import to_vae_space
 
     settings.validate()
+    settings = settings.sampling_for(model)
     num_frames = driven.shape[0]
     if lip.shape[0] != num_frames:
         raise ValueError(f"lip stream has {lip.shape[0]} frames, the expression stream {num_frames}")
@@ -461,7 +463,7 @@ class EmotiveTalkPipeline:
         """Every stage up to ETHD: ``(latents [N, 4, h, w], reference)``; ``resolver`` as in
         :func:`expand_expression`."""
         settings.validate()
-        settings = settings.sized_for(self.model)
+        settings = settings.for_model(self.model)
         speech = encode_speech(self.vaid, audio, settings.av_offset)
         lip = lip_stream(self.vaid, speech)
         reference = encode_reference(self.model, self.vaid, image, settings.width, settings.height, mask,
@@ -477,7 +479,7 @@ class EmotiveTalkPipeline:
         from .media.video_writer import VideoWriter
 
         prepared = audio if isinstance(audio, PreparedAudio) else load_prepared_audio(audio, settings.fps)
-        settings = settings.sized_for(self.model)
+        settings = settings.for_model(self.model)
         latents, _ = self.latents(image, prepared, settings, timeline, mask, progress)
         metadata = {
             "comment": video_comment(self.trained),

@@ -4,7 +4,8 @@
 their defaults from it and their ranges from :data:`LIMITS`). It refuses values no generation can
 use, naming the setting (:class:`SettingError`), and resolves the sampling windows, guidance and
 UNet calls (:class:`SamplingPlan`) and the decode chunk for a model; :func:`output_size` resolves
-the size to make and refuses one the model cannot make.
+the size to make and refuses one the model cannot make; :func:`model_sampling` the steps and
+guidance strengths a model samples with when they are left unset (a distilled student's own).
 """
 
 from __future__ import annotations
@@ -33,6 +34,42 @@ LIMITS = {
 }
 
 
+# Steps and guidance strengths of a model left to its own sampling (those settings None). Lip 4 /
+# expression 2 (docs/ARCHITECTURE.md, "Guidance"): on held-out SynthTalk clips lip strength 4
+# doubles lip sync over 1, and expression 2 gives back the emotion strength the stronger lip pass
+# takes (BENCHMARKS.md, "Lip guidance"). Costs a fourth UNet pass per step.
+GUIDED_SAMPLING = {"steps": 25, "reference_strength": 2.0, "lip_strength": 4.0, "expression_strength": 2.0}
+SAMPLING_SETTINGS = tuple(GUIDED_SAMPLING)
+
+
+def model_sampling(info: dict) -> dict:
+    """The steps and strengths ``info``'s model samples with unless set: a distilled student's own
+    (it learned its teacher's guided result in those steps at one UNet pass each, and spends
+    passes for nothing, or drifts, at others), else :data:`GUIDED_SAMPLING`."""
+    distilled = info.get("distilled")
+    if not distilled:
+        return dict(GUIDED_SAMPLING)
+    reference, lip, expression = distilled["guidance"]
+    return {"steps": distilled["steps"], "reference_strength": reference, "lip_strength": lip,
+            "expression_strength": expression}
+
+
+# Steps of a quick look (the demo, the held-out evaluation) at a model that was not distilled: on
+# held-out SynthTalk clips within 0.007 of 25 steps at half the passes (BENCHMARKS.md,
+# "synth_quality_per_call").
+PREVIEW_STEPS = 12
+
+
+def preview_steps(info: dict) -> int:
+    """Steps of a quick look at ``info``'s model: a distilled student's own, else :data:`PREVIEW_STEPS`."""
+    return model_sampling(info)["steps"] if info.get("distilled") else PREVIEW_STEPS
+
+
+def default_guidance() -> Guidance:
+    """The guidance a model that was not distilled samples with (training previews show it)."""
+    return Guidance(*(GUIDED_SAMPLING[f"{name}_strength"] for name in ("reference", "lip", "expression")))
+
+
 class SettingError(ValueError):
     """A generation setting out of its allowed range; ``setting`` names it (the command line
     turns it into its flag, ``--`` + the name with dashes)."""
@@ -58,22 +95,20 @@ def _whole_in_range(name: str, value, low: int, high: int) -> None:
 
 @dataclass
 class GenerationSettings:
-    """Every knob of a generation. ``None`` means "what the model was trained with"."""
+    """Every knob of a generation. ``None`` means "what the model was trained with" (for the steps
+    and guidance strengths: :func:`model_sampling`, resolved by :meth:`for_model`)."""
 
     fps: float = 25.0
     width: int = 0  # 0 = the model's native size (see native_size)
     height: int = 0
-    steps: int = 25
+    steps: int | None = None
     sampler: str = "euler"
     seed: int = 0
     motion: int | None = None  # SVD's motion bucket
     noise_aug: float | None = None
-    # Lip 4 / expression 2 (docs/ARCHITECTURE.md, "Guidance"): on held-out SynthTalk clips lip
-    # strength 4 doubles lip sync over 1, and expression 2 gives back the emotion strength the
-    # stronger lip pass takes (BENCHMARKS.md, "Lip guidance"). Costs a fourth UNet pass per step.
-    reference_strength: float = 2.0
-    lip_strength: float = 4.0
-    expression_strength: float = 2.0
+    reference_strength: float | None = None
+    lip_strength: float | None = None
+    expression_strength: float | None = None
     guidance_sigma_min: float = 0.0  # steps below this noise level run one unguided pass (sampling.Guidance)
     av_offset: int = 0  # frames; > 0 moves the mouth later than the audio
     lip_context: int | None = None  # lip frames either side seen by each frame (<= the model's)
@@ -85,15 +120,15 @@ class GenerationSettings:
 
     def validate(self) -> None:
         """Refuse values no generation can use, naming the setting and its allowed range
-        (:class:`SettingError`); sizes the model cannot make are refused by :meth:`sized_for`."""
+        (:class:`SettingError`); sizes the model cannot make are refused by :meth:`for_model`."""
         try:
             fps = audio_lib.exact_rate(self.fps, "fps")
         except (TypeError, ValueError) as error:
             raise SettingError("fps", str(error)) from error
         _in_range("fps", fps, *LIMITS["fps"])
-        for name in ("width", "height", "steps", "dicte_steps", "seed"):
+        for name in ("width", "height", "dicte_steps", "seed"):
             _whole_in_range(name, getattr(self, name), *LIMITS[name])
-        for name in ("window", "overlap", "lip_context", "motion", "decode_chunk", "max_batch"):
+        for name in ("steps", "window", "overlap", "lip_context", "motion", "decode_chunk", "max_batch"):
             if getattr(self, name) is not None:
                 _whole_in_range(name, getattr(self, name), *LIMITS[name])
         _whole_in_range("av_offset", self.av_offset, *LIMITS["av_offset"])
@@ -108,8 +143,26 @@ class GenerationSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def for_model(self, model) -> "GenerationSettings":
+        """A copy with the model's size (:func:`output_size`; refuses one it cannot make) and its
+        own steps and strengths (:func:`model_sampling`) where they are None."""
+        width, height = output_size(model, self.width, self.height)
+        return replace(self.sampling_for(model), width=width, height=height)
+
+    def sampling_for(self, model) -> "GenerationSettings":
+        """A copy with the model's steps and guidance strengths where they are None."""
+        return self.with_sampling(model_sampling(model.info))
+
+    def with_sampling(self, own: dict) -> "GenerationSettings":
+        """A copy with ``own`` steps and strengths (a :func:`model_sampling`) where they are None."""
+        return replace(self, **{name: own[name] for name in SAMPLING_SETTINGS if getattr(self, name) is None})
+
     def guidance(self) -> Guidance:
-        return Guidance(self.reference_strength, self.lip_strength, self.expression_strength, self.guidance_sigma_min)
+        """The guidance of resolved settings (:meth:`sampling_for`)."""
+        strengths = (self.reference_strength, self.lip_strength, self.expression_strength)
+        if None in strengths:
+            raise ValueError("guidance strengths left to the model: resolve them with sampling_for(model) first")
+        return Guidance(*strengths, self.guidance_sigma_min)
 
     def windowing(self, model) -> tuple[int, int]:
         """``(window, overlap)`` in frames: the training clip length and a quarter of it unless set."""
@@ -121,17 +174,13 @@ class GenerationSettings:
         return self.decode_chunk or self.windowing(model)[0]
 
     def sampling_plan(self, model, num_frames: int) -> "SamplingPlan":
-        """What ETHD sampling of ``num_frames`` frames will do with these settings."""
+        """What ETHD sampling of ``num_frames`` frames will do with these settings on ``model``."""
+        resolved = self.sampling_for(model)
         window, overlap = self.windowing(model)
         # Heun's last step is Euler's: 2 * steps - 1 model calls per window.
-        calls_per_window = 2 * self.steps - 1 if self.sampler == "heun" else self.steps
+        calls_per_window = 2 * resolved.steps - 1 if self.sampler == "heun" else resolved.steps
         return SamplingPlan(window, overlap, len(window_spans(num_frames, window, overlap)), calls_per_window,
-                            self.guidance())
-
-    def sized_for(self, model) -> "GenerationSettings":
-        """A copy with the size :func:`output_size` resolves (0 = the model's native size)."""
-        width, height = output_size(model, self.width, self.height)
-        return replace(self, width=width, height=height)
+                            resolved.guidance())
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ from ._core import emotion, settings
 
 DEFAULTS = settings.GenerationSettings()
 LIMITS = settings.LIMITS
+# Widget values meaning "the model's own" (the library's None): 0 steps, strength -1 (a strength of
+# 0 is a real choice: that guidance off).
+OWN_STEPS = 0
+OWN_STRENGTH = -1.0
 
 
 def seed() -> tuple:
@@ -28,10 +32,33 @@ def fps(tooltip: str = "Frame rate of the video to make (EmotiveTalk is trained 
     return ("FLOAT", {"default": DEFAULTS.fps, "min": float(low), "max": float(high), "step": 0.01, "tooltip": tooltip})
 
 
-def steps(tooltip: str, setting: str = "steps") -> tuple:
-    """Sampling steps of the video model (``steps``) or of Di-CTE (``dicte_steps``)."""
-    low, high = LIMITS[setting]
-    return ("INT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "tooltip": tooltip})
+def steps(tooltip: str) -> tuple:
+    """Sampling steps of the video model; 0 = the model's own (``settings.model_sampling``)."""
+    high = LIMITS["steps"][1]
+    return ("INT", {"default": OWN_STEPS, "min": OWN_STEPS, "max": high,
+                    "tooltip": f"{tooltip} 0 = the model's: {settings.GUIDED_SAMPLING['steps']}, or a distilled model's own "
+                               f"(6 for 'fast')."})
+
+
+def dicte_steps(tooltip: str) -> tuple:
+    low, high = LIMITS["dicte_steps"]
+    return ("INT", {"default": DEFAULTS.dicte_steps, "min": low, "max": high, "tooltip": tooltip})
+
+
+def sampler_steps(tooltip: str) -> tuple:
+    """Steps where no model is at hand to say its own (native SIGMAS)."""
+    low, high = LIMITS["steps"]
+    return ("INT", {"default": settings.GUIDED_SAMPLING["steps"], "min": low, "max": high, "tooltip": tooltip})
+
+
+def own_steps(value: int) -> int | None:
+    """The steps widget's value for the library: None (the model's own) for 0."""
+    return None if value == OWN_STEPS else value
+
+
+def own_strength(value: float) -> float | None:
+    """A strength widget's value for the library: None (the model's own) below 0; 0 is guidance off."""
+    return None if value < 0 else value
 
 
 def intensity() -> tuple:
@@ -40,9 +67,11 @@ def intensity() -> tuple:
 
 
 def strength(setting: str, tooltip: str) -> tuple:
-    """One of the guidance strengths (reference, lip, expression)."""
-    low, high = LIMITS[setting]
-    return ("FLOAT", {"default": getattr(DEFAULTS, setting), "min": low, "max": high, "step": 0.05, "tooltip": tooltip})
+    """One of the guidance strengths (reference, lip, expression); -1 = the model's own."""
+    high = LIMITS[setting][1]
+    own = settings.GUIDED_SAMPLING[setting]
+    return ("FLOAT", {"default": OWN_STRENGTH, "min": OWN_STRENGTH, "max": high, "step": 0.05,
+                      "tooltip": f"{tooltip} -1 = the model's: {own:g}, or a distilled model's own (1 for 'fast')."})
 
 
 def guidance_strengths() -> dict:

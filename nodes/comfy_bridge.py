@@ -218,8 +218,8 @@ def model_folders(folder: str) -> list[Path]:
     return [Path(path) for path in folder_paths.get_folder_paths(folder)]
 
 
-def list_files(folder: str, first: str) -> list[str]:
-    """``[first] +`` the .safetensors files of a model folder (``first`` is "default" or "none")."""
+def list_files(folder: str, *first: str) -> list[str]:
+    """``[*first] +`` the .safetensors files of a model folder (``first``: the shipped models' names, or "none")."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
         names = folder_paths.get_filename_list(folder)
@@ -227,7 +227,7 @@ def list_files(folder: str, first: str) -> list[str]:
         names = sorted(str(path.relative_to(root)) for root in model_folders(folder) if root.is_dir()
                        for path in root.rglob("*.safetensors"))
     # Model files are safetensors only (never pickle), base SVD included.
-    return [first, *(name for name in names if name.lower().endswith(".safetensors"))]
+    return [*first, *(name for name in names if name.lower().endswith(".safetensors"))]
 
 
 def resolve_file(folder: str, name: str) -> Path:

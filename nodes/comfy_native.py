@@ -104,6 +104,7 @@ class NativeAdapters:
     settings: dict  # the file's SVD conditioning (fps_id, motion_bucket, clip_frames, ...)
     model_tag: str | None  # the EMOTIVETALK_MODEL whose VAE space the LATENT is in, if known
     base_config: str | dict  # the SVD architecture the adapters were trained on (its VAE and image encoder's shapes)
+    sampling: dict  # the steps and guidance strengths the file samples with unless set (settings.model_sampling)
 
 
 class AdapterWrapper:
@@ -141,7 +142,7 @@ _ADAPTERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, load_device, offload_device):
-    """``(ModelPatcher of the AdapterSet, model settings, the SVD it pairs with)`` of an EmotiveTalk
+    """``(ModelPatcher of the AdapterSet, model settings, the SVD it pairs with, its own sampling)`` of an EmotiveTalk
     file, fitted to a UNet with video transformers of ``shapes`` ({adapter name: (width, spatial
     blocks)}); the weights are read once."""
     import comfy.model_patcher
@@ -159,7 +160,7 @@ def load_adapters(path, shapes: dict[str, tuple[int, int]], dtype: torch.dtype, 
         adapters = _read_adapters(path, shapes, info).to(dtype).eval().requires_grad_(False)
         patcher = comfy.model_patcher.ModelPatcher(adapters, load_device=load_device, offload_device=offload_device)
         _ADAPTERS[key] = patcher
-    return patcher, model_settings, core_module("bundles").base_config(configs, info)
+    return patcher, model_settings, core_module("bundles").base_config(configs, info), core_module("settings").model_sampling(info)
 
 
 def _read_adapters(path, shapes: dict[str, tuple[int, int]], info: dict):
@@ -191,7 +192,7 @@ def apply_adapters(model, path, tag: str | None = None):
                          "with Image Only Checkpoint Loader, or EmotiveTalk UNet to MODEL for an EmotiveTalk file's own UNet")
     shapes = {name: ethd_lib.transformer_shapes(diffusion_model.get_submodule(p)) for name, p in paths.items()}
     dtype = model.model.manual_cast_dtype or model.model_dtype()
-    patcher, model_settings, base_config = load_adapters(path, shapes, dtype, model.load_device, model.offload_device)
+    patcher, model_settings, base_config, sampling = load_adapters(path, shapes, dtype, model.load_device, model.offload_device)
     adapters = patcher.model
     applied = model.clone()
     wrappers = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
@@ -200,7 +201,7 @@ def apply_adapters(model, path, tag: str | None = None):
         applied.remove_wrappers_with_key(wrappers, KEY)
     applied.add_wrapper_with_key(wrappers, KEY, AdapterWrapper(adapters, paths))
     applied.set_additional_models(KEY, [patcher])
-    applied.set_attachments(KEY, NativeAdapters(adapters, paths, dict(model_settings), tag, base_config))
+    applied.set_attachments(KEY, NativeAdapters(adapters, paths, dict(model_settings), tag, base_config, sampling))
     log.info("%s: %s on %d video transformers", APPLY, path.name, len(paths))
     return applied
 
@@ -531,11 +532,11 @@ class EmotiveTalkGuider:
                 raise ValueError(f"{GUIDER}, input '{name}': this CONDITIONING carries no lip/expression streams; connect "
                                  f"{CONDITIONING}'s {name} output")
         settings = settings_lib.GenerationSettings(
-            reference_strength=reference_strength, lip_strength=lip_strength, expression_strength=expression_strength,
-            window=window or None, overlap=overlap or None)
+            reference_strength=widgets.own_strength(reference_strength), lip_strength=widgets.own_strength(lip_strength),
+            expression_strength=widgets.own_strength(expression_strength), window=window or None, overlap=overlap or None)
         widgets.validated(settings, GUIDER)
         window, overlap = settings.windowing(native)
-        guider = guider_class()(model, settings.guidance(), window, overlap)
+        guider = guider_class()(model, settings.with_sampling(native.sampling).guidance(), window, overlap)
         guider.set_conds(positive, negative)
         return (guider,)
 
@@ -566,7 +567,8 @@ class EmotiveTalkSigmas:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"steps": widgets.steps("Denoising steps.")}}
+        return {"required": {"steps": widgets.sampler_steps(
+            "Denoising steps (the 'fast' model was distilled for 6: use 6 with it).")}}
 
     def get_sigmas(self, steps):
         return (core_module("sampling").karras_sigmas(steps),)

@@ -46,7 +46,7 @@ class EmotiveTalkGenerate:
                 "emotion": (list(configs.EMOTION_LABELS), {"default": "neutral", "tooltip": "The emotion to show (ignored when emotion_text is filled in)."}),
                 "intensity": widgets.intensity(),
                 "seed": widgets.seed(),
-                "steps": widgets.steps("Denoising steps of the video model (and of Di-CTE)."),
+                "steps": widgets.steps("Denoising steps of the video model (and of Di-CTE, 25 when 0)."),
                 "width": widgets.size("width"),
                 "height": widgets.size("height"),
                 "fps": widgets.fps("Output frame rate (EmotiveTalk is trained at 25)."),
@@ -79,12 +79,12 @@ class EmotiveTalkGenerate:
         model, vaid = self.models(model_name)
         lip, audio_exp = EmotiveTalkVAIDDecouple().decouple(vaid, speech)
         reference, _ = EmotiveTalkEDIReference().encode(model, vaid, portrait, width, height, -1.0, seed, face_mask)
-        (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text, clip),
-                                                       seed, steps)
         defaults = widgets.DEFAULTS
+        (expression,) = EmotiveTalkDiCTEExpand().expand(vaid, audio_exp, reference, emotion_of(emotion, intensity, emotion_text, clip),
+                                                       seed, steps or defaults.dicte_steps)
+        own = widgets.OWN_STRENGTH
         (latent,) = EmotiveTalkETHDSampler().sample(model, reference, lip, expression, steps, defaults.sampler, seed,
-                                                    defaults.reference_strength, defaults.lip_strength,
-                                                    defaults.expression_strength, -1, 0, 0, -1)
+                                                    own, own, own, -1, 0, 0, -1)
         (frames,) = EmotiveTalkDecode().decode(model, latent, 0)
         return frames, comfy_audio(speech.waveform, speech.sample_rate), speech.fps
 

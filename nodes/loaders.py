@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model(name: str):
-    """"default" -> the shipped default model; anything else -> a file in models/emotivetalk."""
-    if name == bridge.DEFAULT_MODEL:
-        return bundles.resolve_model_file(bridge.DEFAULT_MODEL)
+    """A shipped model's name ("default", "fast") -> its file; anything else -> a file in models/emotivetalk."""
+    if name in bundles.SHIPPED_MODELS:
+        return bundles.resolve_model_file(name)
     return bridge.resolve_file(bridge.EMOTIVETALK_FOLDER, name)
 
 
@@ -52,10 +52,12 @@ def manage_vaid(vaid):
 
 
 def model_file_input(what: str) -> tuple:
-    """The widget that picks an EmotiveTalk file from models/emotivetalk (or the shipped default)."""
-    return (bridge.list_files(bridge.EMOTIVETALK_FOLDER, bridge.DEFAULT_MODEL), {
+    """The widget that picks an EmotiveTalk file from models/emotivetalk (or a shipped model)."""
+    return (bridge.list_files(bridge.EMOTIVETALK_FOLDER, *bundles.SHIPPED_MODELS), {
         "default": bridge.DEFAULT_MODEL,
-        "tooltip": f"{what}; 'default' is the pack's own 32 px demo model, trained on SynthTalk's procedural faces (not for real faces).",
+        "tooltip": f"{what}; 'default' is the pack's own 32 px demo model, trained on SynthTalk's procedural faces (not for "
+                   f"real faces); 'fast' its distilled student: 6 steps of one UNet pass (leave steps and strengths at the "
+                   f"model's).",
     })
 
 

@@ -208,7 +208,7 @@ class EmotiveTalkDiCTEExpand:
             "reference": (REFERENCE, {"tooltip": "From EmotiveTalk EDI Reference (Di-CTE reads the portrait's identity and expression)."}),
             "emotion": (EMOTION, {"tooltip": "An emotion source or an emotion timeline."}),
             "seed": widgets.seed(),
-            "steps": widgets.steps("Di-CTE sampling steps (capped at the model's training steps).", "dicte_steps"),
+            "steps": widgets.dicte_steps("Di-CTE sampling steps (capped at the model's training steps)."),
         }}
 
     def expand(self, vaid, audio_exp, reference, emotion, seed, steps):
@@ -267,8 +267,9 @@ class EmotiveTalkETHDSampler:
     def sample(self, model, reference, lip, expression, steps, sampler, seed, reference_strength, lip_strength,
                expression_strength, motion, window, overlap, lip_context):
         settings = settings_lib.GenerationSettings(
-            steps=steps, sampler=sampler, seed=seed, reference_strength=reference_strength,
-            lip_strength=lip_strength, expression_strength=expression_strength,
+            steps=widgets.own_steps(steps), sampler=sampler, seed=seed,
+            reference_strength=widgets.own_strength(reference_strength), lip_strength=widgets.own_strength(lip_strength),
+            expression_strength=widgets.own_strength(expression_strength),
             motion=None if motion < 0 else motion, window=window or None, overlap=overlap or None,
             lip_context=None if lip_context < 0 else lip_context,
         )

@@ -6,12 +6,21 @@
     python -m emotivetalk_core synth evaluate --checkpoint RUN/half.safetensors --seed 1 --json > REPORT.json
     python scripts/make_default_model.py ship RUN/half.safetensors --report REPORT.json
 
+The ``fast`` model is the default model's distilled student, shipped the same way:
+
+    python -m emotivetalk_core.train distill --config CONFIG   # init.teacher: the shipped default model
+    python scripts/make_default_model.py half RUN/export/distill.safetensors --out STUDENT.safetensors
+    python -m emotivetalk_core synth evaluate --checkpoint STUDENT.safetensors --seed 1 --json > REPORT.json
+    python scripts/make_default_model.py ship STUDENT.safetensors --report REPORT.json
+
 ``half`` stores the run in float16 (half the file; the loaders compute in the dtype they are
 asked for). ``ship`` copies the weights unchanged into
-``emotivetalk_core/weights/emotivetalk_default.safetensors``, keeping how they were trained (the
-run's command, seed and plan, which ``synth train`` wrote) and adding the held-out report. It
-refuses a report of other weights (its checkpoint digest), of the training world, of fewer than
-64 clips, or with a goal left unmeasured: the shipped figures are those of the shipped weights.
+``emotivetalk_core/weights/emotivetalk_default.safetensors`` (a student: ``emotivetalk_fast``),
+keeping how they were trained (the run's command, seed and plan, which ``synth train`` wrote; a
+student's distillation config and teacher digest) and adding the held-out report. It refuses a
+report of other weights (its checkpoint digest), of the training world, of fewer than 64 clips,
+or with a goal left unmeasured: the shipped figures are those of the shipped weights; and a
+student of another teacher than the shipped default model.
 """
 
 from __future__ import annotations
@@ -23,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, file_digest  # noqa: E402
-from emotivetalk_core.checkpoints import load_model_file, save_model_file  # noqa: E402
+from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, SHIPPED_MODELS, file_digest  # noqa: E402
+from emotivetalk_core.checkpoints import load_model_file, read_metadata, save_model_file  # noqa: E402
 
 SCRIPT = "scripts/make_default_model.py"
 MIN_CLIPS = 64
@@ -67,8 +76,22 @@ def ship(model: Path, report: dict, out: Path) -> Path:
                          f"evaluate at least {MIN_CLIPS} clips with every measure")
     note = (f"EmotiveTalk trained in SynthTalk (32 px procedural faces with eSpeak NG speech) by "
             f"'{run['command']}'; a demonstration model, not for real faces")
-    return save_model_file(_new(out, model), {name: (states[name], configs[name]) for name in states},
-                           {**info, "note": note, "config": "synthtalk", "script": SCRIPT, "held_out": report})
+    shipped = {**info, "note": note, "config": "synthtalk", "script": SCRIPT, "held_out": report}
+    if info.get("distilled"):
+        shipped = {**shipped, **_student(info)}
+    return save_model_file(_new(out, model), {name: (states[name], configs[name]) for name in states}, shipped)
+
+
+def _student(info: dict) -> dict:
+    """A distilled student's note and training config, once its teacher is the shipped default model."""
+    distilled, teacher = info["distilled"], file_digest(DEFAULT_MODEL_PATH)
+    if distilled["teacher"]["sha256"] != teacher["sha256"]:
+        raise SystemExit(f"this student was distilled from {distilled['teacher']['name']} (sha256 "
+                         f"{distilled['teacher']['sha256'][:12]}), not the shipped default model ({teacher['sha256'][:12]})")
+    note = (f"the default model distilled (python -m emotivetalk_core.train distill, its distill_config) into "
+            f"{distilled['steps']} {distilled['sampler']} steps of one UNet pass from {distilled['teacher_steps']} guided "
+            f"steps of four; a demonstration model, not for real faces")
+    return {"note": note, "distill_config": info["config"]}
 
 
 def _new(out: Path, model: Path) -> Path:
@@ -88,12 +111,14 @@ def main() -> None:
     shipping = commands.add_parser("ship", help="the default model: weights of MODEL with its held-out report")
     shipping.add_argument("model", type=Path)
     shipping.add_argument("--report", type=Path, required=True, help="synth evaluate --json of MODEL on a held-out world")
-    shipping.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH)
+    shipping.add_argument("--out", type=Path, default=None,
+                          help="default: the shipped default model's file, or the 'fast' model's for a distilled student")
     args = parser.parse_args()
     if args.command == "half":
         path = half(args.model, args.out, args.dicte_window)
     else:
-        path = ship(args.model, json.loads(args.report.read_text()), args.out)
+        out = args.out or SHIPPED_MODELS["fast" if read_metadata(args.model)[1].get("distilled") else "default"]
+        path = ship(args.model, json.loads(args.report.read_text()), out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

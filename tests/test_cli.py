@@ -104,10 +104,14 @@ def test_demo_writes_the_side_by_side_where_it_says(capsys, tmp_path, monkeypatc
 
     from emotivetalk_core import demo, pipeline
 
+    steps = []
+
     class Pipeline:
         trained = True
+        model = SimpleNamespace(info={})  # a model that was not distilled: the demo's 12 steps
 
         def generate_to_file(self, portrait, audio, out, settings, timeline, progress=None):
+            steps.append(settings.steps)
             return SimpleNamespace(path=out, num_frames=audio.num_frames, seconds=audio.num_frames / settings.fps)
 
     written = []
@@ -115,5 +119,5 @@ def test_demo_writes_the_side_by_side_where_it_says(capsys, tmp_path, monkeypatc
     monkeypatch.setattr(demo, "side_by_side", lambda pipe, image, audio, settings, out, progress=None:
                         written.append(out) or {"path": out, "labels": ["happy"]})
     assert main(["demo", "--out", str(tmp_path / "demo.mp4"), "--quiet"]) == 0
-    assert written == [tmp_path / "demo_emotions.mp4"]
+    assert written == [tmp_path / "demo_emotions.mp4"] and steps == [12]
     assert f"wrote {tmp_path / 'demo_emotions.mp4'}" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import torch
 from emotivetalk_core.bundles import (
     DEFAULT_MODEL_PATH,
     ETHD_COMPONENTS,
+    SHIPPED_MODELS,
     VAID_COMPONENTS,
     build_vaid_model,
     describe,
@@ -15,16 +16,20 @@ from emotivetalk_core.bundles import (
     load_vaid_model,
     save_full_model,
     build_emotivetalk_model,
+    file_digest,
 )
 from emotivetalk_core.checkpoints import CheckpointError, load_model_file, read_metadata, save_model_file
 from emotivetalk_core.configs import get_config
 
 
-def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
-    from emotivetalk_core.synth.evaluate import GOALS, default_guidance
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
+def test_shipped_models_are_the_synthtalk_run_with_their_held_out_figures(name):
+    from emotivetalk_core.settings import model_sampling
+    from emotivetalk_core.synth.evaluate import GOALS
 
-    assert DEFAULT_MODEL_PATH.stat().st_size <= 20e6
-    configs, info = read_metadata(DEFAULT_MODEL_PATH)
+    path = SHIPPED_MODELS[name]
+    assert path.stat().st_size <= 20e6
+    configs, info = read_metadata(path)
     assert set(configs) == set(ETHD_COMPONENTS) | set(VAID_COMPONENTS)
     assert info["trained"] is True and info["config"] == "synthtalk" and "UNTRAINED" not in describe(info)
     run = info["synthtalk"]
@@ -32,13 +37,17 @@ def test_default_model_is_the_synthtalk_run_with_its_held_out_figures():
     held_out = info["held_out"]
     assert held_out["settings"]["seed"] != run["world_seed"] and held_out["settings"]["clips"] >= 64
     assert held_out["settings"]["checkpoint_sha256"]  # the report of these weights (make_default_model checks)
-    # The figures a user reads were made with the guidance a user gets: change the defaults, re-evaluate.
-    assert held_out["settings"].get("guidance") == default_guidance()
-    for name in GOALS:  # every goal measured, beside its ceiling and floor
-        assert {"value", "ceiling", "floor", "goal", "met"} <= set(held_out[name]), name
-        assert held_out[name]["met"] is not None, name
-    model = load_emotivetalk_model("default")
-    vaid = load_vaid_model("default")
+    # The figures a user reads were made with the sampling a user gets: change it, re-evaluate.
+    own = model_sampling(info)
+    assert held_out["settings"].get("guidance") == {key: own[f"{key}_strength"] for key in ("reference", "lip", "expression")}
+    if name == "fast":  # the default model's student, evaluated at the steps it samples with
+        assert info["distilled"]["teacher"]["sha256"] == file_digest(DEFAULT_MODEL_PATH)["sha256"]
+        assert held_out["settings"]["steps"] == own["steps"] == info["distilled"]["steps"] <= 25 // 4
+    for goal in GOALS:  # every goal measured, beside its ceiling and floor
+        assert {"value", "ceiling", "floor", "goal", "met"} <= set(held_out[goal]), goal
+        assert held_out[goal]["met"] is not None, goal
+    model = load_emotivetalk_model(name)
+    vaid = load_vaid_model(name)
     # The synthtalk config's ETHD settings, and what the training data decided (train/ethd_stage.data_settings):
     # the clip motion that motion bucket 127 stands for.
     settings = dict(model.settings)
@@ -60,7 +69,6 @@ def _script(name: str):
 
 
 def test_make_default_model_ships_the_evaluated_weights_with_their_whole_report(tmp_path):
-    from emotivetalk_core.bundles import file_digest
     from emotivetalk_core.synth.evaluate import GOALS
 
     torch.manual_seed(0)
@@ -103,6 +111,33 @@ def test_make_default_model_ships_the_evaluated_weights_with_their_whole_report(
     assert "UNTRAINED" in describe(read_metadata(untrained)[1])
     with pytest.raises(SystemExit, match="not a SynthTalk-trained model"):
         script.half(untrained, tmp_path / "again.safetensors")
+    assert not (tmp_path / "again.safetensors").exists()
+
+
+def test_make_default_model_ships_a_student_of_the_shipped_default_model_only(tmp_path):
+    from emotivetalk_core.synth.evaluate import GOALS
+
+    torch.manual_seed(0)
+    config = get_config("tiny")
+    model, vaid = build_emotivetalk_model(config), build_vaid_model(config)
+    distilled = {"teacher": file_digest(DEFAULT_MODEL_PATH), "steps": 6, "teacher_steps": 12, "sampler": "euler",
+                 "guidance": [1.0, 1.0, 1.0], "teacher_guidance": [2.0, 4.0, 2.0]}
+    run = {"command": "python -m emotivetalk_core synth train --out RUN", "seed": 0, "world_seed": 0}
+    training = {"stage": "distill", "distill": {"student_steps": 6, "teacher_steps": 12}}
+    info = {"trained": True, "note": "distill stage", "synthtalk": run, "distilled": distilled, "config": training}
+    student = save_full_model(tmp_path / "student.safetensors", model, vaid, config, info)
+    report = {name: {"value": 1.0, "ceiling": 1.0, "floor": 0.0, "goal": "x", "met": True} for name in GOALS}
+    report.update(settings={"seed": 1, "clips": 64, "checkpoint": str(student), "checkpoint_sha256": file_digest(student)["sha256"]})
+    script = _script("make_default_model")
+    _, shipped = read_metadata(script.ship(student, report, tmp_path / "fast.safetensors"))
+    assert shipped["distilled"] == distilled and shipped["distill_config"] == training and shipped["config"] == "synthtalk"
+    assert "distilled" in shipped["note"] and "6 euler steps" in shipped["note"] and shipped["held_out"] == report
+
+    other = {**info, "distilled": {**distilled, "teacher": {"name": "mine.safetensors", "sha256": "1" * 64, "bytes": 1}}}
+    student = save_full_model(tmp_path / "other.safetensors", model, vaid, config, other)
+    report["settings"]["checkpoint_sha256"] = file_digest(student)["sha256"]
+    with pytest.raises(SystemExit, match="distilled from mine.safetensors .* not the shipped default model"):
+        script.ship(student, report, tmp_path / "again.safetensors")
     assert not (tmp_path / "again.safetensors").exists()
 
 

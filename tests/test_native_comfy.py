@@ -222,6 +222,28 @@ def test_all_guidance_passes_of_a_window_run_as_one_unet_call(native, streams):
     assert all(sorted(names) == ["expression", "lip", "none", "reference"] for names in calls)
 
 
+def test_guider_strengths_at_minus_one_are_the_applied_files_own(native, streams):
+    """At the widgets' default (-1) the Guider guides as the Applied file samples: the default
+    model's 2, 4, 2 (four passes per call), the fast model's 1, 1, 1 (one pass: its distillation)."""
+    from comfy.patcher_extension import WrappersMP
+
+    from nodes import comfy_native
+    from nodes.loaders import EmotiveTalkModelLoader
+
+    (fast,) = EmotiveTalkModelLoader().load("fast")
+    (fast_base,) = comfy_native.EmotiveTalkUNetToModel().convert(fast)
+    for name, base, passes in (("default", native[1], ["expression", "lip", "none", "reference"]),
+                               ("fast", fast_base, ["expression"])):
+        calls = []
+        recording = base.clone()
+        recording.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "record",
+                                       lambda executor, *args, **kwargs: calls.append(sorted(item.name for item in kwargs["emotivetalk"]))
+                                       or executor(*args, **kwargs))
+        (applied,) = comfy_native.EmotiveTalkApply().apply(recording, name)
+        _native_sample(applied, *streams, guidance=(-1.0, -1.0, -1.0))
+        assert calls and all(names == passes for names in calls), (name, calls[:2])
+
+
 def test_native_sampling_gives_the_pack_samplers_latents(native, streams):
     """EmotiveTalk Noise + Guider + core euler + EmotiveTalk Sigmas in SamplerCustomAdvanced equal
     the pack's ETHD sampler (12 frames = 2 windows of 8, overlap 2, 4 steps) within 1e-3 on the

@@ -112,10 +112,14 @@ def test_node_schema_is_well_formed(node_id):
 
 
 def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
-    """One owner for each setting: a widget's default is the library's, its range inside the library's."""
+    """One owner for each setting: a widget's default is the library's (its "model's own" value
+    where the library leaves a setting None: 0 steps, strength -1), its range inside the library's."""
+    from nodes import _widgets as widgets
+
     defaults = settings.GenerationSettings()
-    library = {"seed": "seed", "fps": "fps", "reference_strength": "reference_strength", "lip_strength": "lip_strength",
-               "expression_strength": "expression_strength"}
+    strengths = ("reference_strength", "lip_strength", "expression_strength")
+    library = {"seed": "seed", "fps": "fps", **{name: name for name in strengths}}
+    to_library = {"steps": widgets.own_steps, **{name: widgets.own_strength for name in strengths}}
     checked = 0
     for node_id in ("EmotiveTalkAudioPrepare", "EmotiveTalkEDIReference", "EmotiveTalkDiCTEExpand",
                     "EmotiveTalkETHDSampler", "EmotiveTalkSaveVideo", "EmotiveTalkGenerate", "EmotiveTalkGuider",
@@ -126,10 +130,22 @@ def test_widgets_offer_the_library_defaults_and_nothing_it_would_refuse():
             if widget not in inputs:
                 continue
             options, (low, high) = inputs[widget][1], settings.LIMITS[setting]
-            assert options["default"] == getattr(defaults, setting), (node_id, widget)
-            assert low <= options["min"] and options["max"] <= high, (node_id, widget)
+            if node_id == "EmotiveTalkSigmas":  # SIGMAS have no model to ask for its own steps
+                assert options["default"] == settings.GUIDED_SAMPLING["steps"] and low <= options["min"]
+            else:
+                convert = to_library.get(setting, lambda value: value)
+                assert convert(options["default"]) == getattr(defaults, setting), (node_id, widget)
+                assert convert(options["min"]) is None or low <= options["min"], (node_id, widget)
+            assert options["max"] <= high, (node_id, widget)
             checked += 1
     assert checked >= 16
+
+
+def test_model_own_widget_values_mean_the_model_own_and_zero_strength_stays_off():
+    from nodes import _widgets as widgets
+
+    assert widgets.own_steps(0) is None and widgets.own_steps(6) == 6
+    assert widgets.own_strength(-1.0) is None and widgets.own_strength(0.0) == 0.0 and widgets.own_strength(4.0) == 4.0
 
 
 def test_native_noise_and_sigmas_are_the_pack_samplers_own():
@@ -242,6 +258,21 @@ def test_interrupt_stops_the_sampler_and_the_next_run_succeeds(bundles, staged, 
     assert torch.equal(first, _sample(model, staged)["samples"])  # usable and deterministic after a cancel
 
 
+def test_sampler_widgets_at_their_defaults_sample_the_fast_model_as_it_was_distilled(bundles, staged, portrait, monkeypatch):
+    """Steps 0 and strengths -1 (the widgets' defaults) are the model's own: for 'fast' 6 steps of one UNet pass."""
+    _, vaid = bundles
+    inputs, _ = _inputs(stages.EmotiveTalkETHDSampler)
+    at_default = {name: entry[1]["default"] for name, entry in inputs.items() if "default" in entry[1]}
+    assert (at_default["steps"], at_default["lip_strength"]) == (0, -1.0)
+    calls = []
+    monkeypatch.setattr(comfy_bridge, "check_interrupt", lambda: calls.append(1))  # once, then after each UNet call
+    (fast,) = loaders.EmotiveTalkModelLoader().load("fast", "none")
+    reference, _ = stages.EmotiveTalkEDIReference().encode(fast, vaid, portrait, SIZE, SIZE, -1.0, 0)
+    stages.EmotiveTalkETHDSampler().sample(fast, reference, staged["lip"], staged["expression"], **at_default)
+    plan = settings.GenerationSettings().sampling_plan(fast, staged["expression"].shape[0])
+    assert (plan.calls_per_window, plan.passes) == (6, 1) and len(calls) == 1 + plan.windows * 6
+
+
 def test_tensor_emotion_sources_and_timeline(bundles, staged, portrait):
     model, vaid = bundles
     (image_emotion,) = emotion_nodes.EmotiveTalkEmotionImage().make(portrait, 1.0)
@@ -285,7 +316,7 @@ def test_missing_model_file_names_the_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "models" / "emotivetalk"
     folder.mkdir(parents=True)
-    assert comfy_bridge.list_files("emotivetalk", "default") == ["default"]
+    assert comfy_bridge.list_files("emotivetalk", "default", "fast") == ["default", "fast"]
     with pytest.raises(FileNotFoundError) as error:
         loaders.EmotiveTalkModelLoader().load("missing.safetensors")
     message = str(error.value)

@@ -198,6 +198,24 @@ def test_half_precision_gives_the_float32_video_within_tolerance(portrait, float
         (float(difference.mean()), float(difference.max()))
 
 
+def test_the_fast_model_samples_as_it_was_distilled_unless_told_otherwise(pipeline, portrait, caplog):
+    """Steps and strengths left unset are the model's: the default model's 25 guided steps of four
+    UNet passes, the fast model's 6 of one (its distillation); a user's own choice wins, with a warning."""
+    fast = EmotiveTalkPipeline.from_files("fast")
+    guided, distilled = (GenerationSettings().sampling_plan(p.model, 33) for p in (pipeline, fast))
+    assert (guided.calls_per_window, guided.passes) == (25, 4)
+    assert (distilled.calls_per_window, distilled.passes) == (6, 1) and distilled.windows == guided.windows
+    audio = prepare_audio(_tone(1.3), 16000, 25)
+    for settings, calls, warned in ((GenerationSettings(dicte_steps=2), 6, False), (GenerationSettings(steps=2, dicte_steps=2), 2, True)):
+        counted = []
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="emotivetalk_core.pipeline"):
+            fast.latents(portrait, audio, settings, single(EmotionSource("label", "happy")),
+                         progress=lambda done, total: counted.append(total))
+        assert counted[-1] == distilled.windows * calls
+        assert ("distilled for 6 euler steps" in caplog.text) is warned
+
+
 def test_generate_writes_an_mp4_of_the_audio_length_with_settings(pipeline, portrait, tmp_path):
     audio = prepare_audio(_tone(1.3), 16000, 25)  # 33 frames: several ETHD windows of 8
     timeline = parse_timeline("0:neutral,0.5:angry@1.5~0.3")

@@ -77,17 +77,19 @@ def test_report_marks_each_goal_met_not_met_or_not_measured(tmp_path):
 
     class Generate:
         pipeline = Pipeline
+        steps = 12
+        guidance = {"reference": 2.0, "lip": 4.0, "expression": 2.0}
 
-    report = ev._report(measures, str(checkpoint), 3, 64, 12, 8, 0.0, Generate, ("label",))
+    report = ev._report(measures, str(checkpoint), 3, 64, 8, 0.0, Generate, ("label",))
     assert report["lip_sync"] == {"value": 0.9, "ceiling": 0.99, "floor": 0.1, "goal": ">= 0.85", "met": True}
     assert report["grain"]["met"] is False and report["intensity_monotone"]["met"] is True
     assert report["drift_per_minute"]["met"] is None  # no take: not measured, so not met
     assert report["settings"]["routes"] == ["label"]
     assert report["settings"]["checkpoint_sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
-    # The guidance the figures were made with: a report stays readable after the defaults change.
-    assert report["settings"]["guidance"] == {"reference": 2.0, "lip": 4.0, "expression": 2.0}
+    # The sampling the figures were made with: a report stays readable after the defaults change.
+    assert report["settings"]["guidance"] == Generate.guidance and report["settings"]["steps"] == 12
     assert report["all_goals_met"] is False
     text = ev.format_report(report)
     assert "NOT met" in text and "not measured" in text
     everything = {name: (1.0 if op in (">=",) else True if op == "==" else 0.0, None, None) for name, (op, _) in ev.GOALS.items()}
-    assert ev._report(everything, str(checkpoint), 3, 64, 12, 8, 60.0, Generate, ev.ROUTES)["all_goals_met"] is True
+    assert ev._report(everything, str(checkpoint), 3, 64, 8, 60.0, Generate, ev.ROUTES)["all_goals_met"] is True

@@ -377,7 +377,7 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
         encode_reference,
         sample_latents,
     )
-    from emotivetalk_core.settings import GenerationSettings
+    from emotivetalk_core.settings import GenerationSettings, default_guidance
 
     config = _config(shards, "ethd")
     stage, modules = _build(ETHDStage, config)
@@ -405,7 +405,7 @@ def test_self_contained_export_loads_and_runs_a_pipeline_sampling_step(shards, t
     from PIL import Image
 
     assert Image.open(png).size == (WINDOW * SIZE, 2 * SIZE)
-    assert guidances == [GenerationSettings().guidance()]  # the preview shows what a user's generation does
+    assert guidances == [default_guidance()]  # the preview shows what a user's generation does
 
 
 def test_export_on_a_stability_base_file_is_the_adapter_with_the_bases_digest(shards, tmp_path):

@@ -35,11 +35,11 @@ def add_commands(commands) -> None:
     train.add_argument("--workers", type=int, default=2, help="processes that render the world (default: 2)")
 
     evaluate = sub.add_parser("evaluate", help="generate held-out SynthTalk clips and measure lips, emotion, identity, seams, drift, grain")
-    evaluate.add_argument("--checkpoint", default="default", help="model file, or 'default'")
+    evaluate.add_argument("--checkpoint", default="default", help="model file, or a shipped model: 'default' or 'fast'")
     evaluate.add_argument("--seed", type=int, required=True, help="the held-out world's seed (not the training seed)")
     evaluate.add_argument("--clips", type=int, default=64, help="held-out clips, each by one emotion route in turn (default: 64)")
     evaluate.add_argument("--subset", type=int, default=8, help="clips that also measure intensity and lip strength 0 (default: 8)")
-    evaluate.add_argument("--steps", type=int, default=12, help="ETHD denoising steps (default: 12, the demo's)")
+    evaluate.add_argument("--steps", type=int, default=None, help="ETHD denoising steps (default: 12, the demo's, or a distilled model's own)")
     evaluate.add_argument("--take-seconds", type=float, default=60.0, help="length of the single take that measures drift (default: 60)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _debug_flag((portrait, judge, train, evaluate))

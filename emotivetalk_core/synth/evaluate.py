@@ -106,12 +106,14 @@ def _nchw(frames_uint8: np.ndarray) -> torch.Tensor:
 class Generator:
     """The full pipeline on one model, frames kept in memory (uint8, as a video file holds them)."""
 
-    def __init__(self, checkpoint: str, steps: int, **settings):
-        """``settings``: other ``GenerationSettings`` than the library's defaults (e.g. ``sampler``)."""
+    def __init__(self, checkpoint: str, steps: int | None, **settings):
+        """``steps`` None: a quick look's (``settings.preview_steps``: 12, a distilled model's own);
+        ``settings``: other ``GenerationSettings`` than the library's defaults (e.g. ``sampler``)."""
         from ..pipeline import EmotiveTalkPipeline
+        from ..settings import preview_steps
 
         self.pipeline = EmotiveTalkPipeline.from_files(checkpoint)
-        self.steps, self.settings = steps, settings
+        self.steps, self.settings = steps or preview_steps(self.pipeline.model.info), settings
 
     def __call__(self, portrait: np.ndarray, waveform: np.ndarray, timeline, seed: int, images=None, videos=None,
                  lip_strength: float | None = None) -> np.ndarray:
@@ -124,13 +126,21 @@ class Generator:
         settings = GenerationSettings(**{**self.settings, "steps": self.steps, "seed": seed})
         if lip_strength is not None:
             settings = replace(settings, lip_strength=lip_strength)
-        settings = settings.sized_for(pipe.model)
+        settings = settings.for_model(pipe.model)
         audio = prepare_audio(waveform, audio_lib.SAMPLE_RATE, world.FPS)
         resolver = VAIDEmotionResolver(pipe.vaid, images={key: _nchw(image) for key, image in (images or {}).items()},
                                        videos={key: (_nchw(frames), world.FPS) for key, frames in (videos or {}).items()})
         latents, _ = pipe.latents(_nchw(portrait[None]), audio, settings, timeline, resolver=resolver)
         frames = torch.cat(list(decode_frames(pipe.model, latents, settings.decode_chunk_for(pipe.model))))
         return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+    @property
+    def guidance(self) -> dict:
+        """The guidance strengths every generation used (lip strength 0 aside)."""
+        from ..settings import GenerationSettings
+
+        used = GenerationSettings(**self.settings).sampling_for(self.pipeline.model)
+        return {name: getattr(used, f"{name}_strength") for name in ("reference", "lip", "expression")}
 
     def spans(self, num_frames: int) -> list[tuple[int, int]]:
         """The ETHD windows of a video of ``num_frames`` frames (where its seams are)."""
@@ -262,11 +272,12 @@ def trained_world_seed(checkpoint: str) -> int | None:
     return (info.get("synthtalk") or {}).get("world_seed")
 
 
-def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int = 12, take_seconds: float = 60.0,
+def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps: int | None = None, take_seconds: float = 60.0,
              subset: int = 8, routes: tuple[str, ...] = ROUTES, progress=None) -> dict:
     """Every figure of the module docstring for ``clips`` held-out clips of world ``seed``.
 
-    ``subset`` label-route clips also measure intensity and lip strength 0 (0: not measured);
+    ``steps`` None: 12, or a distilled model's own (its strengths too: every other setting is the
+    model's); ``subset`` label-route clips also measure intensity and lip strength 0 (0: not measured);
     ``take_seconds`` is the drift take (0: none); ``routes`` the emotion routes taken in turn.
     """
     _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, routes)
@@ -292,7 +303,7 @@ def evaluate(checkpoint: str = "default", seed: int = 1, clips: int = 64, steps:
         measures.update(_subset_measures([row for row in rows if row["clip"] in chosen], generate, judge, seed, counter.tick))
     if take_seconds:
         measures.update(_take_measures(generate, seed, take_seconds, size, counter.tick))
-    return _report(measures, checkpoint, seed, clips, steps, len(chosen), take_seconds, generate, routes)
+    return _report(measures, checkpoint, seed, clips, len(chosen), take_seconds, generate, routes)
 
 
 def route_of(clip: HeldOutClip, routes: tuple[str, ...] = ROUTES) -> str:
@@ -327,7 +338,7 @@ def _check_arguments(checkpoint, seed, clips, steps, take_seconds, subset, route
         raise ValueError(f"--clips must be at least {5 * len(routes)} (every emotion by every route), got {clips}")
     if seed < 0:
         raise ValueError(f"--seed must be 0 or more, got {seed}")
-    if not 1 <= steps <= 200:
+    if steps is not None and not 1 <= steps <= 200:
         raise ValueError(f"--steps must be between 1 and 200, got {steps}")
     if take_seconds and not 2.0 <= take_seconds <= 600.0:
         raise ValueError(f"--take-seconds must be 0 (no take) or between 2 and 600, got {take_seconds:g}")
@@ -462,7 +473,7 @@ def render_portrait(who: world.Identity, size: int) -> np.ndarray:
 _COMPARE = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
 
-def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds, generate, routes) -> dict:
+def _report(measures: dict, checkpoint, seed, clips, subset, take_seconds, generate, routes) -> dict:
     """Every measure with its ceiling and floor; every goal of :data:`GOALS`, measured or not (an
     unmeasured goal has ``met: None`` and keeps ``all_goals_met`` false: a short run proves less)."""
     from ..bundles import file_digest, resolve_model_file
@@ -476,19 +487,13 @@ def _report(measures: dict, checkpoint, seed, clips, steps, subset, take_seconds
         entry["met"] = None if entry["value"] is None else bool(_COMPARE[op](entry["value"], target))
     info = generate.pipeline.model.info
     report["settings"] = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(resolve_model_file(checkpoint))["sha256"],
-                          "seed": seed, "clips": clips, "subset": subset, "steps": steps, "take_seconds": take_seconds,
-                          "trained": bool(info.get("trained")), "routes": list(routes), "guidance": default_guidance(),
+                          "seed": seed, "clips": clips, "subset": subset, "steps": generate.steps, "take_seconds": take_seconds,
+                          "trained": bool(info.get("trained")), "routes": list(routes), "guidance": generate.guidance,
                           "route_of_clip": "clip i asks for emotion i mod 5 by route i mod len(routes)"}
     report["all_goals_met"] = all(report[name]["met"] is True for name in GOALS)
     return report
 
 
-def default_guidance() -> dict:
-    """The guidance strengths every generation of the report used (lip strength 0 aside)."""
-    from ..settings import GenerationSettings
-
-    defaults = GenerationSettings()
-    return {name: getattr(defaults, f"{name}_strength") for name in ("reference", "lip", "expression")}
 
 
 def format_report(report: dict) -> str:

@@ -20,12 +20,12 @@ Conditions are built as the ethd stage builds them (``ETHDStage.conditioning``: 
 stream with inference's speech context, the Exp Encoder's codes, the Face Processor's binary mask),
 from the teacher file's own encoders, V-AID and SVD conditioning settings. The export is a
 self-contained model file (the student's ETHD with the teacher's VAE, image encoder and V-AID
-side) whose info records the sampling it was distilled for: generate with
-``--steps S --reference-strength 1 --lip-strength 1 --expression-strength 1``.
+side) whose info records the sampling it was distilled for; generation samples with it
+wherever the steps and strengths are left unset (``settings.model_sampling``).
 
 Options (``config["distill"]``): ``student_steps`` 6, ``teacher_steps`` 24 (the teacher's steps
 over the whole grid, spread evenly over the student's intervals), ``guidance`` null (the
-teacher's strengths ``[reference, lip, expression]``; null: the library's defaults).
+teacher's strengths ``[reference, lip, expression]``; null: ``settings.default_guidance``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import nn
 from ..bundles import VAID_COMPONENTS as VAID_PARTS
 from ..bundles import file_digest, vaid_info
 from ..sampling import Conditioning, Guidance, GuidedDenoiser, karras_sigmas, sample_euler
-from ..settings import GenerationSettings
+from ..settings import default_guidance
 from .ethd_stage import ETHD_DEFAULTS, ETHDStage, data_settings, encode_latents, ethd_v, select_passes, speech_context
 from .noise import SampleNoise
 from .vaid_stage import SpeechHolder, frozen, init_path, options
@@ -67,7 +67,7 @@ class DistillStage(ETHDStage):
         self.teacher_path, self.teacher_file = teacher_path, file_digest(teacher_path)
         self.teacher_configs, self.teacher_info = read_metadata(teacher_path)
         strengths = opts["guidance"]
-        self.guidance = GenerationSettings().guidance() if strengths is None else Guidance(*strengths)
+        self.guidance = default_guidance() if strengths is None else Guidance(*strengths)
         # What the ethd stage's conditioning reads: inference's mask and V-AID's lip stream.
         self.options = {**ETHD_DEFAULTS, "condition_source": "vaid", "mask_source": "face_processor"}
         # The teacher's SVD conditioning; what its file does not record, from the data (as the ethd stage).

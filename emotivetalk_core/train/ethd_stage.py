@@ -81,7 +81,7 @@ Options (``config["ethd"]``), defaults in :data:`ETHD_DEFAULTS`:
   Di-CTE's estimate, and the fraction of training over which its noise ceiling rises (above);
 - ``sample_steps`` 4: Euler steps of :meth:`ETHDStage.sample`;
 - ``sample_guidance`` null: its (reference, lip, expression) strengths; null = the library's
-  default guidance (``settings.GenerationSettings``), what a user's generation uses.
+  default guidance (``settings.default_guidance``), what a user's generation uses.
 
 Export: with a random base (no ``init.base_svd``) a self-contained file (unet, adapter, vae,
 image_encoder); with a base file, the adapter alone (the base file's digest in the info), or
@@ -118,7 +118,7 @@ from ..sampling import (
     sample_euler,
     start_latents,
 )
-from ..settings import GenerationSettings
+from ..settings import default_guidance
 from ..svd.build import build_image_encoder, build_unet, build_vae
 from ..svd.conditioning import added_time_ids, image_embeds, reference_latent
 from ..svd.vae_decode import decode_latents, to_vae_space
@@ -539,7 +539,7 @@ class ETHDStage:
         sigmas = karras_sigmas(opts["sample_steps"])
         x = start_latents(initial_noise(0, frames, (4, *conditioning.reference_latent.shape[-2:])), sigmas)
         strengths = opts["sample_guidance"]
-        guidance = GenerationSettings().guidance() if strengths is None else Guidance(*strengths)
+        guidance = default_guidance() if strengths is None else Guidance(*strengths)
         denoiser = GuidedDenoiser(modules["ethd"], conditioning, guidance)
         latents = sample_euler(denoiser, x, sigmas)[0]
         generated = torch.cat(list(decode_latents(modules["vae"], to_vae_space(modules["vae"], latents), chunk=frames, overlap=0)))
