@@ -1,7 +1,8 @@
 """synth_quality_per_call: judged quality of the shipped model against the UNet passes it costs.
 
     python benchmarks/bench_quality_per_call.py [--checkpoint default] [--seed 1] [--clips 32]
-        [--configs euler:25,dpmpp_2m:6,...] [--out quality_per_call.jsonl] [--plot docs/quality_per_call.png]
+        [--configs euler:25,dpmpp_2m:6,...] [--reference EARLIER.jsonl] [--out quality_per_call.jsonl]
+        [--plot docs/quality_per_call.png]
     python benchmarks/bench_quality_per_call.py --plot-only quality_per_call.jsonl --plot docs/quality_per_call.png
 
 A config is ``sampler:steps[:sigma][@reference/lip/expression]``: a sampler of
@@ -14,7 +15,10 @@ its own seed) and the SynthTalk judge reads them. Per config one JSON line: the 
 ETHD window (counted on the model: one pass = one window's frames through the UNet once), and
 lip_sync (pooled, best offset), lip_sync_within_clip, emotion_accuracy, emotion_strength (the
 judged strength of the asked emotion), identity_error and grain as ``synth evaluate`` defines
-them. Lines are written as each config finishes, so a long run keeps what it measured.
+them; beside them the goal against the reference (the run's first config, or ``--reference``'s
+first line): the metrics more than 0.02 worse, and whether every metric holds at a quarter of the
+reference's passes or fewer. Lines are written as each config finishes, so a long run keeps what
+it measured; ``--out`` must be a new file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_CONFIGS = "euler:25,euler:12,euler:6,dpmpp_2m:6,dpmpp_2m:8:2.0,heun:4,dpmpp_2m:4"
 METRICS = ("lip_sync", "lip_sync_within_clip", "emotion_accuracy", "emotion_strength", "identity_error", "grain")
+LOWER_IS_BETTER = ("identity_error", "grain")
+# The goal (issue 14): the reference's judged quality (every metric within 0.02, or better) at a
+# quarter of its UNet passes or fewer.
+TOLERANCE, PASS_SHARE = 0.02, 0.25
+
+
+def verdict(result: dict, reference: dict) -> dict:
+    """``result``'s goal beside it: the metrics more than TOLERANCE worse than ``reference``'s, and
+    whether it keeps them all at PASS_SHARE of the reference's passes or fewer."""
+    worse = [name for name in METRICS
+             if (result[name] - reference[name]) * (1 if name in LOWER_IS_BETTER else -1) > TOLERANCE]
+    passes = PASS_SHARE * reference["unet_passes_per_window"]
+    return {"reference": reference["config"], "worse_than_reference": worse,
+            "goal": f"every metric within {TOLERANCE} of {reference['config']} or better, at <= {passes:g} UNet passes per window",
+            "goal_met": not worse and result["unet_passes_per_window"] <= passes}
 
 
 def parse_config(text: str) -> dict:
@@ -125,7 +144,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="held-out world (not the training world)")
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated sampler:steps[:sigma][@ref/lip/exp]; the first is the reference")
-    parser.add_argument("--out", type=Path, default=Path("quality_per_call.jsonl"), help="JSON lines, one per config")
+    parser.add_argument("--reference", type=Path, help="an earlier run whose first line is the reference (e.g. the teacher's, "
+                                                       "for a student measured alone); default: this run's first config")
+    parser.add_argument("--out", type=Path, default=Path("quality_per_call.jsonl"), help="JSON lines, one per config (a new file)")
     parser.add_argument("--plot", type=Path, help="write the curves as a PNG")
     parser.add_argument("--plot-only", type=Path, help="only plot an earlier run's JSON lines")
     args = parser.parse_args()
@@ -133,6 +154,9 @@ def main() -> None:
         plot([json.loads(line) for line in args.plot_only.read_text().splitlines()], args.plot or Path("quality_per_call.png"))
         return
     configs = [parse_config(text) for text in args.configs.split(",")]
+    if args.out.exists():
+        raise SystemExit(f"--out {args.out} exists: give a new file (a run's lines are never written over)")
+    reference = json.loads(args.reference.read_text().splitlines()[0]) if args.reference else None
 
     from emotivetalk_core.synth import evaluate as ev
     from emotivetalk_core.synth.judge import load_judge
@@ -146,9 +170,11 @@ def main() -> None:
     generator.steps = 1
     generator(clips[0].portrait, clips[0].clip.waveform, ev._single(ev.route_source("label", clips[0])), 0)
     results = []
-    with args.out.open("w") as out:
+    with args.out.open("x") as out:
         for config in configs:
-            results.append(measure(generator, clips, judge, config, args.seed))
+            result = measure(generator, clips, judge, config, args.seed)
+            reference = reference or result
+            results.append({**result, **verdict(result, reference)})
             out.write(json.dumps(results[-1]) + "\n")
             out.flush()
             print(json.dumps(results[-1]), flush=True)
