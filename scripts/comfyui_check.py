@@ -33,7 +33,9 @@ Python). The script starts ComfyUI headless on the CPU (or uses one already answ
    against the pack's Model Loader (same two files) and ETHD Sampler, with core euler and dpmpp_2m
    and with core UNetSelfAttentionMultiply (a weight patch, LoRA's path) in the chain; the video
    lasts exactly as long as its audio;
-6. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
+6. ``fast_model``: ``basic`` on the shipped ``fast`` model with steps 0 (the widget's "the
+   model's own": the 6 it was distilled for) runs, and its video lasts as long as its audio;
+7. a bad input (speech whose samples are NaN, through core Load Audio) fails on the node that
    checks it, with a message naming the input, the server keeps answering, and the next run
    succeeds.
 
@@ -384,6 +386,14 @@ async def run_shipped(client: Client, args, name: str, workflow: dict, inputs: d
     return await run_workflow(client, name, workflow, audio_of(workflow, inputs), out, args.timeout)
 
 
+def fast_model_workflow() -> dict:
+    """``basic`` on the shipped ``fast`` model, its steps left to the model (0)."""
+    workflow = json.loads((ROOT / "workflows" / "api" / "basic.json").read_text())
+    generate = next(node for node in workflow.values() if node["class_type"] == "EmotiveTalkGenerate")
+    generate["inputs"].update(model_name="fast", steps=0)
+    return workflow
+
+
 async def _last_event(client: Client, prompt_id: str) -> dict:
     last = None
     async for event in client.events(prompt_id):
@@ -698,7 +708,8 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8199, help="port for the server this script starts")
     parser.add_argument("--ui-convert", type=Path, help="UI->API converter using ComfyUI's frontend (ui_convert.py)")
     parser.add_argument("--out", type=Path, help="folder for videos, logs and summary.json (default: a temp folder)")
-    parser.add_argument("--only", help="comma-separated workflow names, native_equals_pack and native_svd_checkpoint (default: all)")
+    parser.add_argument("--only", help="comma-separated workflow names, fast_model, native_equals_pack and native_svd_checkpoint "
+                                       "(default: all)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of the uploaded speech.wav")
     parser.add_argument("--long-seconds", type=float, default=8.0, help="length of long_speech.wav")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow run")
@@ -727,6 +738,10 @@ async def run_checks(args, client: Client, log_path: Path | None, out: Path) -> 
         write_upscale_model(Path(args.comfy_home))
     for path in selected(ROOT / "workflows" / "api", args.only):
         checks.append(await run_shipped(client, args, f"api/{path.stem}", json.loads(path.read_text()), inputs, out))
+        print(_line(checks[-1]), flush=True)
+    if not args.only or "fast_model" in args.only.split(","):
+        workflow = fast_model_workflow()
+        checks.append(await run_workflow(client, "fast_model", workflow, audio_of(workflow, inputs), out, args.timeout))
         print(_line(checks[-1]), flush=True)
     # Built only when selected: native_svd_checkpoint writes its stand-ins into the ComfyUI under test.
     comparisons = {"native_equals_pack": (lambda: json.loads((ROOT / "workflows" / "api" / "native_default_model.json").read_text()),

@@ -494,8 +494,6 @@ def _report(measures: dict, checkpoint, seed, clips, subset, take_seconds, gener
     return report
 
 
-
-
 def format_report(report: dict) -> str:
     lines = []
     for name, entry in report.items():
