@@ -347,16 +347,20 @@ def _samplers() -> dict:
     return {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
 
 
-def _warn_off_distillation(distilled: dict | None, settings: GenerationSettings) -> None:
+def _warn_off_distillation(info: dict, settings: GenerationSettings) -> None:
     """A distilled student (train/distill_stage.py) samples as it was trained to unless a user sets
     otherwise (settings left None follow it); other settings waste passes, or drift."""
-    if not distilled:
+    from .settings import SAMPLING_SETTINGS, model_sampling
+
+    if not info.get("distilled"):
         return
-    strengths = [settings.reference_strength, settings.lip_strength, settings.expression_strength]
-    if settings.steps != distilled["steps"] or strengths != distilled["guidance"] or settings.sampler != distilled["sampler"]:
+    sampler = info["distilled"]["sampler"]
+    own, asked = (tuple(values[name] for name in SAMPLING_SETTINGS)
+                  for values in (model_sampling(info), vars(settings)))
+    if asked != own or settings.sampler != sampler:
         log.warning("this model was distilled for %d %s steps at guidance strengths %s (one UNet pass per step); "
-                    "these settings ask for %d %s steps at %s", distilled["steps"], distilled["sampler"],
-                    distilled["guidance"], settings.steps, settings.sampler, strengths)
+                    "these settings ask for %d %s steps at %s", own[0], sampler, list(own[1:]),
+                    asked[0], settings.sampler, list(asked[1:]))
 
 
 def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch.Tensor,
@@ -375,7 +379,7 @@ def sample_latents(model, reference: Reference, lip: torch.Tensor, driven: torch
     if lip.shape[0] != num_frames:
         raise ValueError(f"lip stream has {lip.shape[0]} frames, the expression stream {num_frames}")
     plan = settings.sampling_plan(model, num_frames)
-    _warn_off_distillation(model.info.get("distilled"), settings)
+    _warn_off_distillation(model.info, settings)
     denoiser = GuidedDenoiser(model.ethd, conditioning(model, reference, lip, driven, settings), plan.guidance,
                               settings.max_batch)
     done = 0

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotivetalk_core.bundles import DEFAULT_MODEL_PATH, SHIPPED_MODELS, file_digest  # noqa: E402
-from emotivetalk_core.checkpoints import load_model_file, read_metadata, save_model_file  # noqa: E402
+from emotivetalk_core.checkpoints import load_model_file, save_model_file  # noqa: E402
 
 SCRIPT = "scripts/make_default_model.py"
 MIN_CLIPS = 64
@@ -62,9 +62,11 @@ def half(model: Path, out: Path, dicte_window: int | None = None) -> Path:
     return save_model_file(_new(out, model), halved, info)
 
 
-def ship(model: Path, report: dict, out: Path) -> Path:
-    """``model``'s weights unchanged, with the held-out ``report`` of exactly those weights."""
+def ship(model: Path, report: dict, out: Path | None = None) -> Path:
+    """``model``'s weights unchanged, with the held-out ``report`` of exactly those weights, in
+    ``out`` (default: the shipped ``default`` model's file, or ``fast``'s for a distilled student)."""
     states, configs, info, run = _synthtalk_run(model)
+    out = out or SHIPPED_MODELS["fast" if info.get("distilled") else "default"]
     settings = report["settings"]
     if settings["checkpoint_sha256"] != file_digest(model)["sha256"]:
         raise SystemExit(f"the report measured {settings['checkpoint']}, not {model}: evaluate the file you ship")
@@ -117,8 +119,7 @@ def main() -> None:
     if args.command == "half":
         path = half(args.model, args.out, args.dicte_window)
     else:
-        out = args.out or SHIPPED_MODELS["fast" if read_metadata(args.model)[1].get("distilled") else "default"]
-        path = ship(args.model, json.loads(args.report.read_text()), out)
+        path = ship(args.model, json.loads(args.report.read_text()), args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
