@@ -22,18 +22,18 @@ def _ethd(randomise_outputs: bool) -> ETHD:
     return model
 
 
-def _inputs(model: ETHD, seed: int = 1) -> dict:
+def _inputs(model: ETHD, seed: int = 1, batch: int = BATCH) -> dict:
     cfg = model.adapter_config
     g = torch.Generator().manual_seed(seed)
-    lip = torch.randn(BATCH, FRAMES, cfg["lip_dim"], generator=g)
+    lip = torch.randn(batch, FRAMES, cfg["lip_dim"], generator=g)
     return {
-        "sample": torch.randn(BATCH, FRAMES, 8, LATENT_H, LATENT_W, generator=g),
-        "timestep": torch.tensor([0.7]),
-        "image_embeds": torch.randn(BATCH, 1, 32, generator=g),
-        "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]]),
+        "sample": torch.randn(batch, FRAMES, 8, LATENT_H, LATENT_W, generator=g),
+        "timestep": torch.tensor([0.7]).expand(batch),
+        "image_embeds": torch.randn(batch, 1, 32, generator=g),
+        "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]]).expand(batch, -1),
         "lip_windows": lip_windows(lip, cfg["lip_context"]),
-        "driven_exp": torch.randn(BATCH, FRAMES, cfg["exp_dim"], generator=g),
-        "reference_exp": torch.randn(BATCH, cfg["exp_dim"], generator=g),
+        "driven_exp": torch.randn(batch, FRAMES, cfg["exp_dim"], generator=g),
+        "reference_exp": torch.randn(batch, cfg["exp_dim"], generator=g),
     }
 
 
@@ -71,6 +71,22 @@ def test_token_cross_attention_is_a_standard_multi_head_cross_attention():
         got = attention(hidden, tokens)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (got - expected).abs().max() < 1e-3 * expected.abs().max()  # and not by being tiny
+
+
+def test_token_sets_shared_by_the_frames_of_a_clip_attend_as_one_set_per_frame():
+    """EDI's reference tokens come once per clip: attending with them is attending with a copy
+    per frame (frames of a clip are consecutive items)."""
+    torch.manual_seed(4)
+    attention = TokenCrossAttention(dim=64, token_dim=24, head_dim=16)
+    torch.nn.init.normal_(attention.to_out.weight, std=0.3)
+    normed, per_clip = torch.randn(2 * 3, 50, 64), torch.randn(2, 5, 24)  # 2 clips of 3 frames
+    with torch.no_grad():
+        shared = attention.attend(normed, per_clip)
+        copied = attention.attend(normed, per_clip.repeat_interleave(3, dim=0))
+    torch.testing.assert_close(shared, copied, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(shared[:3], attention.attend(normed[:3], per_clip[1:]))  # each clip its own
+    with pytest.raises(ValueError, match="4 token sets cannot be shared by 6 video items"):
+        attention.attend(normed, torch.randn(4, 5, 24))
 
 
 def test_adapters_sit_in_every_spatio_temporal_transformer():
@@ -187,6 +203,26 @@ def test_edi_is_exactly_zero_when_driven_equals_reference():
             handle.remove()
     assert edi_same and all(torch.count_nonzero(r) == 0 for r in edi_same)
     assert all(r.abs().max() > 0 for r in edi_different)
+
+
+def test_edi_is_exactly_zero_on_the_frames_whose_expression_is_the_references():
+    """Per frame, within one batch of two clips: frames 0 and 2 of the second clip ask for the
+    portrait's own expression (as a guidance pass does), the others for another one."""
+    model = _ethd(randomise_outputs=True)
+    inputs = _inputs(model, batch=2)
+    driven = inputs["driven_exp"].clone()
+    driven[1, [0, 2]] = inputs["reference_exp"][1]
+    records, handles = _record_residuals(model)
+    try:
+        _run(model, dict(inputs, driven_exp=driven))
+    finally:
+        for handle in handles:
+            handle.remove()
+    same = [FRAMES + 0, FRAMES + 2]  # items of the [B * F] batch
+    for residual in records["edi"]:
+        per_item = residual.abs().flatten(1).amax(dim=1)
+        assert torch.count_nonzero(per_item[same]) == 0
+        assert (per_item[[i for i in range(2 * FRAMES) if i not in same]] > 0).all()
 
 
 def test_unet_called_directly_is_plain_svd():

@@ -5,8 +5,11 @@ Figure panel (c), one attention block ``H_i -> H_{i+1}``::
     CA(lip)  ->  EDI  ->  reshape  ->  temporal SA  ->  CA(driven expression) * face_mask (+ residual)
 
 EDI = ``h + m * (CA(h, driven) - CA(h, reference))`` with **one** cross-attention module applied to
-both token sets, so a driven expression equal to the portrait's own contributes exactly zero: EDI
-removes the expression the portrait already shows and adds the requested one, inside the face.
+both token sets: EDI removes the expression the portrait already shows and adds the requested one,
+inside the face. A driven expression equal to the portrait's own contributes exactly zero: the
+frames where it is equal come with a zero EDI mask (``AdapterSet.bind``), so the zero does not rest
+on two attentions rounding alike (the reference's tokens are one set per clip, the driven ones one
+per frame).
 
 Every branch here returns a residual multiplied by the level's face mask, so wherever the mask is
 0 the branch changes nothing, bit for bit. The figure draws no mask on the lip cross-attention;
@@ -41,7 +44,8 @@ class TokenCrossAttention(nn.Module):
     ``2 dim^2``: at svd-xt's head_dim 64 that is T/64 of the projections.
 
     :meth:`attend` takes the normalised video tokens, so EDI normalises once for its driven and
-    reference passes.
+    reference passes, and tokens for every item or one set for each group of consecutive items
+    (EDI's reference: one per clip for all its frames, folded once instead of once per frame).
     """
 
     def __init__(self, dim: int, token_dim: int, head_dim: int, out_bias: bool = True):
@@ -61,9 +65,9 @@ class TokenCrossAttention(nn.Module):
     def keys(self, tokens: torch.Tensor) -> torch.Tensor:
         """Query projection folded into the keys: ``[N, heads * T, dim]``, softmax scale included."""
         keys = self._split(self.to_k(tokens))  # [N, heads, T, head_dim]
+        keys = keys * keys.shape[-1] ** -0.5  # scaled here, where it is head_dim / dim of the folded size
         w_q = self.to_q.weight.unflatten(0, (self.heads, -1))  # [heads, head_dim, dim]
-        folded = torch.einsum("nhtd,hdc->nhtc", keys, w_q) * keys.shape[-1] ** -0.5
-        return folded.flatten(1, 2)
+        return torch.einsum("nhtd,hdc->nhtc", keys, w_q).flatten(1, 2)
 
     def values(self, tokens: torch.Tensor) -> torch.Tensor:
         """Output projection folded into the values: ``[N, heads * T, dim]`` (no bias)."""
@@ -72,12 +76,20 @@ class TokenCrossAttention(nn.Module):
         return torch.einsum("nhtd,chd->nhtc", values, w_out).flatten(1, 2)
 
     def attend(self, normed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Projected attention output of the normalised video tokens, without the output bias:
-        ``[N, L, dim]``."""
+        """Projected attention output of the normalised video tokens ``[N, L, dim]``, without the
+        output bias: ``[N, L, dim]``. ``tokens [M, T, token_dim]``: one set per item (M = N) or
+        one shared by each run of N / M consecutive items (the frames of a clip)."""
+        items, length, dim = normed.shape
+        if items % tokens.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} token sets cannot be shared by {items} video items")
         tokens = tokens.to(normed.dtype)
-        logits = torch.bmm(normed, self.keys(tokens).transpose(1, 2))  # [N, L, heads * T]
-        weights = logits.unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2)
-        return torch.bmm(weights, self.values(tokens))
+        grouped = normed.reshape(tokens.shape[0], -1, dim)  # [M, (N / M) L, dim]
+        # Logits token-major, [M, heads * T, (N / M) L]: the softmax then runs over T with the
+        # video tokens innermost, which CPUs vectorise; over an innermost T of 5-8, torch's CPU
+        # softmax is 10-20x slower.
+        logits = torch.bmm(self.keys(tokens), grouped.transpose(1, 2))
+        weights = logits.unflatten(1, (self.heads, -1)).softmax(dim=2).flatten(1, 2)
+        return torch.bmm(weights.transpose(1, 2), self.values(tokens)).reshape(items, length, dim)
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         out = self.attend(self.norm(hidden), tokens)
@@ -88,13 +100,15 @@ class TokenCrossAttention(nn.Module):
 
 
 class ExpressionDecoupleInjector(nn.Module):
-    """EDI: ``m * (CA(h, driven) - CA(h, reference))`` with shared weights (returned as a residual)."""
+    """EDI: ``m * (CA(h, driven) - CA(h, reference))`` with shared weights (returned as a residual).
+
+    Driven tokens per frame ``[N, T, token_dim]``, the reference's per clip ``[B, T, token_dim]``;
+    ``mask [N, L, 1]`` is the face mask, zero on frames whose driven expression is the reference's.
+    """
 
     def __init__(self, dim: int, token_dim: int, head_dim: int):
         super().__init__()
         # No output bias: it would cancel in the difference (and, never used, stall DDP training).
-        # The two passes go through the same ops at the same shapes, so "driven == reference" is
-        # an exact zero, not a rounding residue.
         self.attn = TokenCrossAttention(dim, token_dim, head_dim, out_bias=False)
 
     def forward(self, hidden, driven_tokens, reference_tokens, mask) -> torch.Tensor:
@@ -103,16 +117,18 @@ class ExpressionDecoupleInjector(nn.Module):
 
 
 class SpatialAdapter(nn.Module):
-    """Lip cross-attention then EDI, run right after one spatial transformer block."""
+    """Lip cross-attention then EDI, run right after one spatial transformer block. ``mask`` is
+    the face mask ``[N, L, 1]``, ``changed [N, 1, 1]`` 1 on frames whose driven expression
+    differs from the reference's and 0 where it is the same (EDI's exact zero)."""
 
     def __init__(self, dim: int, token_dim: int, head_dim: int):
         super().__init__()
         self.lip_attn = TokenCrossAttention(dim, token_dim, head_dim)
         self.edi = ExpressionDecoupleInjector(dim, token_dim, head_dim)
 
-    def forward(self, hidden, lip_tokens, driven_tokens, reference_tokens, mask) -> torch.Tensor:
+    def forward(self, hidden, lip_tokens, driven_tokens, reference_tokens, mask, changed) -> torch.Tensor:
         hidden = hidden + mask * self.lip_attn(hidden, lip_tokens)
-        return hidden + self.edi(hidden, driven_tokens, reference_tokens, mask)
+        return hidden + self.edi(hidden, driven_tokens, reference_tokens, mask * changed)
 
 
 class ExpressionAdapter(nn.Module):

@@ -39,7 +39,7 @@ class ConditionContext:
         self._reset()
 
     def _reset(self):
-        self.lip = self.driven = self.reference = self.face_mask = None
+        self.lip = self.driven = self.reference = self.changed = self.face_mask = None
         self.latent_hw = (0, 0)
         self._masks: dict[int, torch.Tensor] = {}
 
@@ -47,14 +47,14 @@ class ConditionContext:
         """A context manager that re-binds what is bound now (nothing, outside a UNet call)."""
         if not self.active:
             return contextlib.nullcontext()
-        bound = (self.lip, self.driven, self.reference, self.face_mask, self.latent_hw)
+        bound = (self.lip, self.driven, self.reference, self.changed, self.face_mask, self.latent_hw)
         return self.bound(*bound)
 
     @contextlib.contextmanager
-    def bound(self, lip, driven, reference, face_mask, latent_hw):
+    def bound(self, lip, driven, reference, changed, face_mask, latent_hw):
         if self.active:
             raise RuntimeError("ETHD forward is not re-entrant (the same model is already running)")
-        self.lip, self.driven, self.reference, self.face_mask = lip, driven, reference, face_mask
+        self.lip, self.driven, self.reference, self.changed, self.face_mask = lip, driven, reference, changed, face_mask
         self.latent_hw = latent_hw
         self.active = True
         try:
@@ -93,7 +93,7 @@ class _AfterSpatialBlock:
         if not ctx.active:
             return output
         mask = ctx.mask_for(output.shape[1], output.dtype)
-        return self.adapter(output, ctx.lip, ctx.driven, ctx.reference, mask)
+        return self.adapter(output, ctx.lip, ctx.driven, ctx.reference, mask, ctx.changed)
 
 
 class _AfterBlend:
@@ -174,15 +174,17 @@ class AdapterSet(nn.Module):
         ``[B, F, exp_dim]``, reference_exp ``[B, exp_dim]``, face_mask ``[B, 1, H, W]`` at any
         resolution (``None`` = everywhere), computed in ``dtype``."""
         batch, frames = driven_exp.shape[:2]
-        # The reference goes through the same ops at the same shape as the driven codes, so a
-        # driven code equal to the reference gives bitwise-equal tokens and EDI is exactly zero.
-        reference_exp = reference_exp[:, None].expand(-1, frames, -1)
-        driven = self.expression_tokens(driven_exp.to(dtype)).flatten(0, 1)
-        reference = self.expression_tokens(reference_exp.to(dtype)).flatten(0, 1)
+        driven_exp, reference_exp = driven_exp.to(dtype), reference_exp.to(dtype)
+        driven = self.expression_tokens(driven_exp).flatten(0, 1)
+        # One reference token set per clip, shared by its frames (EDI folds it once, not per frame).
+        reference = self.expression_tokens(reference_exp)
+        # EDI is exactly zero on a frame whose driven code is the reference's: a zero mask says so
+        # (the two attentions, over token sets of different batch shapes, need not round alike).
+        changed = (driven_exp != reference_exp[:, None]).any(dim=-1).flatten().to(dtype)[:, None, None]
         if face_mask is None:
             face_mask = driven.new_ones(batch, 1, *latent_hw)
         mask = face_mask.to(dtype).repeat_interleave(frames, dim=0)
-        return self._context.bound(self.lip_tokens(lip_windows.to(dtype)), driven, reference, mask, latent_hw)
+        return self._context.bound(self.lip_tokens(lip_windows.to(dtype)), driven, reference, changed, mask, latent_hw)
 
     @contextlib.contextmanager
     def hooked(self, root: nn.Module, paths: dict[str, str]):
