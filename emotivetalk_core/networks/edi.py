@@ -65,7 +65,7 @@ class TokenCrossAttention(nn.Module):
     def keys(self, tokens: torch.Tensor) -> torch.Tensor:
         """Query projection folded into the keys: ``[N, heads * T, dim]``, softmax scale included."""
         keys = self._split(self.to_k(tokens))  # [N, heads, T, head_dim]
-        keys = keys * keys.shape[-1] ** -0.5  # scaled here, where it is head_dim / dim of the folded size
+        keys = keys * keys.shape[-1] ** -0.5  # the softmax scale, on keys heads times smaller than the folded ones
         w_q = self.to_q.weight.unflatten(0, (self.heads, -1))  # [heads, head_dim, dim]
         return torch.einsum("nhtd,hdc->nhtc", keys, w_q).flatten(1, 2)
 
